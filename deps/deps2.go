@@ -1,0 +1,2 @@
+package deps
+import _ "golang.org/x/crypto/bcrypt"
