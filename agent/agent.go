@@ -1,0 +1,523 @@
+// Package agent keeps one node's container image cache holding the desired images by calling
+// the CRI ImageService directly: a level-triggered reconcile loop, a bounded pull queue with
+// per-attempt deadlines, per-image backoff and a disk guard, and the node's debug socket.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cachemachine/cachemachine/cri"
+)
+
+// Runtime is the part of the CRI image service the agent calls; *cri.Client implements it.
+type Runtime interface {
+	ListImages(ctx context.Context) ([]cri.Image, error)
+	ImageStatus(ctx context.Context, ref string) (*cri.Image, error)
+	PullImage(ctx context.Context, ref string, auth *cri.Auth) (string, error)
+	ImageFsInfo(ctx context.Context) ([]cri.FsUsage, error)
+	Version(ctx context.Context) (cri.Version, error)
+}
+
+// Credentials returns the registry credentials to pull ref with, or nil for anonymous pulls.
+// It is called once per pull attempt and must be safe for concurrent use.
+type Credentials interface {
+	AuthFor(ctx context.Context, ref string) (*cri.Auth, error)
+}
+
+// StatFS returns the total and available bytes of the filesystem holding path.
+type StatFS func(path string) (total, avail uint64, err error)
+
+// Config holds the agent's settings; zero values take the documented defaults.
+type Config struct {
+	Node               string
+	MaxParallelPulls   int           // default 2
+	PullTimeout        time.Duration // per attempt; default 10m
+	BackoffInitial     time.Duration // default 10s
+	BackoffMax         time.Duration // default 5m
+	MinFreeDiskPercent float64       // 0 disables the disk guard
+	ResyncInterval     time.Duration // full CRI snapshot at least this often; default 15s
+	// StateDir keeps the last desired list across restarts; "" keeps nothing.
+	StateDir string
+}
+
+// Agent is the node agent. Create it with New, start it with Run; its other methods are safe
+// for concurrent use and never block on the runtime except PullNow.
+type Agent struct {
+	cfg     Config
+	rt      Runtime
+	creds   Credentials
+	log     *slog.Logger
+	statfs  StatFS
+	metrics *metrics
+
+	trigger chan struct{} // capacity 1: coalesces bursts of requests for a pass
+	changes chan struct{} // capacity 1: signals a new State version
+	slots   chan struct{} // pull concurrency semaphore
+	pulls   sync.WaitGroup
+
+	mu       sync.Mutex // guards the fields below
+	desired  Desired
+	state    State
+	images   map[string]*imageStatus // by normalized ref
+	reserved map[string]uint64       // bytes reserved by pulls in flight, by ref
+	largest  uint64                  // largest image size seen, the disk guard's guess
+}
+
+// imageStatus is the agent's memory of one desired reference between passes.
+type imageStatus struct {
+	pulling   bool
+	started   time.Time
+	attempts  int
+	lastErr   string
+	nextRetry time.Time
+	held      string
+}
+
+// Option changes a default of New.
+type Option func(*Agent)
+
+// WithStatFS replaces the statfs used by the disk guard (tests).
+func WithStatFS(f StatFS) Option { return func(a *Agent) { a.statfs = f } }
+
+// WithRegisterer registers the agent's metrics on r.
+func WithRegisterer(r prometheus.Registerer) Option {
+	return func(a *Agent) { a.metrics = newMetrics(r) }
+}
+
+// New validates cfg and builds an agent; it starts nothing. creds may be nil (anonymous).
+// A desired list persisted in cfg.StateDir is loaded so the agent resumes from it.
+func New(cfg Config, rt Runtime, creds Credentials, logger *slog.Logger, opts ...Option) (*Agent, error) {
+	if rt == nil {
+		return nil, errors.New("agent: runtime is nil")
+	}
+	if cfg.MaxParallelPulls <= 0 {
+		cfg.MaxParallelPulls = 2
+	}
+	if cfg.PullTimeout <= 0 {
+		cfg.PullTimeout = 10 * time.Minute
+	}
+	if cfg.BackoffInitial <= 0 {
+		cfg.BackoffInitial = 10 * time.Second
+	}
+	if cfg.BackoffMax < cfg.BackoffInitial {
+		cfg.BackoffMax = max(5*time.Minute, cfg.BackoffInitial)
+	}
+	if cfg.ResyncInterval <= 0 {
+		cfg.ResyncInterval = 15 * time.Second
+	}
+	if cfg.MinFreeDiskPercent < 0 || cfg.MinFreeDiskPercent >= 100 {
+		return nil, fmt.Errorf("agent: min free disk percent %v: must be in [0, 100)", cfg.MinFreeDiskPercent)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{
+		cfg:      cfg,
+		rt:       rt,
+		creds:    creds,
+		log:      logger,
+		statfs:   statfs,
+		trigger:  make(chan struct{}, 1),
+		changes:  make(chan struct{}, 1),
+		slots:    make(chan struct{}, cfg.MaxParallelPulls),
+		images:   map[string]*imageStatus{},
+		reserved: map[string]uint64{},
+		state: State{
+			Node:    cfg.Node,
+			Version: uint64(time.Now().UnixNano()),
+			Cached:  map[string]string{},
+		},
+	}
+	for _, o := range opts {
+		o(a)
+	}
+	if a.metrics == nil {
+		a.metrics = newMetrics(nil)
+	}
+	if cfg.StateDir != "" {
+		d, err := loadDesired(cfg.StateDir)
+		switch {
+		case err != nil:
+			// A damaged file must not stop the node; the next list from a leader replaces it.
+			a.log.Warn("ignoring persisted desired list", "err", err)
+		case d != nil:
+			a.desired = *d
+			a.state.DesiredVersion = d.Version
+			a.log.Info("resuming from persisted desired list", "version", d.Version, "images", len(d.Images))
+		}
+	}
+	return a, nil
+}
+
+// Run reconciles until ctx ends, then waits for the pulls it started. It takes a full CRI
+// snapshot every ResyncInterval and whenever Trigger is called.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.pulls.Wait()
+
+	tick := time.NewTicker(a.cfg.ResyncInterval)
+	defer tick.Stop()
+	a.pass(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-a.trigger:
+		}
+		a.pass(ctx)
+	}
+}
+
+// Close releases nothing today; it exists so every component has the same three verbs.
+func (a *Agent) Close() error { return nil }
+
+// Trigger asks for a reconcile pass soon; bursts coalesce into one pass.
+func (a *Agent) Trigger() {
+	select {
+	case a.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Changes receives a value (coalesced) whenever State's version grows.
+func (a *Agent) Changes() <-chan struct{} { return a.changes }
+
+// State returns a copy of the node's state as of the last pass or pull.
+func (a *Agent) State() State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return cloneState(a.state)
+}
+
+// Desired returns the desired list in force.
+func (a *Agent) Desired() Desired {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return Desired{Version: a.desired.Version, Images: slices.Clone(a.desired.Images)}
+}
+
+// SetDesired replaces the desired list unless d is older than the list in force (a lower
+// version) and reports whether it did. References are normalized; an invalid one is dropped
+// and logged with the reason. The list is persisted in StateDir before it takes effect.
+func (a *Agent) SetDesired(d Desired) bool {
+	clean := Desired{Version: d.Version, Images: make([]DesiredImage, 0, len(d.Images))}
+	seen := map[string]bool{}
+	for _, img := range d.Images {
+		ref, err := NormalizeRef(img.Ref)
+		if err != nil {
+			a.log.Warn("dropping desired image", "image", img.Ref, "err", err)
+			continue
+		}
+		if seen[ref] {
+			continue
+		}
+		seen[ref] = true
+		img.Ref = ref
+		clean.Images = append(clean.Images, img)
+	}
+	a.mu.Lock()
+	if d.Version < a.desired.Version || (d.Version == a.desired.Version && reflect.DeepEqual(clean.Images, a.desired.Images)) {
+		a.mu.Unlock()
+		return false
+	}
+	a.desired = clean
+	a.mu.Unlock()
+	if a.cfg.StateDir != "" {
+		if err := saveDesired(a.cfg.StateDir, clean); err != nil {
+			a.log.Warn("persisting desired list", "err", err)
+		}
+	}
+	a.metrics.desired.Set(float64(len(clean.Images)))
+	a.Trigger()
+	return true
+}
+
+// pass takes a CRI snapshot, diffs it against the desired list, starts the pulls that may
+// start, and publishes the new state when anything changed.
+func (a *Agent) pass(ctx context.Context) {
+	imgs, err := a.rt.ListImages(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("listing images", "err", err)
+		a.mu.Lock()
+		next := cloneState(a.state)
+		next.LastError = fmt.Sprintf("list images: %v", err)
+		a.publishLocked(next)
+		a.mu.Unlock()
+		return
+	}
+	fs, err := a.rt.ImageFsInfo(ctx)
+	if err != nil && ctx.Err() == nil {
+		a.log.Warn("image filesystem info", "err", err)
+	}
+	disk := a.measureDisk(fs)
+	runtime := a.State().Runtime
+	if runtime == "" {
+		if v, err := a.rt.Version(ctx); err == nil {
+			runtime = v.RuntimeName + " " + v.RuntimeVersion
+		}
+	}
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	inv := newInventory(imgs)
+	a.largest = max(a.largest, inv.largest)
+	next := State{
+		Node:           a.cfg.Node,
+		Version:        a.state.Version,
+		DesiredVersion: a.desired.Version,
+		Runtime:        runtime,
+		Ready:          true,
+		Images:         inv.images,
+		Cached:         map[string]string{},
+		Disk:           disk,
+	}
+	pullDigests := map[string]bool{} // digests with a pull in flight or starting
+	for ref, st := range a.images {
+		if st.pulling {
+			if d := a.desiredDigest(ref); d != "" {
+				pullDigests[d] = true
+			}
+		}
+	}
+	now := time.Now()
+	wanted := map[string]bool{}
+	for _, d := range a.desired.Images {
+		wanted[d.Ref] = true
+		st := a.images[d.Ref]
+		if st == nil {
+			st = &imageStatus{}
+			a.images[d.Ref] = st
+		}
+		if digest, ok := inv.has(d); ok && !st.pulling {
+			next.Cached[d.Ref] = digest
+			st.attempts, st.lastErr, st.held = 0, "", ""
+			continue
+		}
+		next.Missing = append(next.Missing, d.Ref)
+		switch {
+		case st.pulling:
+			next.Pulling = append(next.Pulling, Pulling{Ref: d.Ref, Started: st.started})
+			continue
+		case st.attempts > 0 && now.Before(st.nextRetry):
+			next.Failed = append(next.Failed, Failed{Ref: d.Ref, Error: st.lastErr, Attempts: st.attempts, NextRetry: st.nextRetry})
+			continue
+		case d.Digest != "" && pullDigests[d.Digest]:
+			// Another tag of this digest is being pulled; this one follows in a moment
+			// without downloading anything twice.
+			next.Queued = append(next.Queued, d.Ref)
+			continue
+		}
+		if reason := a.diskGuardLocked(d, disk); reason != "" {
+			if st.held != reason {
+				a.log.Warn("holding pull", "image", d.Ref, "reason", reason)
+			}
+			st.held = reason
+			next.Held = append(next.Held, Held{Ref: d.Ref, Reason: reason})
+			continue
+		}
+		st.held = ""
+		select {
+		case a.slots <- struct{}{}:
+		default:
+			next.Queued = append(next.Queued, d.Ref)
+			continue
+		}
+		st.pulling, st.started = true, now
+		a.reserved[d.Ref] = a.sizeGuess(d)
+		if d.Digest != "" {
+			pullDigests[d.Digest] = true
+		}
+		next.Pulling = append(next.Pulling, Pulling{Ref: d.Ref, Started: now})
+		a.pulls.Add(1)
+		go a.pullInBackground(ctx, d)
+	}
+	for ref, st := range a.images {
+		if !wanted[ref] && !st.pulling {
+			delete(a.images, ref)
+		}
+	}
+	a.metrics.cached.Set(float64(len(next.Cached)))
+	a.metrics.held.Set(float64(len(next.Held)))
+	a.metrics.fsUsed.Set(float64(disk.UsedBytes))
+	a.metrics.fsCapacity.Set(float64(disk.CapacityBytes))
+	a.publishLocked(next)
+}
+
+// desiredDigest returns the desired digest of ref, "" if unknown. Callers hold a.mu.
+func (a *Agent) desiredDigest(ref string) string {
+	for _, d := range a.desired.Images {
+		if d.Ref == ref {
+			return d.Digest
+		}
+	}
+	return ""
+}
+
+// publishLocked installs next as the state and bumps the version if anything but the version
+// changed. Callers hold a.mu.
+func (a *Agent) publishLocked(next State) {
+	next.Version = a.state.Version
+	if reflect.DeepEqual(next, a.state) {
+		return
+	}
+	next.Version++
+	a.state = next
+	select {
+	case a.changes <- struct{}{}:
+	default:
+	}
+}
+
+// pullInBackground runs one pull attempt started by a pass and records its outcome.
+func (a *Agent) pullInBackground(ctx context.Context, d DesiredImage) {
+	defer a.pulls.Done()
+	defer func() { <-a.slots }()
+	_, err := a.pullOnce(ctx, d)
+	a.mu.Lock()
+	delete(a.reserved, d.Ref)
+	if st := a.images[d.Ref]; st != nil {
+		st.pulling = false
+		if err != nil && ctx.Err() == nil {
+			st.attempts++
+			st.lastErr = err.Error()
+			st.nextRetry = time.Now().Add(backoff(a.cfg.BackoffInitial, a.cfg.BackoffMax, st.attempts))
+		} else if err == nil {
+			st.attempts, st.lastErr = 0, ""
+		}
+	}
+	a.mu.Unlock()
+	a.Trigger()
+}
+
+// PullResult is the outcome of one pull attempt.
+type PullResult struct {
+	Ref      string        `json:"image_url"`
+	ImageID  string        `json:"image_id,omitempty"`
+	Digest   string        `json:"image_hash,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// PullNow pulls ref at once for an operator, waiting for a free pull slot, and blocks until
+// the pull ends. The disk guard applies. The image does not become desired.
+func (a *Agent) PullNow(ctx context.Context, ref string) (PullResult, error) {
+	norm, err := NormalizeRef(ref)
+	if err != nil {
+		return PullResult{Ref: ref}, err
+	}
+	d := DesiredImage{Ref: norm}
+	fs, err := a.rt.ImageFsInfo(ctx)
+	if err != nil {
+		a.log.Warn("image filesystem info", "err", err)
+	}
+	disk := a.measureDisk(fs)
+	a.mu.Lock()
+	reason := a.diskGuardLocked(d, disk)
+	a.mu.Unlock()
+	if reason != "" {
+		return PullResult{Ref: norm}, fmt.Errorf("pull %s held: %s", norm, reason)
+	}
+	select {
+	case a.slots <- struct{}{}:
+	case <-ctx.Done():
+		return PullResult{Ref: norm}, ctx.Err()
+	}
+	defer func() { <-a.slots }()
+	res, err := a.pullOnce(ctx, d)
+	a.Trigger()
+	return res, err
+}
+
+// pullOnce pulls d by tag within the pull timeout and checks the digest the tag now has on
+// the node against the desired digest.
+func (a *Agent) pullOnce(ctx context.Context, d DesiredImage) (PullResult, error) {
+	res := PullResult{Ref: d.Ref}
+	start := time.Now()
+	defer func() { res.Duration = time.Since(start) }()
+	var auth *cri.Auth
+	if a.creds != nil {
+		var err error
+		if auth, err = a.creds.AuthFor(ctx, d.Ref); err != nil {
+			a.metrics.pulls.WithLabelValues("error").Inc()
+			err = fmt.Errorf("credentials for %s: %w", d.Ref, err)
+			res.Error = err.Error()
+			return res, err
+		}
+	}
+	a.log.Info("pulling", "image", d.Ref, "digest", d.Digest)
+	pctx, cancel := context.WithTimeout(ctx, a.cfg.PullTimeout)
+	id, err := a.rt.PullImage(pctx, d.Ref, auth)
+	if err == nil {
+		var img *cri.Image
+		img, err = a.rt.ImageStatus(pctx, d.Ref)
+		if err == nil && img == nil {
+			err = fmt.Errorf("pull %s: image absent right after the pull", d.Ref)
+		}
+		if err == nil {
+			res.ImageID = id
+			res.Digest = digestFor(img.Digests, repoOf(d.Ref))
+			if d.Digest != "" && !slices.Contains(digestsOf(img.Digests), d.Digest) {
+				err = fmt.Errorf("pull %s: tag moved: registry serves %s, desired %s", d.Ref, res.Digest, d.Digest)
+			}
+		}
+	}
+	cancel()
+	elapsed := time.Since(start)
+	switch {
+	case err == nil:
+		a.metrics.pulls.WithLabelValues("success").Inc()
+		a.metrics.pullSeconds.Observe(elapsed.Seconds())
+		a.log.Info("pulled", "image", d.Ref, "digest", res.Digest, "seconds", elapsed.Seconds())
+	case ctx.Err() != nil:
+		a.metrics.pulls.WithLabelValues("canceled").Inc()
+	case errors.Is(err, cri.ErrDeadline) || errors.Is(err, context.DeadlineExceeded):
+		a.metrics.pulls.WithLabelValues("timeout").Inc()
+		a.log.Warn("pull timed out", "image", d.Ref, "timeout", a.cfg.PullTimeout, "err", err)
+	default:
+		a.metrics.pulls.WithLabelValues("error").Inc()
+		a.log.Warn("pull failed", "image", d.Ref, "err", err)
+	}
+	if err != nil {
+		res.Error = err.Error()
+	}
+	return res, err
+}
+
+// backoff is the delay before attempt n+1 after n failures: initial doubling per failure up to
+// max, with "equal jitter" (a uniform draw from the upper half) so that nodes that failed
+// together do not retry together.
+func backoff(initial, maxDelay time.Duration, failures int) time.Duration {
+	d := initial
+	for i := 1; i < failures && d < maxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, maxDelay)
+	half := d / 2
+	return half + rand.N(half+1)
+}
+
+func cloneState(s State) State {
+	c := s
+	c.Images = slices.Clone(s.Images)
+	c.Cached = maps.Clone(s.Cached)
+	c.Missing = slices.Clone(s.Missing)
+	c.Queued = slices.Clone(s.Queued)
+	c.Pulling = slices.Clone(s.Pulling)
+	c.Held = slices.Clone(s.Held)
+	c.Failed = slices.Clone(s.Failed)
+	return c
+}

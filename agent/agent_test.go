@@ -1,0 +1,250 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cachemachine/cachemachine/cri"
+)
+
+const (
+	digestA = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	digestB = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+)
+
+// startAgent runs a in the current synctest bubble and stops it when the test ends.
+func startAgent(t *testing.T, a *Agent) {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	synctest.Wait()
+}
+
+func TestFailedPullBacksOffAndRecovers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		const ref = "ghcr.io/lsst/lab:w_2024_01"
+		a, err := New(Config{BackoffInitial: 10 * time.Second, BackoffMax: 40 * time.Second, ResyncInterval: time.Second}, rt, nil, nil)
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref, Digest: digestA}}})
+		startAgent(t, a)
+
+		st := a.State()
+		require.Empty(t, st.Cached, "a failed pull is never reported as cached")
+		require.Len(t, st.Failed, 1)
+		f := st.Failed[0]
+		require.Equal(t, 1, f.Attempts)
+		require.Contains(t, f.Error, cri.ErrNotFound.Error())
+		wait := time.Until(f.NextRetry)
+		require.True(t, wait >= 5*time.Second && wait <= 10*time.Second, "first retry in %s, want 5s..10s", wait)
+
+		time.Sleep(wait - time.Second)
+		synctest.Wait()
+		require.Equal(t, 1, rt.pullCount(ref), "no retry before the backoff ends")
+
+		time.Sleep(2 * time.Second) // past NextRetry, and a resync tick
+		synctest.Wait()
+		require.Equal(t, 2, rt.pullCount(ref))
+		st = a.State()
+		require.Len(t, st.Failed, 1)
+		require.Equal(t, 2, st.Failed[0].Attempts)
+		wait = time.Until(st.Failed[0].NextRetry)
+		require.True(t, wait >= 10*time.Second-time.Second && wait <= 20*time.Second, "second retry in %s, want 10s..20s", wait)
+
+		rt.mu.Lock()
+		rt.remote[ref] = digestA
+		rt.mu.Unlock()
+		time.Sleep(21 * time.Second)
+		synctest.Wait()
+		st = a.State()
+		require.Equal(t, map[string]string{ref: digestA}, st.Cached)
+		require.Empty(t, st.Failed)
+		require.Empty(t, st.Missing)
+	})
+}
+
+func TestPullsRespectParallelLimitAndOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		rt.block = make(chan struct{})
+		var want []DesiredImage
+		for i := range 5 {
+			ref := fmt.Sprintf("ghcr.io/lsst/lab:t%d", i)
+			rt.remote[ref] = fmt.Sprintf("sha256:%064d", i)
+			want = append(want, DesiredImage{Ref: ref, Digest: rt.remote[ref]})
+		}
+		a, err := New(Config{MaxParallelPulls: 2, ResyncInterval: time.Second}, rt, nil, nil)
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: want})
+		startAgent(t, a)
+
+		st := a.State()
+		require.Equal(t, []string{want[0].Ref, want[1].Ref}, refsOf(st.Pulling), "the first images of the list are pulled first")
+		require.Equal(t, []string{want[2].Ref, want[3].Ref, want[4].Ref}, st.Queued)
+		time.Sleep(5 * time.Second) // passes while pulls hang start nothing more
+		synctest.Wait()
+		require.Len(t, a.State().Pulling, 2)
+
+		close(rt.block)
+		synctest.Wait()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		st = a.State()
+		require.Len(t, st.Cached, 5)
+		require.Empty(t, st.Queued)
+		for _, d := range want {
+			require.Equal(t, 1, rt.pullCount(d.Ref), d.Ref)
+		}
+	})
+}
+
+func TestPullDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		rt.block = make(chan struct{}) // a hung registry
+		const ref = "ghcr.io/lsst/lab:hang"
+		rt.remote[ref] = digestA
+		a, err := New(Config{PullTimeout: time.Minute, BackoffInitial: time.Hour, ResyncInterval: time.Second}, rt, nil, nil)
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref, Digest: digestA}}})
+		startAgent(t, a)
+		require.Len(t, a.State().Pulling, 1)
+		time.Sleep(time.Minute + time.Second)
+		synctest.Wait()
+		st := a.State()
+		require.Empty(t, st.Pulling)
+		require.Len(t, st.Failed, 1)
+		require.Contains(t, st.Failed[0].Error, "deadline")
+	})
+}
+
+func TestTagMovedIsNotCached(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		const ref = "ghcr.io/lsst/lab:recommended"
+		rt.remote[ref] = digestB // the registry moved the tag
+		a, err := New(Config{ResyncInterval: time.Second}, rt, nil, nil)
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref, Digest: digestA}}})
+		startAgent(t, a)
+		st := a.State()
+		require.Empty(t, st.Cached)
+		require.Len(t, st.Failed, 1)
+		require.Contains(t, st.Failed[0].Error, "tag moved")
+		require.Contains(t, st.Failed[0].Error, digestB)
+
+		// The next refresh publishes the new digest: it is cached without another pull.
+		a.SetDesired(Desired{Version: 2, Images: []DesiredImage{{Ref: ref, Digest: digestB}}})
+		synctest.Wait()
+		require.Equal(t, map[string]string{ref: digestB}, a.State().Cached)
+		require.Equal(t, 1, rt.pullCount(ref))
+	})
+}
+
+func TestRemovedImageIsPulledAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		const ref = "ghcr.io/lsst/lab:w_2024_01"
+		rt.remote[ref] = digestA
+		a, err := New(Config{ResyncInterval: 10 * time.Second}, rt, nil, nil)
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref, Digest: digestA}}})
+		startAgent(t, a)
+		require.Contains(t, a.State().Cached, ref)
+		v := a.State().Version
+
+		rt.mu.Lock()
+		delete(rt.images, ref) // kubelet image GC
+		rt.mu.Unlock()
+		time.Sleep(11 * time.Second)
+		synctest.Wait()
+		require.Equal(t, 2, rt.pullCount(ref))
+		require.Contains(t, a.State().Cached, ref)
+		require.Greater(t, a.State().Version, v)
+	})
+}
+
+func TestDiskGuardHoldsPulls(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		const ref = "ghcr.io/lsst/lab:big"
+		rt.remote[ref] = digestA
+		var avail atomic.Uint64
+		avail.Store(100 << 20)
+		stat := func(string) (uint64, uint64, error) { return 1 << 30, avail.Load(), nil }
+		a, err := New(Config{MinFreeDiskPercent: 15, StateDir: t.TempDir(), ResyncInterval: time.Second}, rt, nil, nil, WithStatFS(stat))
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref, Digest: digestA, Size: 200 << 20}}})
+		startAgent(t, a)
+		st := a.State()
+		require.Len(t, st.Held, 1)
+		require.Contains(t, st.Held[0].Reason, "insufficient disk")
+		require.Zero(t, rt.pullCount(ref))
+
+		avail.Store(900 << 20) // space was freed
+		time.Sleep(time.Second)
+		synctest.Wait()
+		require.Contains(t, a.State().Cached, ref)
+		require.Empty(t, a.State().Held)
+	})
+}
+
+func TestTagsOfOneDigestDownloadOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		rt.block = make(chan struct{})
+		rec, weekly := "ghcr.io/lsst/lab:recommended", "ghcr.io/lsst/lab:w_2024_01"
+		rt.remote[rec], rt.remote[weekly] = digestA, digestA
+		a, err := New(Config{MaxParallelPulls: 4, ResyncInterval: time.Second}, rt, nil, nil)
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: rec, Digest: digestA}, {Ref: weekly, Digest: digestA}}})
+		startAgent(t, a)
+		st := a.State()
+		require.Equal(t, []string{rec}, refsOf(st.Pulling))
+		require.Equal(t, []string{weekly}, st.Queued)
+		close(rt.block)
+		synctest.Wait()
+		require.Equal(t, map[string]string{rec: digestA, weekly: digestA}, a.State().Cached)
+	})
+}
+
+func TestCredentialErrorIsAFailedPull(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		const ref = "ghcr.io/lsst/lab:1"
+		rt.remote[ref] = digestA
+		a, err := New(Config{ResyncInterval: time.Second}, rt, credsFunc(func(context.Context, string) (*cri.Auth, error) {
+			return nil, errors.New("token source: metadata server unreachable")
+		}), nil)
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref}}})
+		startAgent(t, a)
+		st := a.State()
+		require.Len(t, st.Failed, 1)
+		require.Contains(t, st.Failed[0].Error, "credentials for "+ref)
+		require.Zero(t, rt.pullCount(ref))
+	})
+}
+
+type credsFunc func(context.Context, string) (*cri.Auth, error)
+
+func (f credsFunc) AuthFor(ctx context.Context, ref string) (*cri.Auth, error) { return f(ctx, ref) }
+
+func refsOf(ps []Pulling) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Ref)
+	}
+	return out
+}

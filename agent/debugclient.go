@@ -1,0 +1,218 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// ErrUsage marks a debug command line that cannot be run as given.
+var ErrUsage = errors.New("usage")
+
+// DebugUsage is the synopsis of `cachemachine debug`.
+const DebugUsage = `usage: cachemachine debug [--socket PATH] [-o json] COMMAND
+commands:
+  node          runtime, image filesystem and the node's image inventory
+  pulls         pulls in flight, queued, held and failed
+  desired       the desired list this node works from
+  cluster       members, leader and versions as this node sees them
+  reconcile     re-list sources (leader) and reconcile now
+  pull IMAGE    pull one image now and wait for the result`
+
+// RunDebug runs one debug command against the agent's socket and prints the answer to out:
+// readable tables by default, the raw JSON when jsonOut is set.
+func RunDebug(ctx context.Context, socket string, args []string, jsonOut bool, out io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: no command given\n%s", ErrUsage, DebugUsage)
+	}
+	method, path, body := http.MethodGet, "", []byte(nil)
+	switch cmd := args[0]; {
+	case cmd == "node" || cmd == "pulls" || cmd == "desired" || cmd == "cluster":
+		path = "/v1/" + cmd
+	case cmd == "reconcile":
+		method, path = http.MethodPost, "/v1/reconcile"
+	case cmd == "pull":
+		if len(args) != 2 {
+			return fmt.Errorf("%w: pull takes one image reference\n%s", ErrUsage, DebugUsage)
+		}
+		method, path = http.MethodPost, "/v1/pull"
+		body, _ = json.Marshal(map[string]string{"image": args[1]})
+	default:
+		return fmt.Errorf("%w: unknown command %q\n%s", ErrUsage, cmd, DebugUsage)
+	}
+	if len(args) > 1 && args[0] != "pull" {
+		return fmt.Errorf("%w: %s takes no arguments\n%s", ErrUsage, args[0], DebugUsage)
+	}
+	raw, err := debugCall(ctx, socket, method, path, body)
+	if err != nil {
+		return err
+	}
+	if jsonOut {
+		_, err := out.Write(raw)
+		return err
+	}
+	return printTable(out, args[0], raw)
+}
+
+// debugCall makes one request over the unix socket and returns the body of a 2xx answer; any
+// other answer becomes an error carrying the server's message.
+func debugCall(ctx context.Context, socket, method, path string, body []byte) ([]byte, error) {
+	if _, err := os.Stat(socket); err != nil {
+		return nil, fmt.Errorf("debug socket %s: %w (is the agent running on this node? pass --socket PATH or set agent.debug_socket)", socket, errors.Unwrap(err))
+	}
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("debug socket %s: connection refused (a stale socket: is the agent running?)", socket)
+		}
+		return nil, fmt.Errorf("debug socket %s: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("debug socket %s: read answer: %w", socket, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+			return nil, fmt.Errorf("%s %s: %s", method, path, e.Error)
+		}
+		return nil, fmt.Errorf("%s %s: %s", method, path, resp.Status)
+	}
+	return raw, nil
+}
+
+func printTable(out io.Writer, cmd string, raw []byte) error {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	switch cmd {
+	case "node":
+		var v NodeView
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("decode node view: %w", err)
+		}
+		fmt.Fprintf(tw, "node:\t%s\nruntime:\t%s\nready:\t%v\nstate version:\t%d\n", v.Node, v.Runtime, v.Ready, v.Version)
+		if v.LastError != "" {
+			fmt.Fprintf(tw, "last error:\t%s\n", v.LastError)
+		}
+		fmt.Fprintf(tw, "image fs:\t%s used, %s free of %s (%s)\n\n", bytesString(v.Disk.UsedBytes), bytesString(v.Disk.FreeBytes), bytesString(v.Disk.CapacityBytes), v.Disk.Path)
+		fmt.Fprintln(tw, "TAGS\tDIGEST\tSIZE\tID")
+		for _, img := range v.Images {
+			digest := "-"
+			if ds := digestsOf(img.Digests); len(ds) > 0 {
+				digest = short(ds[0])
+			}
+			tags := strings.Join(img.Tags, ",")
+			if tags == "" {
+				tags = "<none>"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", tags, digest, bytesString(img.Size), short(img.ID))
+		}
+	case "pulls":
+		var v PullsView
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("decode pulls view: %w", err)
+		}
+		fmt.Fprintln(tw, "IMAGE\tSTATE\tDETAIL")
+		for _, p := range v.Pulling {
+			fmt.Fprintf(tw, "%s\tpulling\t%s elapsed\n", p.Ref, (time.Duration(p.ElapsedSeconds * float64(time.Second))).Round(100*time.Millisecond))
+		}
+		for _, q := range v.Queued {
+			fmt.Fprintf(tw, "%s\tqueued\t\n", q)
+		}
+		for _, h := range v.Held {
+			fmt.Fprintf(tw, "%s\theld\t%s\n", h.Ref, h.Reason)
+		}
+		for _, f := range v.Failed {
+			fmt.Fprintf(tw, "%s\tfailed\tattempt %d, retry in %s: %s\n", f.Ref, f.Attempts, time.Until(f.NextRetry).Round(time.Second), f.Error)
+		}
+		for _, c := range v.Cached {
+			fmt.Fprintf(tw, "%s\tcached\t\n", c)
+		}
+	case "desired":
+		var v Desired
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("decode desired list: %w", err)
+		}
+		fmt.Fprintf(tw, "version:\t%d\n\n", v.Version)
+		fmt.Fprintln(tw, "#\tIMAGE\tDIGEST\tNAME")
+		for i, d := range v.Images {
+			digest := d.Digest
+			if digest == "" {
+				digest = "-"
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", i+1, d.Ref, short(digest), d.Name)
+		}
+	case "pull":
+		var v PullResult
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("decode pull result: %w", err)
+		}
+		fmt.Fprintf(tw, "image:\t%s\ndigest:\t%s\nimage id:\t%s\nduration:\t%s\n", v.Ref, v.Digest, v.ImageID, v.Duration.Round(time.Millisecond))
+	default: // cluster, reconcile: JSON objects whose shape belongs to other packages
+		var v map[string]any
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("decode answer: %w", err)
+		}
+		printMap(tw, "", v)
+	}
+	return nil
+}
+
+func printMap(w io.Writer, indent string, v map[string]any) {
+	keys := make([]string, 0, len(v))
+	for k := range v {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		switch x := v[k].(type) {
+		case map[string]any:
+			fmt.Fprintf(w, "%s%s:\n", indent, k)
+			printMap(w, indent+"  ", x)
+		case []any:
+			fmt.Fprintf(w, "%s%s:\n", indent, k)
+			for _, e := range x {
+				if m, ok := e.(map[string]any); ok {
+					fmt.Fprintf(w, "%s  -\n", indent)
+					printMap(w, indent+"    ", m)
+				} else {
+					fmt.Fprintf(w, "%s  - %v\n", indent, e)
+				}
+			}
+		default:
+			fmt.Fprintf(w, "%s%s:\t%v\n", indent, k, x)
+		}
+	}
+}
+
+func short(digest string) string {
+	if i := strings.IndexByte(digest, ':'); i >= 0 && len(digest) > i+13 {
+		return digest[:i+13]
+	}
+	return digest
+}

@@ -1,0 +1,35 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestDesiredListSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	rt := &nopRuntime{}
+	a, err := New(Config{StateDir: dir}, rt, nil, nil)
+	require.NoError(t, err)
+	require.True(t, a.SetDesired(Desired{Version: 7, Images: []DesiredImage{{Ref: "ghcr.io/a/b:1", Name: "one"}, {Ref: "busybox"}}}))
+	require.False(t, a.SetDesired(Desired{Version: 6, Images: []DesiredImage{{Ref: "ghcr.io/old:1"}}}), "an older list must not replace a newer one")
+
+	b, err := New(Config{StateDir: dir}, rt, nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, Desired{Version: 7, Images: []DesiredImage{
+		{Ref: "ghcr.io/a/b:1", Name: "one"},
+		{Ref: "docker.io/library/busybox:latest"},
+	}}, b.Desired())
+}
+
+func TestDamagedDesiredListIsIgnored(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, desiredFile), []byte("{not json"), 0o600))
+	a, err := New(Config{StateDir: dir}, &nopRuntime{}, nil, nil)
+	require.NoError(t, err)
+	require.Empty(t, a.Desired().Images)
+}
