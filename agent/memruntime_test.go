@@ -11,17 +11,19 @@ import (
 // nopRuntime is a runtime with no images for tests that never reach the runtime.
 type nopRuntime struct{}
 
-func (nopRuntime) ListImages(context.Context) ([]cri.Image, error)              { return nil, nil }
-func (nopRuntime) ImageStatus(context.Context, string) (*cri.Image, error)      { return nil, nil }
-func (nopRuntime) PullImage(context.Context, string, *cri.Auth) (string, error) { return "", errors.New("nop") }
-func (nopRuntime) ImageFsInfo(context.Context) ([]cri.FsUsage, error)           { return nil, nil }
-func (nopRuntime) Version(context.Context) (cri.Version, error)                 { return cri.Version{}, nil }
+func (nopRuntime) ListImages(context.Context) ([]cri.Image, error)         { return nil, nil }
+func (nopRuntime) ImageStatus(context.Context, string) (*cri.Image, error) { return nil, nil }
+func (nopRuntime) PullImage(context.Context, string, *cri.Auth) (string, error) {
+	return "", errors.New("nop")
+}
+func (nopRuntime) ImageFsInfo(context.Context) ([]cri.FsUsage, error) { return nil, nil }
+func (nopRuntime) Version(context.Context) (cri.Version, error)       { return cri.Version{}, nil }
 
 // memRuntime is an in-memory runtime for tests under testing/synctest, where the gRPC fake
 // (cri/critest) cannot run because socket I/O does not let the bubble's clock advance. The
 // behaviour the agent relies on is covered against critest and real containerd elsewhere.
 type memRuntime struct {
-	mu      sync.Mutex // guards the fields below
+	mu      sync.Mutex        // guards the fields below
 	remote  map[string]string // ref -> digest the registry serves
 	images  map[string]string // ref -> digest present on the node
 	failing map[string]error  // ref -> error its pulls return
