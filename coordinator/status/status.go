@@ -1,0 +1,280 @@
+// Package status turns the cluster state the leader holds into the status documents of the
+// Python cachemachine (the dump, available, desired) plus a per-node view, and serves them
+// over HTTP (see NewHandler).
+//
+// Compute and NodesView are pure functions of their Input: no clock, no I/O, deterministic
+// output, and every list in their output is non-nil so it encodes as [] rather than null.
+package status
+
+import (
+	"cmp"
+	"encoding/json"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Image is one image in all_images, desired_images, available_images and images_to_cache.
+type Image struct {
+	// ImageURL is the reference with a tag ("host/repo:tag").
+	ImageURL string `json:"image_url"`
+	// ImageHash is the manifest digest ("sha256:…"), "" when the source could not tell.
+	ImageHash string `json:"image_hash"`
+	// Name is the raw tag in all_images and the display name in the desired lists.
+	Name string `json:"name"`
+}
+
+// CommonImage is one entry of common_cache: a repo:tag present with the same manifest digest
+// on every alive node.
+type CommonImage struct {
+	ImageURL  string `json:"image_url"`
+	ImageHash string `json:"image_hash"`
+	// Tags are the other tags (names only) of the same repository and digest that are also
+	// common, sorted.
+	Tags []string `json:"tags"`
+}
+
+// Held is a pull a node declines to start, with the reason (e.g. the disk guard).
+type Held struct {
+	ImageURL string `json:"image_url"`
+	Reason   string `json:"reason"`
+}
+
+// Failed is an image whose last pull on a node failed.
+type Failed struct {
+	ImageURL string `json:"image_url"`
+	Error    string `json:"error"`
+	Attempts int    `json:"attempts"`
+	// NextRetry is when the node tries again; the zero time encodes as null.
+	NextRetry time.Time `json:"next_retry"`
+}
+
+// MarshalJSON encodes a zero NextRetry as null instead of year 1.
+func (f Failed) MarshalJSON() ([]byte, error) {
+	var next *time.Time
+	if !f.NextRetry.IsZero() {
+		t := f.NextRetry.UTC()
+		next = &t
+	}
+	return json.Marshal(struct {
+		ImageURL  string     `json:"image_url"`
+		Error     string     `json:"error"`
+		Attempts  int        `json:"attempts"`
+		NextRetry *time.Time `json:"next_retry"`
+	}{f.ImageURL, f.Error, f.Attempts, next})
+}
+
+// Disk is a node's image filesystem usage.
+type Disk struct {
+	UsedBytes     uint64 `json:"used_bytes"`
+	CapacityBytes uint64 `json:"capacity_bytes"`
+}
+
+// Node is the last known state of one member of the cache's node pool.
+type Node struct {
+	Name string
+	// Alive is false for a member the cluster considers failed or gone; such nodes are
+	// shown but do not count for common_cache.
+	Alive   bool
+	Version uint64
+	// Inventory maps "repo:tag" to the manifest digest, for every tagged image on the node.
+	// Keys that carry a digest ("repo@sha256:…") and entries with an empty digest are
+	// ignored.
+	Inventory map[string]string
+	// Cached, Missing and Pulling are desired image references.
+	Cached  []string
+	Missing []string
+	Pulling []string
+	Held    []Held
+	Failed  []Failed
+	Disk    Disk
+}
+
+// SourceStatus is the state of one image source (a repoman) as the leader last listed it.
+type SourceStatus struct {
+	Name string
+	// ListedAt is the time of the last successful listing, zero if none yet.
+	ListedAt time.Time
+	// Error is the last listing error, "" when the last listing succeeded; a failing source
+	// keeps its last good listing in force.
+	Error string
+	// Images is how many images the source's last good listing gave.
+	Images int
+}
+
+// Input is everything the status documents are computed from.
+type Input struct {
+	// Name is the cache name ("jupyter"), the {name} of the status paths.
+	Name   string
+	Labels map[string]string
+	// Leader is the name of the node that computed this input.
+	Leader string
+	// All is every image the sources list; Desired is what the policy selected, in priority
+	// order.
+	All     []Image
+	Desired []Image
+	Nodes   []Node
+	Sources []SourceStatus
+	// DesiredVersion is the version of the published desired list.
+	DesiredVersion uint64
+}
+
+// Dump is the document of GET /cachemachine/{name}, field for field the Python
+// cachemachine's.
+type Dump struct {
+	Name            string            `json:"name"`
+	Labels          map[string]string `json:"labels"`
+	CommonCache     []CommonImage     `json:"common_cache"`
+	AllImages       []Image           `json:"all_images"`
+	DesiredImages   []Image           `json:"desired_images"`
+	AvailableImages []Image           `json:"available_images"`
+	ImagesToCache   []Image           `json:"images_to_cache"`
+}
+
+// ImageList is the document of /available and /desired: the selected images and every
+// listed image.
+type ImageList struct {
+	Images []Image `json:"images"`
+	All    []Image `json:"all"`
+}
+
+// NodeView is one node of the /nodes document.
+type NodeView struct {
+	Name    string   `json:"name"`
+	Alive   bool     `json:"alive"`
+	Cached  []string `json:"cached"`
+	Missing []string `json:"missing"`
+	Pulling []string `json:"pulling"`
+	Held    []Held   `json:"held"`
+	Failed  []Failed `json:"failed"`
+	Disk    Disk     `json:"disk"`
+	Version uint64   `json:"version"`
+}
+
+// Nodes is the document of GET /cachemachine/{name}/nodes.
+type Nodes struct {
+	Leader string     `json:"leader"`
+	Nodes  []NodeView `json:"nodes"`
+}
+
+// Compute aggregates in into the dump.
+//
+// common_cache holds one entry per repo:tag that every alive node has with the same digest
+// (no alive node: empty), sorted by image_url. An image is available when its digest is in
+// common_cache under any name (docker.io and registry.hub.docker.com references of one
+// image match); an image without a digest is available when its image_url is. The other
+// desired images, in priority order, are images_to_cache.
+func Compute(in Input) Dump {
+	common := commonCache(in.Nodes)
+	byDigest := make(map[string]bool, len(common))
+	byURL := make(map[string]bool, len(common))
+	for _, c := range common {
+		byDigest[c.ImageHash] = true
+		byURL[c.ImageURL] = true
+	}
+	available, toCache := []Image{}, []Image{}
+	for _, img := range in.Desired {
+		if img.ImageHash != "" && byDigest[img.ImageHash] || img.ImageHash == "" && byURL[img.ImageURL] {
+			available = append(available, img)
+		} else {
+			toCache = append(toCache, img)
+		}
+	}
+	labels := make(map[string]string, len(in.Labels))
+	for k, v := range in.Labels {
+		labels[k] = v
+	}
+	return Dump{
+		Name:            in.Name,
+		Labels:          labels,
+		CommonCache:     common,
+		AllImages:       clone(in.All),
+		DesiredImages:   clone(in.Desired),
+		AvailableImages: available,
+		ImagesToCache:   toCache,
+	}
+}
+
+// commonCache returns the repo:tag entries that every alive node holds with the same digest.
+func commonCache(nodes []Node) []CommonImage {
+	var common map[string]string // repo:tag -> digest
+	for _, n := range nodes {
+		if !n.Alive {
+			continue
+		}
+		if common == nil {
+			common = make(map[string]string, len(n.Inventory))
+			for ref, digest := range n.Inventory {
+				if digest != "" && !strings.Contains(ref, "@") {
+					common[ref] = digest
+				}
+			}
+			continue
+		}
+		for ref, digest := range common {
+			if n.Inventory[ref] != digest {
+				delete(common, ref)
+			}
+		}
+	}
+
+	// Group tags by repository and digest to fill in each entry's other tags.
+	type repoDigest struct{ repo, digest string }
+	tags := make(map[repoDigest][]string)
+	for ref, digest := range common {
+		repo, tag := splitTag(ref)
+		if tag != "" {
+			k := repoDigest{repo, digest}
+			tags[k] = append(tags[k], tag)
+		}
+	}
+	out := make([]CommonImage, 0, len(common))
+	for ref, digest := range common {
+		repo, tag := splitTag(ref)
+		others := []string{}
+		for _, t := range tags[repoDigest{repo, digest}] {
+			if t != tag {
+				others = append(others, t)
+			}
+		}
+		slices.Sort(others)
+		out = append(out, CommonImage{ImageURL: ref, ImageHash: digest, Tags: others})
+	}
+	slices.SortFunc(out, func(a, b CommonImage) int { return cmp.Compare(a.ImageURL, b.ImageURL) })
+	return out
+}
+
+// splitTag splits "host:port/repo:tag" into repository and tag; the tag is "" when ref has
+// none.
+func splitTag(ref string) (repo, tag string) {
+	if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
+		return ref[:i], ref[i+1:]
+	}
+	return ref, ""
+}
+
+// NodesView returns the per-node document, nodes sorted by name.
+func NodesView(in Input) Nodes {
+	out := Nodes{Leader: in.Leader, Nodes: make([]NodeView, 0, len(in.Nodes))}
+	for _, n := range in.Nodes {
+		out.Nodes = append(out.Nodes, NodeView{
+			Name:    n.Name,
+			Alive:   n.Alive,
+			Cached:  clone(n.Cached),
+			Missing: clone(n.Missing),
+			Pulling: clone(n.Pulling),
+			Held:    clone(n.Held),
+			Failed:  clone(n.Failed),
+			Disk:    n.Disk,
+			Version: n.Version,
+		})
+	}
+	slices.SortStableFunc(out.Nodes, func(a, b NodeView) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// clone copies s into a non-nil slice, so that it encodes as [] when empty and the output
+// shares no memory with the input.
+func clone[T any](s []T) []T {
+	return append(make([]T, 0, len(s)), s...)
+}

@@ -1,0 +1,253 @@
+// Package lab starts real components for end-to-end tests, benchmarks and the demo: one
+// containerd per simulated node and a real docker-registry, each as a child process of the
+// caller, with all state under one directory per instance.
+//
+// The core API takes a context and returns errors so that a non-test program (the demo) can use
+// it; NewContainerd and NewRegistry are thin testing.TB wrappers that skip when the binaries are
+// missing and register cleanup. The types are safe for concurrent use, but their lifecycle
+// methods (Stop, Start, Restart, Kill, Close) are meant to be called from one goroutine.
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	// readyTimeout bounds how long a daemon may take to answer after it was started.
+	readyTimeout = 20 * time.Second
+	// stopGrace is how long Stop waits after SIGTERM before it sends SIGKILL.
+	stopGrace = 10 * time.Second
+	// pollInterval is the readiness polling period.
+	pollInterval = 50 * time.Millisecond
+	// tailSize is how much of a daemon's recent output is kept for error messages.
+	tailSize = 4 << 10
+)
+
+// installHint tells a developer how to get the binaries the lab needs.
+const installHint = "install them with `apt-get install -y --no-install-recommends containerd runc docker-registry` (make test installs them)"
+
+// binaries lists the programs the lab runs (runc is only checked: containerd needs it to exist).
+var binaries = []string{"containerd", "runc", "docker-registry"}
+
+// Require skips t when containerd, runc or docker-registry are missing, unless CI=true in the
+// environment, in which case it fails t with a message naming what is missing and how to install
+// it (make test installs them).
+func Require(t testing.TB) {
+	t.Helper()
+	var missing []string
+	for _, b := range binaries {
+		if _, err := lookPath(b); err != nil {
+			missing = append(missing, b)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	skipOrFail(t, fmt.Sprintf("lab: missing %s; %s", strings.Join(missing, ", "), installHint))
+}
+
+// skipOrFail skips t, or fails it when running under CI where the environment must be complete.
+func skipOrFail(t testing.TB, msg string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// lookPath finds a binary in PATH or, since Debian puts runc in /usr/sbin which a non-root PATH
+// may lack, in the usual system directories.
+func lookPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"} {
+		p := dir + "/" + name
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found in PATH: %s", name, installHint)
+}
+
+// proc is one child process and the goroutine that waits for it. The goroutine is owned by proc:
+// it ends when the process exits, and every stop path waits on done.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once Wait returned
+	err  error         // Wait's result; read only after done is closed
+}
+
+// startProc starts path with args in its own process group (so Ctrl-C at a terminal reaches the
+// parent first, which then stops its children in order), sending stdout and stderr to out.
+func startProc(path string, args []string, out io.Writer) (*proc, error) {
+	cmd := exec.Command(path, args...)
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.SysProcAttr = sysProcAttr()
+	// A grandchild holding the output pipe must not block Wait forever.
+	cmd.WaitDelay = 2 * time.Second
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// exited reports whether the process has exited and been reaped.
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM, waits up to grace, then SIGKILLs and waits. It returns an error only when
+// the process had already exited on its own with a failure, or ignored SIGTERM.
+func (p *proc) stop(grace time.Duration) error {
+	if p.exited() {
+		if p.err != nil {
+			return fmt.Errorf("had exited on its own: %w", p.err)
+		}
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM) // fails only if it exited meanwhile
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return nil
+	case <-t.C:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+	return fmt.Errorf("ignored SIGTERM for %s, killed", grace)
+}
+
+// kill sends SIGKILL and waits for the process.
+func (p *proc) kill() {
+	if !p.exited() {
+		_ = p.cmd.Process.Kill()
+	}
+	<-p.done
+}
+
+// tailBuffer keeps the last max bytes written to it, for error messages.
+type tailBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf []byte
+	max int
+}
+
+func newTail() *tailBuffer { return &tailBuffer{max: tailSize} }
+
+// Write implements io.Writer; it never fails.
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if n := len(t.buf); n > 2*t.max {
+		t.buf = append(t.buf[:0], t.buf[n-t.max:]...)
+	}
+	return len(p), nil
+}
+
+// String returns the kept output, starting at a line boundary when it was cut.
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	b := t.buf
+	if len(b) > t.max {
+		b = b[len(b)-t.max:]
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return string(bytes.TrimSpace(b))
+}
+
+// withTail appends a process's recent output to err.
+func withTail(err error, t *tailBuffer) error {
+	s := t.String()
+	if s == "" {
+		return err
+	}
+	return fmt.Errorf("%w\n--- last output ---\n%s", err, s)
+}
+
+// freePort returns a loopback TCP port that was free a moment ago. Another process may take it
+// before the caller binds it; callers retry on "address already in use".
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		return 0, err
+	}
+	return port, nil
+}
+
+// permanentError marks a readiness check failure that retrying cannot fix.
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error { return e.error }
+
+// waitProcOr polls check every pollInterval until it succeeds, fails with a permanentError, p
+// exits, or ctx ends.
+func waitProcOr(ctx context.Context, p *proc, check func(context.Context) error) error {
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		err := check(ctx)
+		if err == nil {
+			return nil
+		}
+		var perm permanentError
+		if errors.As(err, &perm) {
+			return perm.error
+		}
+		select {
+		case <-p.done:
+			if p.err != nil {
+				return fmt.Errorf("exited before ready: %w", p.err)
+			}
+			return errors.New("exited before ready")
+		case <-ctx.Done():
+			return fmt.Errorf("not ready: %w (last check: %v)", ctx.Err(), err)
+		case <-tick.C:
+		}
+	}
+}
+
+// openLog returns w, or when w is nil a file at path opened for appending (returned as well so the
+// caller can close it).
+func openLog(w io.Writer, path string) (io.Writer, *os.File, error) {
+	if w != nil {
+		return w, nil, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, f, nil
+}
