@@ -1,0 +1,56 @@
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+BIN := bin/cachemachine
+ARGS ?=
+
+.PHONY: build test deps lint fmt tidy demo bench bench-pull bench-sources bench-cluster manifests-check image clean
+
+build:
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/cachemachine
+
+deps:
+	./scripts/install-deps.sh
+
+# Everything: real containerd and docker-registry end-to-end tests included.
+test: deps
+	go vet ./...
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	go test -race -count=1 -timeout 12m ./...
+
+lint:
+	go vet ./...
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+tidy:
+	go mod tidy
+
+demo: deps build
+	go run ./internal/demo $(ARGS)
+
+bench: bench-pull bench-sources bench-cluster
+
+# Agent pulls vs direct CRI pulls (serial and parallel) on real containerd and registry.
+bench-pull: deps build
+	go run ./internal/bench/pull $(ARGS)
+
+bench-sources:
+	go run ./internal/bench/sources $(ARGS)
+
+bench-cluster: deps build
+	go run ./internal/bench/cluster $(ARGS)
+
+manifests-check:
+	go test -count=1 ./manifests/...
+
+image:
+	docker build -t cachemachine:$(VERSION) .
+
+clean:
+	rm -rf bin

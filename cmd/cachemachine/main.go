@@ -1,0 +1,244 @@
+// Command cachemachine keeps container images cached on every node of a Kubernetes pool.
+// main is wiring only: flags and config, constructors, one errgroup, an exit code.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/config"
+	"github.com/cachemachine/cachemachine/cri"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage: cachemachine COMMAND [flags]
+commands:
+  agent --config FILE [flags]   run the node agent (the DaemonSet process)
+  debug [--socket PATH] [-o json] node|pulls|desired|cluster|reconcile|pull IMAGE
+  version                       print the version`
+
+// Exit statuses.
+const (
+	exitOK     = 0
+	exitFailed = 1
+	exitUsage  = 2
+)
+
+func main() {
+	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func realMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	switch args[0] {
+	case "agent":
+		return agentMain(ctx, args[1:], stderr)
+	case "debug":
+		return debugMain(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintf(stdout, "cachemachine %s\n", version)
+		return exitOK
+	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "cachemachine: unknown command %q\n%s\n", args[0], usage)
+		return exitUsage
+	}
+}
+
+func debugMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("debug", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", config.Default().Agent.DebugSocket, "path of the agent's debug socket")
+	output := fs.String("o", "table", "output format: table or json")
+	fs.Usage = func() { fmt.Fprintln(stderr, agent.DebugUsage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *output != "table" && *output != "json" {
+		fmt.Fprintf(stderr, "cachemachine debug: -o %q: want table or json\n", *output)
+		return exitUsage
+	}
+	err := agent.RunDebug(ctx, *socket, fs.Args(), *output == "json", stdout)
+	switch {
+	case errors.Is(err, agent.ErrUsage):
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	case err != nil:
+		fmt.Fprintf(stderr, "cachemachine debug: %v\n", err)
+		return exitFailed
+	}
+	return exitOK
+}
+
+func agentMain(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "/etc/cachemachine/config.yaml", "configuration file")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	overrides := config.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cachemachine agent: unexpected arguments %q\n", fs.Args())
+		return exitUsage
+	}
+	cfg, err := config.Load(*configPath)
+	if err == nil {
+		overrides.Apply(cfg)
+		cfg.ApplyEnv(os.Getenv)
+		err = cfg.Validate()
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "cachemachine agent: --log-level %q: want debug, info, warn or error\n", *logLevel)
+		return exitUsage
+	}
+	if cfg.Agent.NodeName == "" {
+		cfg.Agent.NodeName, _ = os.Hostname()
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})).With("node", cfg.Agent.NodeName)
+	if err := run(ctx, cfg, logger); err != nil {
+		logger.Error("agent stopped", "err", err)
+		return exitFailed
+	}
+	return exitOK
+}
+
+// run builds every component, runs them until ctx ends, and closes them.
+func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
+	logger.Info("starting", "version", version, "config", cfg.File())
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	rt, err := cri.New(ctx, cfg.Agent.CRISocket, cri.Options{PullTimeout: cfg.Agent.PullTimeout.Duration})
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+
+	creds, err := pullCredentials(cfg)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(agent.Config{
+		Node:               cfg.Agent.NodeName,
+		MaxParallelPulls:   cfg.Agent.MaxParallelPulls,
+		PullTimeout:        cfg.Agent.PullTimeout.Duration,
+		BackoffInitial:     cfg.Agent.BackoffInitial.Duration,
+		BackoffMax:         cfg.Agent.BackoffMax.Duration,
+		MinFreeDiskPercent: cfg.Agent.MinFreeDiskPercent,
+		ResyncInterval:     cfg.Agent.ResyncInterval.Duration,
+		StateDir:           cfg.Agent.StateDir,
+	}, rt, creds, logger.With("component", "agent"), agent.WithRegisterer(reg))
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+
+	if cfg.Cluster.Enabled {
+		return errors.New("cluster.enabled: gossip clustering is not available in this build; set cluster.enabled: false to run standalone")
+	}
+	a.SetDesired(standaloneDesired(cfg))
+
+	debug, err := agent.NewDebugServer(cfg.Agent.DebugSocket, a, agent.DebugOptions{
+		Refresh: func(context.Context) error { a.SetDesired(standaloneDesired(cfg)); return nil },
+		Logger:  logger.With("component", "debug"),
+	})
+	if err != nil {
+		return err
+	}
+	defer debug.Close()
+
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("http.listen %s: %w", cfg.HTTP.Listen, err)
+	}
+	srv := &http.Server{Handler: probeMux(a, reg), ReadHeaderTimeout: 10 * time.Second}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.Run(ctx) })
+	g.Go(func() error { return debug.Run(ctx) })
+	g.Go(func() error { return agent.Serve(ctx, srv, ln) })
+	logger.Info("running", "http", ln.Addr().String(), "debug_socket", cfg.Agent.DebugSocket, "cri_socket", cfg.Agent.CRISocket)
+	err = g.Wait()
+	logger.Info("stopped")
+	return err
+}
+
+// pullCredentials builds the credential provider pull_auth names.
+func pullCredentials(cfg *config.Config) (agent.Credentials, error) {
+	switch cfg.Agent.PullAuth {
+	case config.PullAuthDockerconfig:
+		dc, err := agent.NewDockerConfig(cfg.Agent.Dockerconfig)
+		if err != nil {
+			return nil, fmt.Errorf("agent.dockerconfig: %w", err)
+		}
+		return dc, nil
+	case config.PullAuthGoogle:
+		return nil, errors.New("agent.pull_auth: google is not available in this build; use dockerconfig or none")
+	default:
+		return nil, nil
+	}
+}
+
+// standaloneDesired is the desired list of an agent without a cluster: the SimpleRepoMan
+// images of the config, in config order.
+func standaloneDesired(cfg *config.Config) agent.Desired {
+	d := agent.Desired{Version: uint64(time.Now().UnixNano())}
+	for _, r := range cfg.Repomen {
+		if r.Type != config.TypeSimpleRepoMan {
+			continue
+		}
+		for _, img := range r.Images {
+			d.Images = append(d.Images, agent.DesiredImage{Ref: img.ImageURL, Digest: img.ImageHash, Name: img.Name})
+		}
+	}
+	return d
+}
+
+// probeMux serves liveness, readiness (one CRI inventory succeeded) and metrics.
+func probeMux(a *agent.Agent, reg *prometheus.Registry) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if st := a.State(); !st.Ready {
+			http.Error(w, "not ready: no CRI inventory yet "+st.LastError, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}

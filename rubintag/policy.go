@@ -1,0 +1,218 @@
+package rubintag
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Image is one listed image: a tag and its manifest digest ("" when the source does not know
+// it, in which case it cannot be matched with other tags).
+type Image struct {
+	// Tag is the tag as the registry lists it; "" means "latest".
+	Tag string
+	// Digest is the manifest digest ("sha256:…").
+	Digest string
+}
+
+// Policy is a Rubin repoman's selection configuration (the config's recommended_tag,
+// alias_tags, num_*, cycle and pin). The zero Policy selects nothing. A Policy is a value and
+// is safe for concurrent use.
+type Policy struct {
+	// RecommendedTag is the alias selected first; "" for none.
+	RecommendedTag string
+	// AliasTags are further aliases, selected after the recommended one in this order.
+	AliasTags []string
+	// NumReleases, NumWeeklies and NumDailies are how many of the newest of each type to
+	// select; zero or negative selects none.
+	NumReleases, NumWeeklies, NumDailies int
+	// Cycle, when non-nil, restricts every selection to tags of this SAL cycle.
+	Cycle *int
+	// Pin lists tags selected last, when listed and not already selected.
+	Pin []string
+}
+
+// Selected is one image with its display name (aliases named through their digest).
+type Selected struct {
+	// Tag is the listed tag ("latest" for an empty one).
+	Tag string
+	// Digest is the manifest digest the listing gave for Tag.
+	Digest string
+	// Name is the display name the spawner shows.
+	Name string
+	// Type is the tag's type (Alias for the policy's aliases).
+	Type Type
+}
+
+// entry is one listed tag, parsed once.
+type entry struct {
+	tag    Tag
+	digest string
+}
+
+// listing is a deduplicated, parsed registry listing with aliases resolved.
+type listing struct {
+	entries []entry
+	byTag   map[string]int
+}
+
+// Resolve returns every listed image once (the first listing of a tag wins, as in the Python
+// hash cache), in listing order, with its display name. An alias is named
+// "<Alias> (<names of the recognised tags sharing its digest, sorted descending, joined by
+// ", ">)" and takes the cycle of a same-digest tag. It serves the status API's naming of
+// desired and available images.
+func (p Policy) Resolve(images []Image) []Selected {
+	l := p.resolve(images)
+	out := make([]Selected, len(l.entries))
+	for i, e := range l.entries {
+		out[i] = e.selected()
+	}
+	return out
+}
+
+// Select returns the images the policy wants cached, in priority order, each tag at most
+// once: the recommended tag, the other aliases, the newest NumReleases releases, NumWeeklies
+// weeklies and NumDailies dailies, then the pins. Only listed tags are selected (a pin or
+// alias the registry does not list has no digest to pull, so it is skipped, as in Nublado).
+// With Cycle set, only tags of that cycle are selected (aliases through their digest's
+// cycle). Architecture-specific tags are never selected, nor are candidates, experimental or
+// unknown tags unless pinned. The result is never nil.
+func (p Policy) Select(images []Image) []Selected {
+	l := p.resolve(images)
+	out := []Selected{} // never nil: the status API shows an empty list as [], not null
+	seen := make(map[string]bool)
+	add := func(i int) {
+		e := &l.entries[i]
+		if seen[e.tag.Tag] || !p.eligible(e.tag) {
+			return
+		}
+		seen[e.tag.Tag] = true
+		out = append(out, e.selected())
+	}
+	byName := func(tag string) {
+		if tag == "" {
+			return
+		}
+		if i, ok := l.byTag[tag]; ok {
+			add(i)
+		}
+	}
+
+	byName(p.RecommendedTag)
+	for _, a := range p.AliasTags {
+		byName(a)
+	}
+
+	// One pass buckets the candidates; each bucket is sorted once.
+	var buckets [3][]int
+	for i, e := range l.entries {
+		if b := bucket(e.tag.Type); b >= 0 && e.tag.Arch == "" && p.eligible(e.tag) {
+			buckets[b] = append(buckets[b], i)
+		}
+	}
+	for b, n := range [3]int{p.NumReleases, p.NumWeeklies, p.NumDailies} {
+		idx := buckets[b]
+		slices.SortFunc(idx, func(x, y int) int { return Compare(l.entries[y].tag, l.entries[x].tag) })
+		for _, i := range idx[:max(0, min(n, len(idx)))] {
+			add(i)
+		}
+	}
+
+	for _, pin := range p.Pin {
+		if i, ok := l.byTag[pin]; ok && l.entries[i].tag.Arch == "" {
+			add(i)
+		}
+	}
+	return out
+}
+
+// bucket maps the automatically selected types to Select's buckets, -1 for the others.
+func bucket(t Type) int {
+	switch t {
+	case Release:
+		return 0
+	case Weekly:
+		return 1
+	case Daily:
+		return 2
+	}
+	return -1
+}
+
+// eligible applies the cycle filter. The configured cycle is an integer and a tag's cycle is
+// a digit string, so they are compared by value ("0020" is cycle 20).
+func (p Policy) eligible(t Tag) bool {
+	if p.Cycle == nil {
+		return true
+	}
+	return *p.Cycle >= 0 && t.Cycle != "" && cmpNum(t.Cycle, strconv.Itoa(*p.Cycle)) == 0
+}
+
+// isAlias reports whether the policy declares tag an alias.
+func (p Policy) isAlias(tag string) bool {
+	return tag != "" && (tag == p.RecommendedTag || slices.Contains(p.AliasTags, tag))
+}
+
+// resolve parses each listed tag once and names the aliases.
+func (p Policy) resolve(images []Image) *listing {
+	l := &listing{entries: make([]entry, 0, len(images)), byTag: make(map[string]int, len(images))}
+	aliasDigests := make(map[string][]int) // digest -> indexes of the non-alias tags sharing it
+	var aliases []int
+	for _, img := range images {
+		name := img.Tag
+		if name == "" {
+			name = DefaultTag
+		}
+		if _, dup := l.byTag[name]; dup {
+			continue
+		}
+		var t Tag
+		if p.isAlias(name) {
+			t = ParseAlias(name)
+			aliases = append(aliases, len(l.entries))
+			if img.Digest != "" {
+				aliasDigests[img.Digest] = nil
+			}
+		} else {
+			t = Parse(name)
+		}
+		l.byTag[name] = len(l.entries)
+		l.entries = append(l.entries, entry{tag: t, digest: img.Digest})
+	}
+	if len(aliases) == 0 {
+		return l
+	}
+	for i, e := range l.entries {
+		if e.tag.Type == Alias {
+			continue
+		}
+		if same, ok := aliasDigests[e.digest]; ok {
+			aliasDigests[e.digest] = append(same, i)
+		}
+	}
+	for _, a := range aliases {
+		e := &l.entries[a]
+		var names []string
+		cycleTaken := false
+		for _, i := range aliasDigests[e.digest] {
+			o := l.entries[i].tag
+			if o.Type != Unknown {
+				names = append(names, o.DisplayName)
+			}
+			// The digest's cycle beats the alias's own: the filter is about the image.
+			if !cycleTaken && o.Cycle != "" {
+				e.tag.Cycle, cycleTaken = o.Cycle, true
+			}
+		}
+		if len(names) > 0 {
+			slices.Sort(names)
+			slices.Reverse(names)
+			e.tag.DisplayName += " (" + strings.Join(names, ", ") + ")"
+		}
+	}
+	return l
+}
+
+func (e *entry) selected() Selected {
+	return Selected{Tag: e.tag.Tag, Digest: e.digest, Name: e.tag.DisplayName, Type: e.tag.Type}
+}
