@@ -37,7 +37,7 @@ demo: deps build
 bench: bench-pull bench-sources bench-cluster
 
 # Agent pulls vs direct CRI pulls (serial and parallel) on real containerd and registry.
-bench-pull: deps build
+bench-pull: deps
 	go run ./internal/bench/pull $(ARGS)
 
 bench-sources:

@@ -385,8 +385,8 @@ func (a *Agent) publishLocked(next State) {
 // pullInBackground runs one pull attempt started by a pass and records its outcome.
 func (a *Agent) pullInBackground(ctx context.Context, d DesiredImage) {
 	defer a.pulls.Done()
-	defer func() { <-a.slots }()
 	_, err := a.pullOnce(ctx, d)
+	<-a.slots // free the slot before the pass that Trigger asks for, so it can reuse it
 	a.mu.Lock()
 	delete(a.reserved, d.Ref)
 	if st := a.images[d.Ref]; st != nil {
@@ -436,8 +436,8 @@ func (a *Agent) PullNow(ctx context.Context, ref string) (PullResult, error) {
 	case <-ctx.Done():
 		return PullResult{Ref: norm}, ctx.Err()
 	}
-	defer func() { <-a.slots }()
 	res, err := a.pullOnce(ctx, d)
+	<-a.slots
 	a.Trigger()
 	return res, err
 }

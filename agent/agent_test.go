@@ -248,3 +248,23 @@ func refsOf(ps []Pulling) []string {
 	}
 	return out
 }
+
+func TestFinishedPullStartsTheNextAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		var want []DesiredImage
+		for i := range 4 {
+			ref := fmt.Sprintf("ghcr.io/lsst/lab:t%d", i)
+			rt.remote[ref] = fmt.Sprintf("sha256:%064d", i)
+			want = append(want, DesiredImage{Ref: ref, Digest: rt.remote[ref]})
+		}
+		// No resync tick within the test: only the end of a pull can start the next one.
+		a, err := New(Config{MaxParallelPulls: 1, ResyncInterval: time.Hour}, rt, nil, nil)
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: want})
+		start := time.Now()
+		startAgent(t, a)
+		require.Len(t, a.State().Cached, 4)
+		require.Zero(t, time.Since(start), "queued pulls waited for a tick")
+	})
+}

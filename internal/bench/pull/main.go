@@ -1,0 +1,192 @@
+// Command pull is the bench-pull benchmark: K distinct images onto an empty node, by the
+// agent, by direct CRI PullImage calls one after another (the kubelet's default serialized
+// puller), and by direct CRI calls at the agent's parallelism, on real containerd and a real
+// docker-registry. Every round starts each mode on a fresh containerd; the table shows medians
+// and ratios measured in the same run.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/internal/lab"
+)
+
+func main() {
+	images := flag.Int("images", 4, "distinct images (K)")
+	sizeMB := flag.Int("size-mb", 200, "size of each image in MiB")
+	layers := flag.Int("layers", 4, "layers per image")
+	parallel := flag.Int("parallel", 2, "agent max_parallel_pulls, and the parallelism of mode (c)")
+	rounds := flag.Int("rounds", 5, "rounds; each runs every mode once on a fresh containerd")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *images, int64(*sizeMB)<<20, *layers, *parallel, *rounds); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-pull:", err)
+		os.Exit(1)
+	}
+}
+
+type mode struct {
+	name string
+	pull func(ctx context.Context, c *cri.Client, refs []string) error
+}
+
+func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) error {
+	reg, err := lab.StartRegistry(ctx, lab.RegistryOptions{})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	var refs []string
+	for i := range k {
+		repo := fmt.Sprintf("bench/lab%d", i)
+		if _, err := lab.PushRandomImage(ctx, reg.Addr, repo, []string{"w_2024_01"}, size, layers, nil); err != nil {
+			return err
+		}
+		refs = append(refs, reg.Addr+"/"+repo+":w_2024_01")
+	}
+
+	modes := []mode{
+		{name: "(b) direct CRI, serial (kubelet default)", pull: func(ctx context.Context, c *cri.Client, refs []string) error {
+			for _, r := range refs {
+				if _, err := c.PullImage(ctx, r, nil); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{name: fmt.Sprintf("(c) direct CRI, %d in parallel", parallel), pull: func(ctx context.Context, c *cri.Client, refs []string) error {
+			g, ctx := errgroup.WithContext(ctx)
+			g.SetLimit(parallel)
+			for _, r := range refs {
+				g.Go(func() error { _, err := c.PullImage(ctx, r, nil); return err })
+			}
+			return g.Wait()
+		}},
+		{name: fmt.Sprintf("(a) agent, max_parallel_pulls %d", parallel), pull: func(ctx context.Context, c *cri.Client, refs []string) error {
+			return agentPull(ctx, c, refs, parallel)
+		}},
+	}
+	times := make([][]time.Duration, len(modes))
+	runtime := ""
+	for round := range rounds {
+		// Rotate the order so no mode always runs first on a cold page cache.
+		for j := range modes {
+			i := (j + round) % len(modes)
+			d, v, err := timeOnFreshNode(ctx, modes[i], refs)
+			if err != nil {
+				return fmt.Errorf("round %d, %s: %w", round+1, modes[i].name, err)
+			}
+			runtime = v
+			times[i] = append(times[i], d)
+		}
+		fmt.Fprintf(os.Stderr, "round %d/%d done\n", round+1, rounds)
+	}
+
+	med := make([]time.Duration, len(modes))
+	for i := range modes {
+		med[i] = median(times[i])
+	}
+	fmt.Printf("\nbench-pull: %d images x %d MiB (%d layers), %d rounds, %s, loopback docker-registry\n\n", k, size>>20, layers, rounds, runtime)
+	fmt.Printf("| %-40s | %8s | %8s | %8s | %-16s |\n", "mode", "median", "min", "max", "vs (b) serial")
+	fmt.Printf("|%s|%s|%s|%s|%s|\n", strings.Repeat("-", 42), strings.Repeat("-", 10), strings.Repeat("-", 10), strings.Repeat("-", 10), strings.Repeat("-", 18))
+	for i, m := range modes {
+		fmt.Printf("| %-40s | %7.2fs | %7.2fs | %7.2fs | %-16s |\n", m.name, med[i].Seconds(), slices.Min(times[i]).Seconds(), slices.Max(times[i]).Seconds(), fmt.Sprintf("%.2fx", med[i].Seconds()/med[0].Seconds()))
+	}
+	ac := med[2].Seconds() / med[1].Seconds()
+	fmt.Printf("\n(a)/(c) agent overhead over direct parallel CRI: %.3f (target <= 1.05): %s\n", ac, verdict(ac <= 1.05))
+	fmt.Printf("(a)/(b) agent vs kubelet-style serial pulls:    %.3f (target < 1):     %s\n", med[2].Seconds()/med[0].Seconds(), verdict(med[2] < med[0]))
+	return nil
+}
+
+// timeOnFreshNode starts a new containerd, times m pulling refs onto it, and removes it.
+func timeOnFreshNode(ctx context.Context, m mode, refs []string) (time.Duration, string, error) {
+	cd, err := lab.StartContainerd(ctx, lab.ContainerdOptions{})
+	if err != nil {
+		return 0, "", err
+	}
+	defer cd.Close()
+	c, err := cri.New(ctx, cd.Endpoint(), cri.Options{})
+	if err != nil {
+		return 0, "", err
+	}
+	defer c.Close()
+	v, err := c.Version(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	start := time.Now()
+	if err := m.pull(ctx, c, refs); err != nil {
+		return 0, "", err
+	}
+	d := time.Since(start)
+	for _, r := range refs { // check: every image really landed
+		img, err := c.ImageStatus(ctx, r)
+		if err != nil || img == nil {
+			return 0, "", fmt.Errorf("%s missing after the pull: %v", r, err)
+		}
+	}
+	return d, v.RuntimeName + " " + v.RuntimeVersion, nil
+}
+
+// agentPull runs a real agent on c with refs as its desired list and returns when it reports
+// all of them cached.
+func agentPull(ctx context.Context, c *cri.Client, refs []string, parallel int) error {
+	a, err := agent.New(agent.Config{Node: "bench", MaxParallelPulls: parallel}, c, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	d := agent.Desired{Version: 1}
+	for _, r := range refs {
+		d.Images = append(d.Images, agent.DesiredImage{Ref: r})
+	}
+	a.SetDesired(d)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for {
+		st := a.State()
+		if len(st.Cached) == len(refs) {
+			return nil
+		}
+		if len(st.Failed) > 0 {
+			return errors.New(st.Failed[0].Error)
+		}
+		select {
+		case <-a.Changes():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "FAIL"
+}
