@@ -24,6 +24,8 @@ import (
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/gar"
+	"github.com/cachemachine/cachemachine/sources"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -146,7 +148,7 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	}
 	defer rt.Close()
 
-	creds, err := pullCredentials(cfg)
+	creds, err := pullCredentials(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -168,10 +170,21 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	if cfg.Cluster.Enabled {
 		return errors.New("cluster.enabled: gossip clustering is not available in this build; set cluster.enabled: false to run standalone")
 	}
-	a.SetDesired(standaloneDesired(cfg))
+	srcs, closeSources, err := buildSources(ctx, cfg, logger.With("component", "sources"))
+	if err != nil {
+		return err
+	}
+	defer closeSources()
+	set := sources.NewSet(srcs, logger.With("component", "sources"), reg)
+	runner := sources.NewRunner(set, cfg.RefreshInterval.Duration, nil, func(r sources.Result) {
+		if !r.Complete && len(r.Desired) == 0 {
+			return // nothing listed yet: keep the persisted list rather than empty the node's
+		}
+		a.SetDesired(agent.Desired{Version: uint64(time.Now().UnixNano()), Images: toDesired(r.Desired)})
+	})
 
 	debug, err := agent.NewDebugServer(cfg.Agent.DebugSocket, a, agent.DebugOptions{
-		Refresh: func(context.Context) error { a.SetDesired(standaloneDesired(cfg)); return nil },
+		Refresh: runner.RefreshNow,
 		Logger:  logger.With("component", "debug"),
 	})
 	if err != nil {
@@ -187,6 +200,7 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(ctx) })
+	g.Go(func() error { return runner.Run(ctx) })
 	g.Go(func() error { return debug.Run(ctx) })
 	g.Go(func() error { return agent.Serve(ctx, srv, ln) })
 	logger.Info("running", "http", ln.Addr().String(), "debug_socket", cfg.Agent.DebugSocket, "cri_socket", cfg.Agent.CRISocket)
@@ -196,7 +210,7 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 }
 
 // pullCredentials builds the credential provider pull_auth names.
-func pullCredentials(cfg *config.Config) (agent.Credentials, error) {
+func pullCredentials(ctx context.Context, cfg *config.Config) (agent.Credentials, error) {
 	switch cfg.Agent.PullAuth {
 	case config.PullAuthDockerconfig:
 		dc, err := agent.NewDockerConfig(cfg.Agent.Dockerconfig)
@@ -205,25 +219,14 @@ func pullCredentials(cfg *config.Config) (agent.Credentials, error) {
 		}
 		return dc, nil
 	case config.PullAuthGoogle:
-		return nil, errors.New("agent.pull_auth: google is not available in this build; use dockerconfig or none")
+		tc, err := gar.DefaultTokenCredentials(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("agent.pull_auth google: %w", err)
+		}
+		return tc, nil
 	default:
 		return nil, nil
 	}
-}
-
-// standaloneDesired is the desired list of an agent without a cluster: the SimpleRepoMan
-// images of the config, in config order.
-func standaloneDesired(cfg *config.Config) agent.Desired {
-	d := agent.Desired{Version: uint64(time.Now().UnixNano())}
-	for _, r := range cfg.Repomen {
-		if r.Type != config.TypeSimpleRepoMan {
-			continue
-		}
-		for _, img := range r.Images {
-			d.Images = append(d.Images, agent.DesiredImage{Ref: img.ImageURL, Digest: img.ImageHash, Name: img.Name})
-		}
-	}
-	return d
 }
 
 // probeMux serves liveness, readiness (one CRI inventory succeeded) and metrics.
