@@ -23,6 +23,8 @@ import (
 
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/config"
+	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/coordinator/status"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/gar"
 	"github.com/cachemachine/cachemachine/sources"
@@ -167,42 +169,94 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	}
 	defer a.Close()
 
-	if cfg.Cluster.Enabled {
-		return errors.New("cluster.enabled: gossip clustering is not available in this build; set cluster.enabled: false to run standalone")
-	}
 	srcs, closeSources, err := buildSources(ctx, cfg, logger.With("component", "sources"))
 	if err != nil {
 		return err
 	}
 	defer closeSources()
 	set := sources.NewSet(srcs, logger.With("component", "sources"), reg)
-	runner := sources.NewRunner(set, cfg.RefreshInterval.Duration, nil, func(r sources.Result) {
-		if !r.Complete && len(r.Desired) == 0 {
-			return // nothing listed yet: keep the persisted list rather than empty the node's
-		}
-		a.SetDesired(agent.Desired{Version: uint64(time.Now().UnixNano()), Images: toDesired(r.Desired)})
-	})
-
-	debug, err := agent.NewDebugServer(cfg.Agent.DebugSocket, a, agent.DebugOptions{
-		Refresh: runner.RefreshNow,
-		Logger:  logger.With("component", "debug"),
-	})
-	if err != nil {
-		return err
-	}
-	defer debug.Close()
 
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		return fmt.Errorf("http.listen %s: %w", cfg.HTTP.Listen, err)
 	}
-	srv := &http.Server{Handler: probeMux(a, reg), ReadHeaderTimeout: 10 * time.Second}
+	defer ln.Close()
+
+	var cluster *coordinator.Cluster
+	var view coordinator.ClusterView // stays a nil interface when standalone
+	if cfg.Cluster.Enabled {
+		var key []byte
+		if !cfg.Cluster.InsecureGossip {
+			if key, err = coordinator.LoadKey(cfg.Cluster.GossipKeyFile); err != nil {
+				return fmt.Errorf("cluster.gossip_key_file: %w", err)
+			}
+		}
+		cluster, err = coordinator.New(coordinator.Config{
+			Name: cfg.Name, NodeName: cfg.Agent.NodeName,
+			BindAddr: cfg.Cluster.BindAddr, BindPort: cfg.Cluster.BindPort, AdvertiseAddr: cfg.Cluster.AdvertiseAddr,
+			Join: cfg.Cluster.Join, Key: key, Insecure: cfg.Cluster.InsecureGossip,
+			HTTPAddr: advertisedHTTP(cfg, ln.Addr()),
+		}, a, logger.With("component", "cluster"), reg)
+		if err != nil {
+			return err
+		}
+		defer cluster.Close()
+		view = cluster
+	}
+
+	// The leader (or a standalone agent) lists the sources and publishes the desired list.
+	isLeader := func() bool {
+		if cluster == nil {
+			return true
+		}
+		_, _, self := cluster.Leader()
+		return self
+	}
+	runner := sources.NewRunner(set, cfg.RefreshInterval.Duration, isLeader, func(r sources.Result) {
+		if !r.Complete && len(r.Desired) == 0 {
+			return // nothing listed yet: keep the list in force rather than empty every node
+		}
+		if cluster == nil {
+			a.SetDesired(agent.Desired{Version: uint64(time.Now().UnixNano()), Images: toDesired(r.Desired)})
+			return
+		}
+		if _, err := cluster.PublishDesired(toDesired(r.Desired)); err != nil {
+			logger.Warn("publishing desired list", "err", err)
+		}
+	})
+
+	debugOpts := agent.DebugOptions{Refresh: runner.RefreshNow, Logger: logger.With("component", "debug")}
+	if cluster != nil {
+		debugOpts.Cluster = func() any { return cluster.Status() }
+	}
+	debug, err := agent.NewDebugServer(cfg.Agent.DebugSocket, a, debugOpts)
+	if err != nil {
+		return err
+	}
+	defer debug.Close()
+
+	backend := coordinator.NewBackend(cfg.Name, cfg.Labels, view, a, set.Snapshot)
+	ready := func() bool { return a.State().Ready && (cluster == nil || cluster.Ready()) }
+	srv := &http.Server{Handler: httpMux(ready, reg, status.NewHandler(backend, status.WithLogger(logger.With("component", "http")))), ReadHeaderTimeout: 10 * time.Second}
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(ctx) })
 	g.Go(func() error { return runner.Run(ctx) })
 	g.Go(func() error { return debug.Run(ctx) })
 	g.Go(func() error { return agent.Serve(ctx, srv, ln) })
+	if cluster != nil {
+		g.Go(func() error { return cluster.Run(ctx) })
+		g.Go(func() error {
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-cluster.LeaderChanges():
+					runner.Kick() // a new leader lists at once
+				}
+			}
+		})
+	}
 	logger.Info("running", "http", ln.Addr().String(), "debug_socket", cfg.Agent.DebugSocket, "cri_socket", cfg.Agent.CRISocket)
 	err = g.Wait()
 	logger.Info("stopped")
@@ -229,19 +283,39 @@ func pullCredentials(ctx context.Context, cfg *config.Config) (agent.Credentials
 	}
 }
 
-// probeMux serves liveness, readiness (one CRI inventory succeeded) and metrics.
-func probeMux(a *agent.Agent, reg *prometheus.Registry) *http.ServeMux {
+// advertisedHTTP is the status API address other nodes use to reach this one.
+func advertisedHTTP(cfg *config.Config, addr net.Addr) string {
+	_, port, _ := net.SplitHostPort(addr.String())
+	host := cfg.Cluster.AdvertiseAddr
+	if host == "" && cfg.Cluster.BindAddr != "0.0.0.0" {
+		host = cfg.Cluster.BindAddr
+	}
+	if host == "" {
+		if h, _, err := net.SplitHostPort(cfg.HTTP.Listen); err == nil && h != "" && h != "0.0.0.0" {
+			host = h
+		}
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// httpMux serves liveness, readiness, metrics and the status API.
+func httpMux(ready func() bool, reg *prometheus.Registry, statusAPI http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if st := a.State(); !st.Ready {
-			http.Error(w, "not ready: no CRI inventory yet "+st.LastError, http.StatusServiceUnavailable)
+		if !ready() {
+			http.Error(w, "not ready: waiting for the first CRI inventory or for the cluster join", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle(status.Prefix, statusAPI)
+	mux.Handle("/cachemachine", statusAPI)
 	return mux
 }
