@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/coordinator/status"
 	"github.com/cachemachine/cachemachine/sources"
@@ -129,3 +131,49 @@ func digestForRepo(refs []string, repo string) string {
 }
 
 var _ LocalAgent = (*agent.Agent)(nil)
+
+// statusCollector reports the aggregation's sizes at scrape time, on the leader only (other
+// nodes would only repeat the leader's numbers).
+type statusCollector struct {
+	b            *Backend
+	common, toDo *prometheus.Desc
+	available    *prometheus.Desc
+	desired, all *prometheus.Desc
+}
+
+// RegisterStatusMetrics registers cachemachine_common_cache_images,
+// cachemachine_images_to_cache, cachemachine_available_images and
+// cachemachine_desired_images_cluster, computed from the backend on each scrape.
+func RegisterStatusMetrics(reg prometheus.Registerer, b *Backend) {
+	reg.MustRegister(&statusCollector{
+		b:         b,
+		common:    prometheus.NewDesc("cachemachine_common_cache_images", "Images cached with the same digest on every alive node (leader only).", nil, nil),
+		toDo:      prometheus.NewDesc("cachemachine_images_to_cache", "Desired images not yet in common_cache (leader only).", nil, nil),
+		available: prometheus.NewDesc("cachemachine_available_images", "Desired images in common_cache (leader only).", nil, nil),
+		desired:   prometheus.NewDesc("cachemachine_desired_images_cluster", "Images the policy selected (leader only).", nil, nil),
+		all:       prometheus.NewDesc("cachemachine_all_images", "Images the sources list (leader only).", nil, nil),
+	})
+}
+
+// Describe implements prometheus.Collector.
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.common
+	ch <- c.toDo
+	ch <- c.available
+	ch <- c.desired
+	ch <- c.all
+}
+
+// Collect implements prometheus.Collector.
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	in, _, _, self := c.b.Snapshot()
+	if !self {
+		return
+	}
+	d := status.Compute(in)
+	ch <- prometheus.MustNewConstMetric(c.common, prometheus.GaugeValue, float64(len(d.CommonCache)))
+	ch <- prometheus.MustNewConstMetric(c.toDo, prometheus.GaugeValue, float64(len(d.ImagesToCache)))
+	ch <- prometheus.MustNewConstMetric(c.available, prometheus.GaugeValue, float64(len(d.AvailableImages)))
+	ch <- prometheus.MustNewConstMetric(c.desired, prometheus.GaugeValue, float64(len(d.DesiredImages)))
+	ch <- prometheus.MustNewConstMetric(c.all, prometheus.GaugeValue, float64(len(d.AllImages)))
+}

@@ -236,6 +236,7 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	defer debug.Close()
 
 	backend := coordinator.NewBackend(cfg.Name, cfg.Labels, view, a, set.Snapshot)
+	coordinator.RegisterStatusMetrics(reg, backend)
 	ready := func() bool { return a.State().Ready && (cluster == nil || cluster.Ready()) }
 	srv := &http.Server{Handler: httpMux(ready, reg, status.NewHandler(backend, status.WithLogger(logger.With("component", "http")))), ReadHeaderTimeout: 10 * time.Second}
 
