@@ -1,2 +1,0 @@
-package deps
-import _ "golang.org/x/crypto/bcrypt"
