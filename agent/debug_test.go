@@ -85,7 +85,7 @@ func TestDebugCommands(t *testing.T) {
 
 	out, err = run("cluster")
 	require.NoError(t, err)
-	require.Contains(t, out, "enabled:")
+	require.Contains(t, out, "disabled (standalone agent)")
 
 	var buf bytes.Buffer
 	require.Eventually(t, func() bool {

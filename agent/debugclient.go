@@ -173,7 +173,43 @@ func printTable(out io.Writer, cmd string, raw []byte) error {
 			return fmt.Errorf("decode pull result: %w", err)
 		}
 		fmt.Fprintf(tw, "image:\t%s\ndigest:\t%s\nimage id:\t%s\nduration:\t%s\n", v.Ref, v.Digest, v.ImageID, v.Duration.Round(time.Millisecond))
-	default: // cluster, reconcile: JSON objects whose shape belongs to other packages
+	case "cluster":
+		// The shape is coordinator.ClusterStatus; the agent cannot import it (the
+		// coordinator builds on the agent), so it reads the fields it shows.
+		var v struct {
+			Enabled        *bool  `json:"enabled"`
+			Node           string `json:"node"`
+			Ready          bool   `json:"ready"`
+			Leader         string `json:"leader"`
+			LeaderHTTPAddr string `json:"leader_http_addr"`
+			DesiredVersion uint64 `json:"desired_version"`
+			Members        []struct {
+				Name          string `json:"name"`
+				Addr          string `json:"addr"`
+				State         string `json:"state"`
+				Leader        bool   `json:"leader"`
+				HTTPAddr      string `json:"http_addr"`
+				StateVersion  uint64 `json:"state_version"`
+				StoredVersion uint64 `json:"stored_version"`
+			} `json:"members"`
+		}
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("decode cluster view: %w", err)
+		}
+		if v.Enabled != nil && !*v.Enabled {
+			fmt.Fprintf(tw, "node:\t%s\ncluster:\tdisabled (standalone agent)\n", v.Node)
+			return nil
+		}
+		fmt.Fprintf(tw, "node:\t%s\njoined:\t%v\nleader:\t%s %s\ndesired version:\t%d\n\n", v.Node, v.Ready, v.Leader, v.LeaderHTTPAddr, v.DesiredVersion)
+		fmt.Fprintln(tw, "MEMBER\tGOSSIP ADDR\tSTATE\tROLE\tHTTP\tSTATE VERSION\tSTORED VERSION")
+		for _, m := range v.Members {
+			role := "-"
+			if m.Leader {
+				role = "leader"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", m.Name, m.Addr, m.State, role, m.HTTPAddr, m.StateVersion, m.StoredVersion)
+		}
+	default: // reconcile: a small JSON object
 		var v map[string]any
 		if err := json.Unmarshal(raw, &v); err != nil {
 			return fmt.Errorf("decode answer: %w", err)
