@@ -46,11 +46,11 @@ bench-sources:
 bench-cluster: deps build
 	go run ./internal/bench/cluster $(ARGS)
 
-manifests-check:
+manifests-check: deps
 	go test -count=1 ./manifests/...
 
 image:
-	docker build -t cachemachine:$(VERSION) .
+	docker build --build-arg VERSION=$(VERSION) -t cachemachine:$(VERSION) .
 
 clean:
 	rm -rf bin

@@ -72,6 +72,7 @@ type Agent struct {
 	images   map[string]*imageStatus // by normalized ref
 	reserved map[string]uint64       // bytes reserved by pulls in flight, by ref
 	largest  uint64                  // largest image size seen, the disk guard's guess
+	lastSeen time.Time               // last successful CRI inventory, or New's time
 }
 
 // imageStatus is the agent's memory of one desired reference between passes.
@@ -133,6 +134,7 @@ func New(cfg Config, rt Runtime, creds Credentials, logger *slog.Logger, opts ..
 		slots:    make(chan struct{}, cfg.MaxParallelPulls),
 		images:   map[string]*imageStatus{},
 		reserved: map[string]uint64{},
+		lastSeen: time.Now(),
 		state: State{
 			Node:    cfg.Node,
 			Version: uint64(time.Now().UnixNano()),
@@ -198,6 +200,20 @@ func (a *Agent) State() State {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return cloneState(a.state)
+}
+
+// Healthy reports an error when no CRI inventory succeeded for a long time (4 resync
+// intervals, at least 2 minutes). A liveness probe built on it restarts an agent whose
+// runtime socket went stale: a hostPath socket mount keeps pointing at the old socket after
+// containerd restarts, and only a new container sees the new one.
+func (a *Agent) Healthy() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	limit := max(2*time.Minute, 4*a.cfg.ResyncInterval)
+	if since := time.Since(a.lastSeen); since > limit {
+		return fmt.Errorf("no CRI inventory for %s (last error: %s)", since.Round(time.Second), a.state.LastError)
+	}
+	return nil
 }
 
 // Desired returns the desired list in force.
@@ -273,6 +289,7 @@ func (a *Agent) pass(ctx context.Context) {
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.lastSeen = time.Now()
 	inv := newInventory(imgs)
 	a.largest = max(a.largest, inv.largest)
 	next := State{

@@ -268,3 +268,37 @@ func TestFinishedPullStartsTheNextAtOnce(t *testing.T) {
 		require.Zero(t, time.Since(start), "queued pulls waited for a tick")
 	})
 }
+
+func TestUnhealthyAfterLongWithoutInventory(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &failingList{memRuntime: newMemRuntime()}
+		a, err := New(Config{ResyncInterval: 10 * time.Second}, rt, nil, nil)
+		require.NoError(t, err)
+		startAgent(t, a)
+		require.NoError(t, a.Healthy())
+		rt.fail.Store(true)
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		require.NoError(t, a.Healthy(), "a short outage (containerd restarting) is not fatal")
+		time.Sleep(2 * time.Minute)
+		synctest.Wait()
+		require.ErrorContains(t, a.Healthy(), "no CRI inventory")
+		rt.fail.Store(false)
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		require.NoError(t, a.Healthy())
+	})
+}
+
+// failingList is a memRuntime whose ListImages fails while fail is set.
+type failingList struct {
+	*memRuntime
+	fail atomic.Bool
+}
+
+func (f *failingList) ListImages(ctx context.Context) ([]cri.Image, error) {
+	if f.fail.Load() {
+		return nil, cri.ErrUnavailable
+	}
+	return f.memRuntime.ListImages(ctx)
+}

@@ -238,7 +238,7 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	backend := coordinator.NewBackend(cfg.Name, cfg.Labels, view, a, set.Snapshot)
 	coordinator.RegisterStatusMetrics(reg, backend)
 	ready := func() bool { return a.State().Ready && (cluster == nil || cluster.Ready()) }
-	srv := &http.Server{Handler: httpMux(ready, reg, status.NewHandler(backend, status.WithLogger(logger.With("component", "http")))), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: httpMux(a.Healthy, ready, reg, status.NewHandler(backend, status.WithLogger(logger.With("component", "http")))), ReadHeaderTimeout: 10 * time.Second}
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(ctx) })
@@ -303,9 +303,13 @@ func advertisedHTTP(cfg *config.Config, addr net.Addr) string {
 }
 
 // httpMux serves liveness, readiness, metrics and the status API.
-func httpMux(ready func() bool, reg *prometheus.Registry, statusAPI http.Handler) *http.ServeMux {
+func httpMux(healthy func() error, ready func() bool, reg *prometheus.Registry, statusAPI http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := healthy(); err != nil {
+			http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
