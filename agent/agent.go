@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -199,7 +198,7 @@ func (a *Agent) Changes() <-chan struct{} { return a.changes }
 func (a *Agent) State() State {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return cloneState(a.state)
+	return a.state.Clone()
 }
 
 // Healthy reports an error when no CRI inventory succeeded for a long time (4 resync
@@ -269,7 +268,7 @@ func (a *Agent) pass(ctx context.Context) {
 		}
 		a.log.Warn("listing images", "err", err)
 		a.mu.Lock()
-		next := cloneState(a.state)
+		next := a.state.Clone()
 		next.LastError = fmt.Sprintf("list images: %v", err)
 		a.publishLocked(next)
 		a.mu.Unlock()
@@ -527,14 +526,3 @@ func backoff(initial, maxDelay time.Duration, failures int) time.Duration {
 	return half + rand.N(half+1)
 }
 
-func cloneState(s State) State {
-	c := s
-	c.Images = slices.Clone(s.Images)
-	c.Cached = maps.Clone(s.Cached)
-	c.Missing = slices.Clone(s.Missing)
-	c.Queued = slices.Clone(s.Queued)
-	c.Pulling = slices.Clone(s.Pulling)
-	c.Held = slices.Clone(s.Held)
-	c.Failed = slices.Clone(s.Failed)
-	return c
-}

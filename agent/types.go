@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -86,4 +88,21 @@ type State struct {
 	Held    []Held            `json:"held"`
 	Failed  []Failed          `json:"failed"`
 	Disk    Disk              `json:"disk"`
+}
+
+// Clone returns a deep copy of s that callers may keep or change.
+func (s State) Clone() State {
+	c := s
+	c.Images = slices.Clone(s.Images)
+	for i := range c.Images {
+		c.Images[i].Tags = slices.Clone(c.Images[i].Tags)
+		c.Images[i].Digests = slices.Clone(c.Images[i].Digests)
+	}
+	c.Cached = maps.Clone(s.Cached)
+	c.Missing = slices.Clone(s.Missing)
+	c.Queued = slices.Clone(s.Queued)
+	c.Pulling = slices.Clone(s.Pulling)
+	c.Held = slices.Clone(s.Held)
+	c.Failed = slices.Clone(s.Failed)
+	return c
 }

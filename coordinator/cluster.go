@@ -873,7 +873,7 @@ func (c *Cluster) NodeStates() []NodeState {
 		if name == c.cfg.NodeName || e.received.IsZero() {
 			continue
 		}
-		out = append(out, NodeState{State: cloneState(e.state), Alive: c.members[name].alive})
+		out = append(out, NodeState{State: e.state.Clone(), Alive: c.members[name].alive})
 	}
 	c.mu.Unlock()
 	out = append(out, NodeState{State: self, Alive: true})
@@ -898,19 +898,3 @@ func (c *Cluster) Status() ClusterStatus {
 	}
 }
 
-// cloneState copies the slices and map of s so callers may keep or change the copy.
-func cloneState(s agent.State) agent.State {
-	c := s
-	c.Images = slices.Clone(s.Images)
-	for i := range c.Images {
-		c.Images[i].Tags = slices.Clone(c.Images[i].Tags)
-		c.Images[i].Digests = slices.Clone(c.Images[i].Digests)
-	}
-	c.Cached = maps.Clone(s.Cached)
-	c.Missing = slices.Clone(s.Missing)
-	c.Queued = slices.Clone(s.Queued)
-	c.Pulling = slices.Clone(s.Pulling)
-	c.Held = slices.Clone(s.Held)
-	c.Failed = slices.Clone(s.Failed)
-	return c
-}

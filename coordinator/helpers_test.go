@@ -48,7 +48,7 @@ func newFakeAgent(node string) *fakeAgent {
 func (f *fakeAgent) State() agent.State {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return cloneState(f.state)
+	return f.state.Clone()
 }
 
 func (f *fakeAgent) Changes() <-chan struct{} { return f.changes }
