@@ -31,8 +31,10 @@ fmt:
 tidy:
 	go mod tidy
 
+# Built, not `go run`, so that Ctrl-C ends with the demo's own exit status.
 demo: deps build
-	go run ./internal/demo $(ARGS)
+	go build -o bin/demo ./internal/demo
+	bin/demo $(ARGS)
 
 bench: bench-pull bench-sources bench-cluster
 

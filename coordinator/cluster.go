@@ -674,6 +674,8 @@ func (c *Cluster) membershipChanged() {
 	} else {
 		c.metrics.isLeader.Set(0)
 	}
+	// A member that just became alive gets the desired list now, not at its next state.
+	c.catchUpAll()
 	if id == prev {
 		return
 	}
@@ -691,15 +693,6 @@ func (c *Cluster) backstop() {
 	c.sendStateToLeader()
 	now := time.Now()
 	c.mu.Lock()
-	leader, ok := c.leaderLocked()
-	var behind []stateEntry
-	if ok && leader.name == c.cfg.NodeName {
-		for name, e := range c.states.entries {
-			if mb := c.members[name]; mb.alive {
-				behind = append(behind, *e)
-			}
-		}
-	}
 	c.states.reap(func(n string) bool { return c.members[n].alive }, now, c.t.reapAfter)
 	for name, mb := range c.members {
 		if !mb.alive && now.Sub(mb.since) > c.t.reapAfter {
@@ -712,11 +705,32 @@ func (c *Cluster) backstop() {
 		}
 	}
 	c.mu.Unlock()
-	if len(behind) > 0 {
-		d := c.local.Desired()
-		for _, e := range behind {
-			c.catchUp(e.state.Node, e.state.DesiredVersion, d)
+	c.catchUpAll()
+}
+
+// catchUpAll, on the leader, sends the desired list to every alive member whose last known
+// state shows an older list, or that has sent no state yet (a member that just joined).
+func (c *Cluster) catchUpAll() {
+	c.mu.Lock()
+	leader, ok := c.leaderLocked()
+	if !ok || leader.name != c.cfg.NodeName {
+		c.mu.Unlock()
+		return
+	}
+	versions := map[string]uint64{}
+	for name, mb := range c.members {
+		if !mb.alive || name == c.cfg.NodeName {
+			continue
 		}
+		versions[name] = 0
+		if e := c.states.entries[name]; e != nil {
+			versions[name] = e.state.DesiredVersion
+		}
+	}
+	c.mu.Unlock()
+	d := c.local.Desired()
+	for name, v := range versions {
+		c.catchUp(name, v, d)
 	}
 }
 
