@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -63,10 +62,8 @@ func (s *syncBuffer) String() string {
 
 // agentProc is one running `cachemachine agent` process.
 type agentProc struct {
-	cmd    *exec.Cmd
+	*lab.Process
 	log    *syncBuffer
-	done   chan struct{}
-	err    error
 	socket string
 }
 
@@ -127,14 +124,10 @@ http:
 // startAgent runs the binary with the config and stops it (SIGTERM) when the test ends.
 func startAgent(t *testing.T, cfgPath string, args ...string) *agentProc {
 	t.Helper()
-	p := &agentProc{log: &syncBuffer{}, done: make(chan struct{}), socket: filepath.Join(filepath.Dir(cfgPath), "agent.sock")}
-	p.cmd = exec.Command(binary, append([]string{"agent", "--config", cfgPath, "--node-name", "node-a"}, args...)...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	require.NoError(t, p.cmd.Start())
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
+	p := &agentProc{log: &syncBuffer{}, socket: filepath.Join(filepath.Dir(cfgPath), "agent.sock")}
+	var err error
+	p.Process, err = lab.StartProcess(binary, append([]string{"agent", "--config", cfgPath, "--node-name", "node-a"}, args...), p.log)
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		p.stop(t)
 		if t.Failed() {
@@ -144,19 +137,13 @@ func startAgent(t *testing.T, cfgPath string, args ...string) *agentProc {
 	return p
 }
 
+// stop sends SIGTERM and fails the test when the agent needs SIGKILL.
 func (p *agentProc) stop(t *testing.T) {
-	select {
-	case <-p.done:
+	if p.Exited() {
 		return
-	default:
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		t.Errorf("agent did not stop within 15 s of SIGTERM")
+	if err := p.Stop(15 * time.Second); err != nil {
+		t.Errorf("agent: %v", err)
 	}
 }
 

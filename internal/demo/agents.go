@@ -10,11 +10,11 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 const (
@@ -118,14 +118,11 @@ func portOf(hostport string) string {
 	return port
 }
 
-// agentProc is one `cachemachine agent` child process. The goroutine started with it waits
-// for the process and is owned by the agentProc: every stop path waits on done.
+// agentProc is one `cachemachine agent` child process.
 type agentProc struct {
+	*lab.Process
 	plan nodePlan
-	cmd  *exec.Cmd
 	log  *os.File
-	done chan struct{} // closed once Wait returned
-	err  error         // Wait's result; read only after done is closed
 }
 
 // startAgent writes the node's config and starts the binary with its log going to a file.
@@ -137,29 +134,20 @@ func startAgent(bin string, p nodePlan, config string) (*agentProc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start agent %s: %w", p.name, err)
 	}
-	cmd := exec.Command(bin, "agent", "--config", p.configPath(), "--node-name", p.name)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
+	proc, err := lab.StartProcess(bin, []string{"agent", "--config", p.configPath(), "--node-name", p.name}, log)
+	if err != nil {
 		log.Close()
 		return nil, fmt.Errorf("start agent %s: %w", p.name, err)
 	}
-	a := &agentProc{plan: p, cmd: cmd, log: log, done: make(chan struct{})}
-	go func() {
-		a.err = cmd.Wait()
-		close(a.done)
-	}()
-	return a, nil
+	return &agentProc{Process: proc, plan: p, log: log}, nil
 }
 
 // exitErr returns why the agent exited, with the end of its log, or nil while it runs.
 func (a *agentProc) exitErr() error {
-	select {
-	case <-a.done:
-	default:
+	if !a.Exited() {
 		return nil
 	}
-	err := a.err
+	err := a.Err()
 	if err == nil {
 		err = errors.New("exited")
 	}
@@ -169,22 +157,13 @@ func (a *agentProc) exitErr() error {
 // stop sends SIGTERM, waits agentStopGrace for the agent to leave the cluster, then kills it.
 func (a *agentProc) stop() error {
 	defer a.log.Close()
-	select {
-	case <-a.done:
+	if a.Exited() {
 		return nil // exitErr already reported an unexpected exit
-	default:
 	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM) // fails only if it exited meanwhile
-	t := time.NewTimer(agentStopGrace)
-	defer t.Stop()
-	select {
-	case <-a.done:
-		return nil
-	case <-t.C:
+	if err := a.Stop(agentStopGrace); err != nil {
+		return fmt.Errorf("agent %s: %w", a.plan.name, err)
 	}
-	_ = a.cmd.Process.Kill()
-	<-a.done
-	return fmt.Errorf("agent %s ignored SIGTERM for %s, killed", a.plan.name, agentStopGrace)
+	return nil
 }
 
 // waitReady polls GET /readyz until it answers 200: the agent's first CRI inventory succeeded
@@ -214,7 +193,7 @@ func (a *agentProc) waitReady(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("agent %s not ready after %s (last /readyz: %s); see %s", a.plan.name, agentReadyTimeout, last, a.plan.logPath())
-		case <-a.done:
+		case <-a.Done():
 			return a.exitErr()
 		case <-tick.C:
 		}

@@ -57,7 +57,7 @@ type Containerd struct {
 	logFile     *os.File  // non-nil when out is the default log file
 
 	mu     sync.Mutex  // guards the fields below
-	proc   *proc       // running process, nil when stopped
+	proc   *Process       // running process, nil when stopped
 	tail   *tailBuffer // output of the current or last run
 	closed bool
 }
@@ -149,7 +149,7 @@ func (c *Containerd) Stop() error {
 	if c.proc == nil {
 		return nil
 	}
-	err := c.proc.stop(stopGrace)
+	err := c.proc.Stop(stopGrace)
 	c.proc = nil
 	if err != nil {
 		return withTail(fmt.Errorf("stop containerd: %w", err), c.tail)
@@ -163,7 +163,7 @@ func (c *Containerd) Kill() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.proc != nil {
-		c.proc.kill()
+		c.proc.Kill()
 		c.proc = nil
 	}
 	return nil
@@ -214,12 +214,12 @@ func (c *Containerd) start(ctx context.Context) error {
 		return errors.New("already running")
 	}
 	c.tail = newTail()
-	p, err := startProc(c.bin, []string{"--config", c.configPath}, io.MultiWriter(c.out, c.tail))
+	p, err := StartProcess(c.bin, []string{"--config", c.configPath}, io.MultiWriter(c.out, c.tail))
 	if err != nil {
 		return err
 	}
 	if err := c.waitReady(ctx, p); err != nil {
-		p.kill()
+		p.Kill()
 		return withTail(err, c.tail)
 	}
 	c.proc = p
@@ -227,7 +227,7 @@ func (c *Containerd) start(ctx context.Context) error {
 }
 
 // waitReady polls RuntimeService.Version: the socket appears before the CRI plugin answers.
-func (c *Containerd) waitReady(ctx context.Context, p *proc) error {
+func (c *Containerd) waitReady(ctx context.Context, p *Process) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	// gRPC's default reconnect backoff starts at 1 s; the socket appears within ~0.1 s.

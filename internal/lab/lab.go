@@ -82,17 +82,18 @@ func lookPath(name string) (string, error) {
 	return "", fmt.Errorf("%s not found in PATH: %s", name, installHint)
 }
 
-// proc is one child process and the goroutine that waits for it. The goroutine is owned by proc:
-// it ends when the process exits, and every stop path waits on done.
-type proc struct {
+// Process is one child process and the goroutine that waits for it. The goroutine is owned by
+// Process: it ends when the process exits, and every stop path waits on done. The demo, the
+// benchmarks and the end-to-end tests run the cachemachine binary with it too.
+type Process struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed once Wait returned
 	err  error         // Wait's result; read only after done is closed
 }
 
-// startProc starts path with args in its own process group (so Ctrl-C at a terminal reaches the
-// parent first, which then stops its children in order), sending stdout and stderr to out.
-func startProc(path string, args []string, out io.Writer) (*proc, error) {
+// StartProcess starts path with args in its own process group (so Ctrl-C at a terminal reaches
+// the parent first, which then stops its children in order), sending stdout and stderr to out.
+func StartProcess(path string, args []string, out io.Writer) (*Process, error) {
 	cmd := exec.Command(path, args...)
 	cmd.Stdout = out
 	cmd.Stderr = out
@@ -102,7 +103,7 @@ func startProc(path string, args []string, out io.Writer) (*proc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
+	p := &Process{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -110,8 +111,20 @@ func startProc(path string, args []string, out io.Writer) (*proc, error) {
 	return p, nil
 }
 
-// exited reports whether the process has exited and been reaped.
-func (p *proc) exited() bool {
+// Pid is the process ID.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Done is closed once the process has exited and been reaped.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Err is the process's exit error (nil for status 0); valid once Done is closed.
+func (p *Process) Err() error {
+	<-p.done
+	return p.err
+}
+
+// Exited reports whether the process has exited and been reaped.
+func (p *Process) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -120,10 +133,10 @@ func (p *proc) exited() bool {
 	}
 }
 
-// stop sends SIGTERM, waits up to grace, then SIGKILLs and waits. It returns an error only when
-// the process had already exited on its own with a failure, or ignored SIGTERM.
-func (p *proc) stop(grace time.Duration) error {
-	if p.exited() {
+// Stop sends SIGTERM, waits up to grace, then SIGKILLs and waits. It returns an error only
+// when the process had already exited on its own with a failure, or ignored SIGTERM.
+func (p *Process) Stop(grace time.Duration) error {
+	if p.Exited() {
 		if p.err != nil {
 			return fmt.Errorf("had exited on its own: %w", p.err)
 		}
@@ -142,9 +155,9 @@ func (p *proc) stop(grace time.Duration) error {
 	return fmt.Errorf("ignored SIGTERM for %s, killed", grace)
 }
 
-// kill sends SIGKILL and waits for the process.
-func (p *proc) kill() {
-	if !p.exited() {
+// Kill sends SIGKILL and waits for the process.
+func (p *Process) Kill() {
+	if !p.Exited() {
 		_ = p.cmd.Process.Kill()
 	}
 	<-p.done
@@ -214,7 +227,7 @@ func (e permanentError) Unwrap() error { return e.error }
 
 // waitProcOr polls check every pollInterval until it succeeds, fails with a permanentError, p
 // exits, or ctx ends.
-func waitProcOr(ctx context.Context, p *proc, check func(context.Context) error) error {
+func waitProcOr(ctx context.Context, p *Process, check func(context.Context) error) error {
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for {

@@ -51,7 +51,7 @@ type Registry struct {
 	client     *http.Client
 
 	mu     sync.Mutex  // guards the fields below
-	proc   *proc       // running process, nil when stopped
+	proc   *Process       // running process, nil when stopped
 	tail   *tailBuffer // output of the current or last run
 	closed bool
 }
@@ -144,7 +144,7 @@ func (r *Registry) Stop() error {
 	if r.proc == nil {
 		return nil
 	}
-	err := r.proc.stop(stopGrace)
+	err := r.proc.Stop(stopGrace)
 	r.proc = nil
 	if err != nil {
 		return withTail(fmt.Errorf("stop registry: %w", err), r.tail)
@@ -194,14 +194,14 @@ func (r *Registry) start(ctx context.Context) error {
 		return errors.New("already running")
 	}
 	r.tail = newTail()
-	p, err := startProc(r.bin, []string{"serve", r.configPath}, io.MultiWriter(r.out, r.tail))
+	p, err := StartProcess(r.bin, []string{"serve", r.configPath}, io.MultiWriter(r.out, r.tail))
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	if err := waitProcOr(ctx, p, r.ping); err != nil {
-		p.kill()
+		p.Kill()
 		return withTail(err, r.tail)
 	}
 	r.proc = p
