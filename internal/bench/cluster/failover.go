@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
+)
+
+// failoverResult is what (b) measured.
+type failoverResult struct {
+	times []time.Duration // SIGKILL of the leader -> correct status from the new leader
+	notes []string
+}
+
+// measureFailover runs three agent processes on three real containerds with one image from a
+// real registry, then kills the leader (SIGKILL) rounds times, timing until a surviving node's
+// status API answers 200 naming the new leader with the common_cache of before. The killed
+// node is restarted, and leads again, between rounds.
+func measureFailover(ctx context.Context, o options) (failoverResult, error) {
+	var res failoverResult
+	reg, err := lab.StartRegistry(ctx, lab.RegistryOptions{})
+	if err != nil {
+		return res, err
+	}
+	defer reg.Close()
+	const repo = "lsst/sciplat-lab"
+	digest, err := lab.PushRandomImage(ctx, reg.Addr, repo, []string{"w_2024_10", "recommended"}, 2<<20, 1, nil)
+	if err != nil {
+		return res, err
+	}
+	refs := []string{reg.Addr + "/" + repo + ":recommended", reg.Addr + "/" + repo + ":w_2024_10"}
+	want := []string{refs[0] + "@" + digest, refs[1] + "@" + digest}
+	slices.Sort(want)
+
+	dir, err := os.MkdirTemp("", "cmb")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	keyFile, err := writeKey(dir, o.key)
+	if err != nil {
+		return res, err
+	}
+	// Containerds are closed after the agents stop (defers run last-in, first-out).
+	var cds []*lab.Containerd
+	defer func() {
+		for _, cd := range cds {
+			if err := cd.Close(); err != nil {
+				progress("  %v", err)
+			}
+		}
+	}()
+	for range 3 {
+		cd, err := lab.StartContainerd(ctx, lab.ContainerdOptions{})
+		if err != nil {
+			return res, err
+		}
+		cds = append(cds, cd)
+	}
+	var procs []*agentProc
+	defer func() {
+		for _, p := range procs {
+			if err := p.stop(); err != nil {
+				progress("  %v", err)
+			}
+		}
+	}()
+	for _, name := range []string{"n1", "n2", "n3"} {
+		p, err := newAgentProc(dir, name)
+		if err != nil {
+			return res, err
+		}
+		procs = append(procs, p)
+	}
+	for i, p := range procs {
+		var join []string
+		for j, q := range procs {
+			if j != i {
+				join = append(join, q.gossip)
+			}
+		}
+		if err := p.writeConfig(agentConfig{criSocket: cds[i].Endpoint(), images: refs, digests: []string{digest, digest}, join: join, keyFile: keyFile}); err != nil {
+			return res, err
+		}
+	}
+	for _, p := range procs {
+		if err := p.start(o.bin); err != nil {
+			return res, err
+		}
+	}
+	for _, p := range procs {
+		if err := p.waitReady(ctx, time.Minute); err != nil {
+			return res, err
+		}
+	}
+	n1, n2, n3 := procs[0], procs[1], procs[2]
+	// ledBy waits until both other nodes answer with leader and the expected common_cache,
+	// and the leader sees three alive nodes.
+	ledBy := func(leader *agentProc, others ...*agentProc) error {
+		return waitFor(ctx, 2*time.Minute, 100*time.Millisecond, func() (bool, string) {
+			for _, p := range others {
+				d, l, ok := getDump(p.http, 2*time.Second)
+				if !ok || l != leader.name || !slices.Equal(d.common(), want) {
+					return false, fmt.Sprintf("%s: answered ok=%v leader=%q common_cache=%v, want leader %s and %v", p.name, ok, l, d.common(), leader.name, want)
+				}
+			}
+			v, ok := getNodes(leader.http, 2*time.Second)
+			alive, done := v.settled(len(refs))
+			return ok && alive == 3 && done == 3, fmt.Sprintf("%s: %d alive nodes, %d with every image", leader.name, alive, done)
+		})
+	}
+	progress("  3 agents on 3 containerds: waiting for the images and for n1 to lead")
+	if err := ledBy(n1, n2, n3); err != nil {
+		return res, err
+	}
+	for r := range o.failoverRounds {
+		// Let membership settle (a restarted leader refutes its old death for a moment).
+		if !sleepCtx(ctx, 3*time.Second) {
+			return res, ctx.Err()
+		}
+		killed := time.Now()
+		n1.kill()
+		var took time.Duration
+		err := waitFor(ctx, time.Minute, 20*time.Millisecond, func() (bool, string) {
+			for _, p := range []*agentProc{n2, n3} {
+				d, l, ok := getDump(p.http, time.Second)
+				if ok && l == n2.name && slices.Equal(d.common(), want) {
+					took = time.Since(killed)
+					return true, ""
+				}
+			}
+			return false, "a survivor to answer 200 from leader n2 with the same common_cache"
+		})
+		if err != nil {
+			return res, fmt.Errorf("round %d: %w", r+1, err)
+		}
+		res.times = append(res.times, took)
+		progress("  failover round %d/%d: %s", r+1, o.failoverRounds, ms(took))
+		if err := n1.start(o.bin); err != nil {
+			return res, err
+		}
+		if err := n1.waitReady(ctx, time.Minute); err != nil {
+			return res, err
+		}
+		if err := ledBy(n1, n2, n3); err != nil {
+			return res, fmt.Errorf("round %d: n1 back: %w", r+1, err)
+		}
+	}
+	return res, nil
+}

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/cri/critest"
+	"github.com/cachemachine/cachemachine/internal/lab"
+)
+
+// rssSample is the memory of one process after convergence.
+type rssSample struct {
+	name   string
+	rssKiB int64 // the largest VmRSS of a few samples
+	hwmKiB int64 // VmHWM: the peak, formation included
+}
+
+// rssResult is what one run of (d) or (e) measured.
+type rssResult struct {
+	members, images int
+	procs           []rssSample // the agent processes, the leader first
+	formation       time.Duration
+	notes           []string
+}
+
+// measureBinaryRSS runs the built binary as the leader (node "a000", the lowest name) and,
+// with nonLeader, as one ordinary member ("z999"), both on one fake CRI server (in this
+// process) that holds `images` images, so both agents are idle; the other members are
+// in-process simulated nodes, each holding the same images. After convergence (every member
+// alive at the leader with every image cached, common_cache complete) and steady gossip, it
+// reads each process's VmRSS.
+func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLeader bool) (rssResult, error) {
+	res := rssResult{members: members, images: images}
+	start := time.Now()
+	srv, err := critest.NewServer(critest.ServerOptions{})
+	if err != nil {
+		return res, err
+	}
+	defer srv.Close()
+	var refs, digests []string
+	for i := range images {
+		ref := imageRef("w", i)
+		refs = append(refs, ref)
+		digests = append(digests, digestOf(ref))
+		srv.AddRemote(ref, digestOf(ref), 1<<20)
+	}
+	client, err := cri.New(ctx, srv.Endpoint(), cri.Options{})
+	if err != nil {
+		return res, err
+	}
+	for _, ref := range refs {
+		if _, err := client.PullImage(ctx, ref, nil); err != nil {
+			client.Close()
+			return res, err
+		}
+	}
+	client.Close()
+
+	dir, err := os.MkdirTemp("", "cmb")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	keyFile, err := writeKey(dir, o.key)
+	if err != nil {
+		return res, err
+	}
+	names := []string{"a000"}
+	if nonLeader {
+		names = append(names, "z999")
+	}
+	var procs []*agentProc
+	defer func() {
+		for _, p := range procs {
+			if err := p.stop(); err != nil {
+				progress("  %v", err)
+			}
+		}
+	}()
+	for i, name := range names {
+		p, err := newAgentProc(dir, name)
+		if err != nil {
+			return res, err
+		}
+		var join []string
+		if i > 0 {
+			join = []string{procs[0].gossip}
+		}
+		if err := p.writeConfig(agentConfig{criSocket: srv.Endpoint(), images: refs, digests: digests, join: join, keyFile: keyFile}); err != nil {
+			return res, err
+		}
+		if err := p.start(o.bin); err != nil {
+			return res, err
+		}
+		procs = append(procs, p)
+		if err := p.waitReady(ctx, time.Minute); err != nil {
+			return res, err
+		}
+	}
+	leader := procs[0]
+
+	log := newCountingHandler()
+	sc := &simCluster{key: o.key, join: []string{leader.gossip}, minLat: o.pullMin, maxLat: o.pullMax, logger: newLogger(log)}
+	defer sc.stop() // before the agent processes stop: the members leave first
+	var simNames []string
+	for i := 1; len(simNames) < members-len(names); i++ {
+		simNames = append(simNames, nodeName(i))
+	}
+	aliveAtLeader := func() int {
+		v, _ := metricValue(leader.http, "cachemachine_members")
+		return int(v)
+	}
+	progress("  leader %s (pid %d) up; %d simulated members joining", leader.name, leader.pid(), len(simNames))
+	if err := sc.addBatches(ctx, simNames, o.batch, len(names), refs, agent.Desired{}, aliveAtLeader); err != nil {
+		return res, err
+	}
+	if err := waitFor(ctx, 5*time.Minute, time.Second, func() (bool, string) {
+		if !leader.running() {
+			return false, leader.exitErr().Error()
+		}
+		v, ok := getNodes(leader.http, 10*time.Second)
+		alive, done := v.settled(images)
+		if !ok || v.Leader != leader.name || alive != members || done != members {
+			return false, fmt.Sprintf("leader %q: %d alive members of %d, %d with all %d images", v.Leader, alive, members, done, images)
+		}
+		d, _, ok := getDump(leader.http, 10*time.Second)
+		return ok && len(d.CommonCache) == images && len(d.ImagesToCache) == 0, fmt.Sprintf("common_cache %d of %d images", len(d.CommonCache), images)
+	}); err != nil {
+		return res, fmt.Errorf("convergence: %w", err)
+	}
+	res.formation = time.Since(start)
+	if rate, ok := sc.waitQuiet(ctx, quietLimit, 3*time.Minute); !ok {
+		res.notes = append(res.notes, fmt.Sprintf("gossip not quiet before the RSS reading (%.0f B/s per node)", rate))
+	}
+	// A spawner reads the status every few seconds: the leader's RSS includes serving it.
+	for range 5 {
+		if _, _, ok := getDump(leader.http, 10*time.Second); !ok {
+			return res, fmt.Errorf("leader %s does not serve its status", leader.name)
+		}
+		if !sleepCtx(ctx, time.Second) {
+			return res, ctx.Err()
+		}
+	}
+	samples := make([]rssSample, len(procs))
+	for k := range 3 {
+		if k > 0 && !sleepCtx(ctx, 2*time.Second) {
+			return res, ctx.Err()
+		}
+		for i, p := range procs {
+			rss, err := procStatusKiB(p.pid(), "VmRSS")
+			if err != nil {
+				return res, err
+			}
+			hwm, err := procStatusKiB(p.pid(), "VmHWM")
+			if err != nil {
+				return res, err
+			}
+			samples[i] = rssSample{name: p.name, rssKiB: max(samples[i].rssKiB, rss), hwmKiB: hwm}
+		}
+	}
+	res.procs = samples
+	for msg, n := range log.take() {
+		res.notes = append(res.notes, fmt.Sprintf("simulated members logged %dx %q", n, msg))
+	}
+	for r, v := range sc.drops() {
+		res.notes = append(res.notes, fmt.Sprintf("simulated members dropped %.0f gossip messages (%s)", v, r))
+	}
+	return res, nil
+}
+
+// containerdRSS starts a real containerd, makes one CRI ListImages call and reads its VmRSS.
+func containerdRSS(ctx context.Context) (int64, string, error) {
+	cd, err := lab.StartContainerd(ctx, lab.ContainerdOptions{})
+	if err != nil {
+		return 0, "", err
+	}
+	defer cd.Close()
+	c, err := cri.New(ctx, cd.Endpoint(), cri.Options{})
+	if err != nil {
+		return 0, "", err
+	}
+	defer c.Close()
+	v, err := c.Version(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	if _, err := c.ListImages(ctx); err != nil {
+		return 0, "", err
+	}
+	if !sleepCtx(ctx, time.Second) {
+		return 0, "", ctx.Err()
+	}
+	pid, err := childPID("--config", filepath.Join(cd.Dir, "config.toml"))
+	if err != nil {
+		return 0, "", err
+	}
+	rss, err := procStatusKiB(pid, "VmRSS")
+	return rss, v.RuntimeName + " " + v.RuntimeVersion, err
+}

@@ -1,0 +1,392 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/cri/critest"
+)
+
+// imageRepo is a realistic GAR repository, so that references (and the gossip that carries
+// them) have the length they have in production.
+const imageRepo = "us-central1-docker.pkg.dev/rubin-shared-services-71ec/sciplat/sciplat-lab"
+
+// imageSize is what the fake runtime reports for every image (a 4 GB lab image).
+const imageSize = 4 << 30
+
+// imageRef returns the i-th image of the bench's catalogue.
+func imageRef(prefix string, i int) string { return fmt.Sprintf("%s:%s_%04d", imageRepo, prefix, i) }
+
+// digestOf is the manifest digest the fake registry serves for ref: every node that pulls
+// ref gets the same digest.
+func digestOf(ref string) string {
+	sum := sha256.Sum256([]byte("manifest of " + ref))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func repoOf(ref string) string {
+	if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
+		return ref[:i]
+	}
+	return ref
+}
+
+// imageFor is ref as containerd lists it after a pull by tag.
+func imageFor(ref string) cri.Image {
+	d := digestOf(ref)
+	return cri.Image{ID: critest.ImageID(d), Tags: []string{ref}, Digests: []string{repoOf(ref) + "@" + d}, Size: imageSize}
+}
+
+// nodeName is the name of the i-th simulated node: the length of a GKE node name, so that
+// membership gossip has its production size; "a000…" sorts first and so leads.
+func nodeName(i int) string {
+	return fmt.Sprintf("a%03d-gke-rsp-lab-pool-%08x", i, uint32(i)*2654435761)
+}
+
+// fakeRuntime is an in-memory agent.Runtime: a node's image store with a fake registry
+// behind PullImage that serves every reference (digestOf) after a random latency, and a
+// record of when each pull finished.
+type fakeRuntime struct {
+	minLat, maxLat time.Duration
+
+	mu      sync.Mutex           // guards the fields below
+	images  map[string]cri.Image // by tag
+	list    []cri.Image          // ListImages' answer; nil when stale, never modified once built
+	started map[string]time.Time // ref -> when its last pull started
+	pulled  map[string]time.Time // ref -> when its last pull finished
+}
+
+var _ agent.Runtime = (*fakeRuntime)(nil)
+
+func newFakeRuntime(minLat, maxLat time.Duration, preload []string) *fakeRuntime {
+	r := &fakeRuntime{minLat: minLat, maxLat: maxLat, images: map[string]cri.Image{}, started: map[string]time.Time{}, pulled: map[string]time.Time{}}
+	for _, ref := range preload {
+		r.images[ref] = imageFor(ref)
+	}
+	return r
+}
+
+func (r *fakeRuntime) ListImages(context.Context) ([]cri.Image, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.list == nil {
+		r.list = slices.SortedFunc(maps.Values(r.images), func(a, b cri.Image) int { return strings.Compare(a.ID, b.ID) })
+	}
+	return r.list, nil
+}
+
+func (r *fakeRuntime) ImageStatus(_ context.Context, ref string) (*cri.Image, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	img, ok := r.images[ref]
+	if !ok {
+		return nil, nil
+	}
+	return &img, nil
+}
+
+func (r *fakeRuntime) PullImage(ctx context.Context, ref string, _ *cri.Auth) (string, error) {
+	r.mu.Lock()
+	r.started[ref] = time.Now()
+	r.mu.Unlock()
+	lat := r.minLat
+	if r.maxLat > r.minLat {
+		lat += rand.N(r.maxLat - r.minLat + 1)
+	}
+	t := time.NewTimer(lat)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+		return "", cri.ErrDeadline
+	}
+	img := imageFor(ref)
+	r.mu.Lock()
+	r.images[ref] = img
+	r.list = nil
+	r.pulled[ref] = time.Now()
+	r.mu.Unlock()
+	return img.ID, nil
+}
+
+func (r *fakeRuntime) ImageFsInfo(context.Context) ([]cri.FsUsage, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// No mountpoint: the agent then skips statfs (and its disk guard), as it does when the
+	// image filesystem is not visible from the pod.
+	return []cri.FsUsage{{UsedBytes: uint64(len(r.images)) * imageSize}}, nil
+}
+
+func (r *fakeRuntime) Version(context.Context) (cri.Version, error) {
+	return cri.Version{RuntimeName: "fake", RuntimeVersion: "1", RuntimeAPIVersion: "v1"}, nil
+}
+
+// pulledAt returns when the pull of ref started and finished on this node.
+func (r *fakeRuntime) pulledAt(ref string) (started, done time.Time, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	done, ok = r.pulled[ref]
+	return r.started[ref], done, ok
+}
+
+// simNode is one in-process node: a real agent.Agent on a fakeRuntime and a real
+// coordinator.Cluster (memberlist on 127.0.0.1, production timings), with its own registry.
+type simNode struct {
+	name   string
+	rt     *fakeRuntime
+	ag     *agent.Agent
+	cl     *coordinator.Cluster
+	reg    *prometheus.Registry
+	cancel context.CancelFunc
+}
+
+// simCluster owns a set of simNodes and the goroutines that run them.
+type simCluster struct {
+	key    []byte
+	join   []string
+	minLat time.Duration
+	maxLat time.Duration
+	logger *slog.Logger
+
+	nodes []*simNode
+	wg    sync.WaitGroup // every agent.Run and Cluster.Run
+}
+
+// add creates a node that holds preload and, when desired.Version is set, starts from that
+// desired list; it starts its agent and its cluster membership (which joins sc.join).
+func (sc *simCluster) add(ctx context.Context, name string, preload []string, desired agent.Desired) (*simNode, error) {
+	rt := newFakeRuntime(sc.minLat, sc.maxLat, preload)
+	log := sc.logger.With("node", name)
+	ag, err := agent.New(agent.Config{Node: name}, rt, nil, log.With("component", "agent"))
+	if err != nil {
+		return nil, err
+	}
+	if desired.Version != 0 {
+		ag.SetDesired(desired)
+	}
+	reg := prometheus.NewRegistry()
+	cl, err := coordinator.New(coordinator.Config{
+		Name:     "jupyter",
+		NodeName: name,
+		BindAddr: "127.0.0.1",
+		Join:     sc.join,
+		Key:      sc.key,
+		// Never contacted; a pod address of production length keeps the metadata realistic.
+		HTTPAddr: "10.128.12.34:8080",
+	}, ag, log.With("component", "cluster"), reg)
+	if err != nil {
+		return nil, err
+	}
+	n := &simNode{name: name, rt: rt, ag: ag, cl: cl, reg: reg}
+	nctx, cancel := context.WithCancel(ctx)
+	n.cancel = cancel
+	sc.wg.Go(func() { _ = ag.Run(nctx) })
+	sc.wg.Go(func() {
+		_ = cl.Run(nctx)
+		_ = cl.Close()
+	})
+	sc.nodes = append(sc.nodes, n)
+	return n, nil
+}
+
+// addBatches adds the nodes named names in batches of batch, waiting after each batch until
+// alive() reports every node started so far (plus extra members not in sc) as alive.
+func (sc *simCluster) addBatches(ctx context.Context, names []string, batch, extra int, preload []string, desired agent.Desired, alive func() int) error {
+	for start := 0; start < len(names); start += batch {
+		end := min(start+batch, len(names))
+		for _, name := range names[start:end] {
+			if _, err := sc.add(ctx, name, preload, desired); err != nil {
+				return fmt.Errorf("node %s: %w", name, err)
+			}
+		}
+		want := len(sc.nodes) + extra
+		if err := waitFor(ctx, 3*time.Minute, 200*time.Millisecond, func() (bool, string) {
+			n := alive()
+			return n == want, fmt.Sprintf("%d of %d members alive", n, want)
+		}); err != nil {
+			return fmt.Errorf("forming the cluster: %w", err)
+		}
+		// Let the join gossip (every joiner re-announces every member it learns) die down
+		// before the next batch, so that the in-process nodes never starve each other's
+		// probes into false suspicions.
+		rate, quiet := sc.waitQuiet(ctx, quietLimit, 2*time.Minute)
+		progress("  %d/%d nodes joined (gossip %.1f KiB/s per node, quiet %v)", end, len(names), rate/1024, quiet)
+	}
+	return nil
+}
+
+// stop ends every node (each leaves the cluster, bounded by the product's leave timeouts)
+// and waits for all of them.
+func (sc *simCluster) stop() {
+	for _, n := range sc.nodes {
+		n.cancel()
+	}
+	sc.wg.Wait()
+}
+
+// counterSum returns the sum over all label values of the counter family name in reg.
+func counterSum(reg prometheus.Gatherer, name string) float64 {
+	fams, err := reg.Gather()
+	if err != nil {
+		return 0
+	}
+	var sum float64
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+// counterByLabel returns the counter family name in reg by the value of label.
+func counterByLabel(reg prometheus.Gatherer, name, label string) map[string]float64 {
+	out := map[string]float64{}
+	fams, err := reg.Gather()
+	if err != nil {
+		return out
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label {
+					out[lp.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
+}
+
+// bytesSent is the gossip traffic every node of sc sent so far.
+func (sc *simCluster) bytesSent() float64 {
+	var sum float64
+	for _, n := range sc.nodes {
+		sum += counterSum(n.reg, "cachemachine_gossip_bytes_sent_total")
+	}
+	return sum
+}
+
+// drops sums cachemachine_gossip_dropped_total by reason over every node.
+func (sc *simCluster) drops() map[string]float64 {
+	out := map[string]float64{}
+	for _, n := range sc.nodes {
+		for r, v := range counterByLabel(n.reg, "cachemachine_gossip_dropped_total", "reason") {
+			if v > 0 {
+				out[r] += v
+			}
+		}
+	}
+	return out
+}
+
+// waitQuiet waits until the gossip traffic of sc has fallen to steady state: below limit
+// bytes per node per second over two consecutive 1-second samples. It returns the last rate
+// and false when that did not happen within timeout.
+func (sc *simCluster) waitQuiet(ctx context.Context, limit float64, timeout time.Duration) (float64, bool) {
+	deadline := time.Now().Add(timeout)
+	const sample = time.Second
+	prev, prevT := sc.bytesSent(), time.Now()
+	calm := 0
+	rate := 0.0
+	for time.Now().Before(deadline) {
+		if !sleepCtx(ctx, sample) {
+			return rate, false
+		}
+		cur, now := sc.bytesSent(), time.Now()
+		rate = (cur - prev) / float64(len(sc.nodes)) / now.Sub(prevT).Seconds()
+		prev, prevT = cur, now
+		if rate < limit {
+			calm++
+			if calm == 2 {
+				return rate, true
+			}
+		} else {
+			calm = 0
+		}
+	}
+	return rate, false
+}
+
+// waitFor polls cond every interval until it holds, ctx ends or timeout passes; the error
+// carries cond's last description.
+func waitFor(ctx context.Context, timeout, interval time.Duration, cond func() (bool, string)) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, what := cond()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s: %s", timeout, what)
+		}
+		if !sleepCtx(ctx, interval) {
+			return errors.Join(ctx.Err(), errors.New(what))
+		}
+	}
+}
+
+// sleepCtx sleeps d and reports whether ctx is still alive.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// countingHandler is a slog.Handler that counts records at Warn and above by message, so
+// that problems inside hundreds of in-process nodes show up in the report.
+type countingHandler struct {
+	mu     *sync.Mutex
+	counts map[string]int
+}
+
+func newCountingHandler() countingHandler {
+	return countingHandler{mu: &sync.Mutex{}, counts: map[string]int{}}
+}
+
+func (h countingHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+
+func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.counts[r.Level.String()+" "+r.Message]++
+	h.mu.Unlock()
+	return nil
+}
+
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// take returns the counts so far and resets them.
+func (h countingHandler) take() map[string]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := maps.Clone(h.counts)
+	clear(h.counts)
+	return out
+}
