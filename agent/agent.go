@@ -525,4 +525,3 @@ func backoff(initial, maxDelay time.Duration, failures int) time.Duration {
 	half := d / 2
 	return half + rand.N(half+1)
 }
-

@@ -911,4 +911,3 @@ func (c *Cluster) Status() ClusterStatus {
 		Members:        c.membersLocked(),
 	}
 }
-

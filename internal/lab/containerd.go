@@ -57,7 +57,7 @@ type Containerd struct {
 	logFile     *os.File  // non-nil when out is the default log file
 
 	mu     sync.Mutex  // guards the fields below
-	proc   *Process       // running process, nil when stopped
+	proc   *Process    // running process, nil when stopped
 	tail   *tailBuffer // output of the current or last run
 	closed bool
 }

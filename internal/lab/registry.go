@@ -51,7 +51,7 @@ type Registry struct {
 	client     *http.Client
 
 	mu     sync.Mutex  // guards the fields below
-	proc   *Process       // running process, nil when stopped
+	proc   *Process    // running process, nil when stopped
 	tail   *tailBuffer // output of the current or last run
 	closed bool
 }
