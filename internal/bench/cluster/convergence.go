@@ -92,6 +92,9 @@ func formInProc(ctx context.Context, o options, n, images int) (*inProcCluster, 
 		return k
 	}
 	if err := sc.addBatches(ctx, names, o.batch, 0, preload, desired, aliveAtLeader); err != nil {
+		for _, l := range log.take(8) {
+			progress("  nodes %s", l)
+		}
 		sc.stop()
 		return nil, 0, err
 	}

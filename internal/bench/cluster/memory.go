@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -25,6 +28,7 @@ type rssResult struct {
 	members, images int
 	procs           []rssSample // the agent processes, the leader first
 	formation       time.Duration
+	stalled         *stallError // formation stopped short of the members asked for
 	notes           []string
 }
 
@@ -104,6 +108,20 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 	}
 	leader := procs[0]
 
+	// The members start from the leader's published list (as nodes that were up when it was
+	// published), so convergence costs no metadata broadcast per member.
+	var desired agent.Desired
+	if err := waitFor(ctx, time.Minute, 200*time.Millisecond, func() (bool, string) {
+		var b bytes.Buffer
+		err := agent.RunDebug(ctx, filepath.Join(leader.dir, "agent.sock"), []string{"desired"}, true, &b)
+		if err == nil {
+			err = json.Unmarshal(b.Bytes(), &desired)
+		}
+		return err == nil && desired.Version != 0 && len(desired.Images) == images, fmt.Sprintf("the leader's desired list (%d images, err %v)", len(desired.Images), err)
+	}); err != nil {
+		return res, err
+	}
+
 	log := newCountingHandler()
 	sc := &simCluster{key: o.key, join: []string{leader.gossip}, minLat: o.pullMin, maxLat: o.pullMax, logger: newLogger(log)}
 	defer sc.stop() // before the agent processes stop: the members leave first
@@ -116,10 +134,22 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 		return int(v)
 	}
 	progress("  leader %s (pid %d) up; %d simulated members joining", leader.name, leader.pid(), len(simNames))
-	if err := sc.addBatches(ctx, simNames, o.batch, len(names), refs, agent.Desired{}, aliveAtLeader); err != nil {
+	err = sc.addBatches(ctx, simNames, o.batch, len(names), refs, desired, aliveAtLeader)
+	var stall *stallError
+	switch {
+	case errors.As(err, &stall):
+		// Measure the cluster that did form, once it has calmed down.
+		progress("  %v; waiting for the %d members to settle", err, len(sc.nodes)+len(names))
+		res.stalled = stall
+		res.members = len(sc.nodes) + len(names)
+		if rate, ok := sc.waitQuiet(ctx, quietLimit, 3*time.Minute); !ok {
+			return res, fmt.Errorf("%w; did not settle (%.1f KiB/s per node)", err, rate/1024)
+		}
+	case err != nil:
 		return res, err
 	}
-	if err := waitFor(ctx, 5*time.Minute, time.Second, func() (bool, string) {
+	members = res.members
+	if err := waitFor(ctx, 3*time.Minute, time.Second, func() (bool, string) {
 		if !leader.running() {
 			return false, leader.exitErr().Error()
 		}
@@ -164,8 +194,8 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 		}
 	}
 	res.procs = samples
-	for msg, n := range log.take() {
-		res.notes = append(res.notes, fmt.Sprintf("simulated members logged %dx %q", n, msg))
+	for _, l := range log.take(5) {
+		res.notes = append(res.notes, "simulated members "+l)
 	}
 	for r, v := range sc.drops() {
 		res.notes = append(res.notes, fmt.Sprintf("simulated members dropped %.0f gossip messages (%s)", v, r))

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -179,6 +180,23 @@ func (sc *simCluster) add(ctx context.Context, name string, preload []string, de
 	if desired.Version != 0 {
 		ag.SetDesired(desired)
 	}
+	nctx, cancel := context.WithCancel(ctx)
+	sc.wg.Go(func() { _ = ag.Run(nctx) })
+	// Join only after the agent's first inventory, as a node whose CRI answers in
+	// milliseconds does, and without that change pending: otherwise the coordinator's
+	// metadata updater announces the node a second time right after the join (its first
+	// update is unconditional), one more cluster-wide broadcast per node while forming —
+	// which is what formation costs most of on a few cores (see the report).
+	if err := waitFor(ctx, 10*time.Second, time.Millisecond, func() (bool, string) {
+		return ag.State().Ready, "the agent's first inventory"
+	}); err != nil {
+		cancel()
+		return nil, err
+	}
+	select {
+	case <-ag.Changes():
+	default:
+	}
 	reg := prometheus.NewRegistry()
 	cl, err := coordinator.New(coordinator.Config{
 		Name:     "jupyter",
@@ -190,12 +208,10 @@ func (sc *simCluster) add(ctx context.Context, name string, preload []string, de
 		HTTPAddr: "10.128.12.34:8080",
 	}, ag, log.With("component", "cluster"), reg)
 	if err != nil {
+		cancel()
 		return nil, err
 	}
-	n := &simNode{name: name, rt: rt, ag: ag, cl: cl, reg: reg}
-	nctx, cancel := context.WithCancel(ctx)
-	n.cancel = cancel
-	sc.wg.Go(func() { _ = ag.Run(nctx) })
+	n := &simNode{name: name, rt: rt, ag: ag, cl: cl, reg: reg, cancel: cancel}
 	sc.wg.Go(func() {
 		_ = cl.Run(nctx)
 		_ = cl.Close()
@@ -204,28 +220,59 @@ func (sc *simCluster) add(ctx context.Context, name string, preload []string, de
 	return n, nil
 }
 
-// addBatches adds the nodes named names in batches of batch, waiting after each batch until
-// alive() reports every node started so far (plus extra members not in sc) as alive.
+// stallError says that forming the in-process cluster stopped making progress: every node
+// gossips on the same few cores, and past some size one batch of joins saturates them, probes
+// time out, false suspicions and refutations gossip further, and the cluster churns.
+type stallError struct {
+	formed, want int
+	cpu          cpuUse
+	why          string
+}
+
+func (e *stallError) Error() string {
+	return fmt.Sprintf("in-process formation stalled at %d of %d nodes (%s; %s)", e.formed, e.want, e.cpu, e.why)
+}
+
+// addBatches adds the nodes named names in batches: 50 at a time up to 100 nodes (stable on
+// two cores), then batch at a time. After each batch it waits until alive() reports every
+// node started so far (plus extra members not in sc) as alive, and for gossip to calm down;
+// when either does not happen in time it returns a *stallError.
 func (sc *simCluster) addBatches(ctx context.Context, names []string, batch, extra int, preload []string, desired agent.Desired, alive func() int) error {
-	for start := 0; start < len(names); start += batch {
-		end := min(start+batch, len(names))
+	total := len(names) + len(sc.nodes) + extra
+	for start := 0; start < len(names); {
+		size := batch
+		if len(sc.nodes)+extra < 100 {
+			size = max(batch, 50)
+		}
+		end := min(start+size, len(names))
+		cpu0 := sampleCPU()
 		for _, name := range names[start:end] {
 			if _, err := sc.add(ctx, name, preload, desired); err != nil {
 				return fmt.Errorf("node %s: %w", name, err)
 			}
 		}
+		start = end
 		want := len(sc.nodes) + extra
-		if err := waitFor(ctx, 3*time.Minute, 200*time.Millisecond, func() (bool, string) {
+		if err := waitFor(ctx, time.Minute, 200*time.Millisecond, func() (bool, string) {
 			n := alive()
 			return n == want, fmt.Sprintf("%d of %d members alive", n, want)
 		}); err != nil {
-			return fmt.Errorf("forming the cluster: %w", err)
+			if ctx.Err() != nil {
+				return err
+			}
+			return &stallError{formed: want, want: total, cpu: cpu0.since(), why: err.Error()}
 		}
 		// Let the join gossip (every joiner re-announces every member it learns) die down
-		// before the next batch, so that the in-process nodes never starve each other's
+		// before the next batch, so that the in-process nodes do not starve each other's
 		// probes into false suspicions.
-		rate, quiet := sc.waitQuiet(ctx, quietLimit, 2*time.Minute)
-		progress("  %d/%d nodes joined (gossip %.1f KiB/s per node, quiet %v)", end, len(names), rate/1024, quiet)
+		rate, quiet := sc.waitQuiet(ctx, quietLimit, 45*time.Second)
+		if !quiet {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return &stallError{formed: want, want: total, cpu: cpu0.since(), why: fmt.Sprintf("gossip still %.1f KiB/s per node after 45 s", rate/1024)}
+		}
+		progress("  %d/%d members (%s)", want, total, cpu0.since())
 	}
 	return nil
 }
@@ -372,9 +419,14 @@ func newCountingHandler() countingHandler {
 
 func (h countingHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
 
+// volatile matches what differs between otherwise equal log lines: node names, addresses,
+// numbers.
+var volatile = regexp.MustCompile(`a\d{3}-gke-rsp-lab-pool-[0-9a-f]{8}|\d+\.\d+\.\d+\.\d+(:\d+)?|\d+(\.\d+)?(ms|s)?`)
+
 func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
+	msg := volatile.ReplaceAllString(r.Message, "…")
 	h.mu.Lock()
-	h.counts[r.Level.String()+" "+r.Message]++
+	h.counts[r.Level.String()+" "+msg]++
 	h.mu.Unlock()
 	return nil
 }
@@ -382,11 +434,16 @@ func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
 func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h countingHandler) WithGroup(string) slog.Handler      { return h }
 
-// take returns the counts so far and resets them.
-func (h countingHandler) take() map[string]int {
+// take returns the k most frequent messages so far, with their counts, and resets them.
+func (h countingHandler) take(k int) []string {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := maps.Clone(h.counts)
+	counts := maps.Clone(h.counts)
 	clear(h.counts)
+	h.mu.Unlock()
+	msgs := slices.SortedFunc(maps.Keys(counts), func(a, b string) int { return counts[b] - counts[a] })
+	out := make([]string, 0, k)
+	for _, m := range msgs[:min(k, len(msgs))] {
+		out = append(out, fmt.Sprintf("logged %dx %q", counts[m], m))
+	}
 	return out
 }
