@@ -52,6 +52,7 @@ type options struct {
 	rssImages       int
 	agentMembers    int
 	failoverRounds  int
+	profileDir      string
 	skipConvergence bool
 	skipFailover    bool
 	skipGossip      bool
@@ -76,6 +77,7 @@ func main() {
 	flag.IntVar(&o.rssImages, "rss-images", 100, "(d), (e) images per node")
 	flag.IntVar(&o.agentMembers, "agent-members", 100, "(e) members with the idle agent processes")
 	flag.IntVar(&o.failoverRounds, "failover-rounds", 5, "(b) rounds")
+	flag.StringVar(&o.profileDir, "profile-dir", "", "(d), (e): save the agent processes' heap profiles in this directory")
 	flag.BoolVar(&o.skipConvergence, "skip-convergence", false, "skip (a)")
 	flag.BoolVar(&o.skipFailover, "skip-failover", false, "skip (b)")
 	flag.BoolVar(&o.skipGossip, "skip-gossip", false, "skip (c)")
@@ -263,7 +265,7 @@ func run(ctx context.Context, o options) error {
 			fail("(d)", what, err)
 		} else {
 			l := res.procs[0]
-			if res.stalled != nil {
+			if res.stalled != nil && res.members < o.rssNodes {
 				what = fmt.Sprintf("leader RSS (binary), %d members x %d images, converged (DEVIATION: %d asked, in-process formation limit)", res.members, o.rssImages, o.rssNodes)
 				notes = append(notes, fmt.Sprintf("(d) %v", res.stalled))
 			}
@@ -471,9 +473,10 @@ func cpuModel() string {
 }
 
 // cpuUse is CPU use over a span as a fraction of all cores: this process's, and the rest of
-// the machine's (other work on a shared machine skews timings).
+// the machine's: child processes still running (agents, containerd) and other work on a shared
+// machine, which skews timings.
 type cpuUse struct{ self, others float64 }
 
 func (u cpuUse) String() string {
-	return fmt.Sprintf("bench %.0f%% + other %.0f%% of %d cores", 100*u.self, 100*u.others, runtime.NumCPU())
+	return fmt.Sprintf("bench %.0f%% + rest of machine %.0f%% of %d cores", 100*u.self, 100*u.others, runtime.NumCPU())
 }

@@ -6,8 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cachemachine/cachemachine/agent"
@@ -194,6 +199,13 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 		}
 	}
 	res.procs = samples
+	for _, p := range procs {
+		if mem, err := runtimeMemory(ctx, p, o.profileDir); err != nil {
+			res.notes = append(res.notes, fmt.Sprintf("%s: heap profile: %v", p.name, err))
+		} else {
+			res.notes = append(res.notes, fmt.Sprintf("%s: Go runtime: %s", p.name, mem))
+		}
+	}
 	for _, l := range log.take(5) {
 		res.notes = append(res.notes, "simulated members "+l)
 	}
@@ -231,4 +243,50 @@ func containerdRSS(ctx context.Context) (int64, string, error) {
 	}
 	rss, err := procStatusKiB(pid, "VmRSS")
 	return rss, v.RuntimeName + " " + v.RuntimeVersion, err
+}
+
+// runtimeMemory reads the agent's Go memory statistics from the heap profile its debug socket
+// serves, and saves the profile in dir when dir is set.
+func runtimeMemory(ctx context.Context, p *agentProc, dir string) (string, error) {
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", filepath.Join(p.dir, "agent.sock"))
+		},
+	}}
+	get := func(path string) ([]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+path, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("%s: %s", path, resp.Status)
+		}
+		return io.ReadAll(resp.Body)
+	}
+	text, err := get("/debug/pprof/heap?debug=1")
+	if err != nil {
+		return "", err
+	}
+	stats := map[string]float64{}
+	for _, line := range strings.Split(string(text), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimPrefix(line, "# "), " = "); ok && line != strings.TrimPrefix(line, "# ") {
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				stats[k] = f
+			}
+		}
+	}
+	if dir != "" {
+		if raw, err := get("/debug/pprof/heap"); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, p.name+".heap.pprof"), raw, 0o644)
+		}
+	}
+	m := func(k string) string { return fmt.Sprintf("%.1f", stats[k]/(1<<20)) }
+	return fmt.Sprintf("heap in use %s MiB (live %s), heap idle not returned %.1f MiB, stacks %s MiB, runtime Sys %s MiB, %d GCs",
+		m("HeapInuse"), m("HeapAlloc"), (stats["HeapIdle"]-stats["HeapReleased"])/(1<<20), m("StackInuse"), m("Sys"), int(stats["NumGC"])), nil
 }
