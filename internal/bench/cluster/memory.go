@@ -26,6 +26,8 @@ type rssSample struct {
 	name   string
 	rssKiB int64 // the largest VmRSS of a few samples
 	hwmKiB int64 // VmHWM: the peak, formation included
+	anon   int64 // RssAnon (heap, stacks) and RssFile (the binary's pages) of the last sample
+	file   int64
 }
 
 // rssResult is what one run of (d) or (e) measured.
@@ -195,16 +197,18 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 			if err != nil {
 				return res, err
 			}
-			samples[i] = rssSample{name: p.name, rssKiB: max(samples[i].rssKiB, rss), hwmKiB: hwm}
+			anon, _ := procStatusKiB(p.pid(), "RssAnon")
+			file, _ := procStatusKiB(p.pid(), "RssFile")
+			samples[i] = rssSample{name: p.name, rssKiB: max(samples[i].rssKiB, rss), hwmKiB: hwm, anon: anon, file: file}
 		}
 	}
 	res.procs = samples
-	for _, p := range procs {
-		if mem, err := runtimeMemory(ctx, p, o.profileDir); err != nil {
-			res.notes = append(res.notes, fmt.Sprintf("%s: heap profile: %v", p.name, err))
-		} else {
-			res.notes = append(res.notes, fmt.Sprintf("%s: Go runtime: %s", p.name, mem))
+	for i, p := range procs {
+		mem, err := runtimeMemory(ctx, p, o.profileDir)
+		if err != nil {
+			mem = "heap profile: " + err.Error()
 		}
+		res.notes = append(res.notes, fmt.Sprintf("%s: RSS = anonymous %s + file-backed (binary) %s; Go: %s", p.name, mib(samples[i].anon), mib(samples[i].file), mem))
 	}
 	for _, l := range log.take(5) {
 		res.notes = append(res.notes, "simulated members "+l)
@@ -276,7 +280,7 @@ func runtimeMemory(ctx context.Context, p *agentProc, dir string) (string, error
 	stats := map[string]float64{}
 	for _, line := range strings.Split(string(text), "\n") {
 		if k, v, ok := strings.Cut(strings.TrimPrefix(line, "# "), " = "); ok && line != strings.TrimPrefix(line, "# ") {
-			if f, err := strconv.ParseFloat(v, 64); err == nil {
+			if f, err := strconv.ParseFloat(strings.Fields(v + " ")[0], 64); err == nil { // "Stack = inuse / sys"
 				stats[k] = f
 			}
 		}
@@ -287,6 +291,6 @@ func runtimeMemory(ctx context.Context, p *agentProc, dir string) (string, error
 		}
 	}
 	m := func(k string) string { return fmt.Sprintf("%.1f", stats[k]/(1<<20)) }
-	return fmt.Sprintf("heap in use %s MiB (live %s), heap idle not returned %.1f MiB, stacks %s MiB, runtime Sys %s MiB, %d GCs",
-		m("HeapInuse"), m("HeapAlloc"), (stats["HeapIdle"]-stats["HeapReleased"])/(1<<20), m("StackInuse"), m("Sys"), int(stats["NumGC"])), nil
+	return fmt.Sprintf("live heap %s MiB, heap in use %s, idle not yet returned %.1f, stacks %s, GC metadata %s, other %s, total Sys %s MiB",
+		m("HeapAlloc"), m("HeapInuse"), (stats["HeapIdle"]-stats["HeapReleased"])/(1<<20), m("Stack"), m("GCSys"), m("OtherSys"), m("Sys")), nil
 }
