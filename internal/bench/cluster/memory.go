@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -35,7 +34,7 @@ type rssResult struct {
 	members, images int
 	procs           []rssSample // the agent processes, the leader first
 	formation       time.Duration
-	stalled         *stallError // formation stopped short of the members asked for
+	liveHeap        []float64 // bytes of live Go heap per process, 0 when unknown
 	notes           []string
 }
 
@@ -141,21 +140,9 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 		return int(v)
 	}
 	progress("  leader %s (pid %d) up; %d simulated members joining", leader.name, leader.pid(), len(simNames))
-	err = sc.addBatches(ctx, simNames, o.batch, len(names), refs, desired, aliveAtLeader)
-	var stall *stallError
-	switch {
-	case errors.As(err, &stall):
-		// Measure the cluster that did form, once it has calmed down.
-		progress("  %v; waiting for the %d members to settle", err, len(sc.nodes)+len(names))
-		res.stalled = stall
-		res.members = len(sc.nodes) + len(names)
-		if rate, ok := sc.waitQuiet(ctx, quietLimit, 3*time.Minute); !ok {
-			return res, fmt.Errorf("%w; did not settle (%.1f KiB/s per node)", err, rate/1024)
-		}
-	case err != nil:
+	if err := sc.addBatches(ctx, simNames, o.batch, len(names), refs, desired, aliveAtLeader); err != nil {
 		return res, err
 	}
-	members = res.members
 	if err := waitFor(ctx, 3*time.Minute, time.Second, func() (bool, string) {
 		if !leader.running() {
 			return false, leader.exitErr().Error()
@@ -204,10 +191,11 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 	}
 	res.procs = samples
 	for i, p := range procs {
-		mem, err := runtimeMemory(ctx, p, o.profileDir)
+		mem, live, err := runtimeMemory(ctx, p, o.profileDir)
 		if err != nil {
 			mem = "heap profile: " + err.Error()
 		}
+		res.liveHeap = append(res.liveHeap, live)
 		res.notes = append(res.notes, fmt.Sprintf("%s: RSS = anonymous %s + file-backed (binary) %s; Go: %s", p.name, mib(samples[i].anon), mib(samples[i].file), mem))
 	}
 	for _, l := range log.take(5) {
@@ -251,7 +239,7 @@ func containerdRSS(ctx context.Context) (int64, string, error) {
 
 // runtimeMemory reads the agent's Go memory statistics from the heap profile its debug socket
 // serves, and saves the profile in dir when dir is set.
-func runtimeMemory(ctx context.Context, p *agentProc, dir string) (string, error) {
+func runtimeMemory(ctx context.Context, p *agentProc, dir string) (string, float64, error) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -275,7 +263,7 @@ func runtimeMemory(ctx context.Context, p *agentProc, dir string) (string, error
 	}
 	text, err := get("/debug/pprof/heap?debug=1")
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	stats := map[string]float64{}
 	for _, line := range strings.Split(string(text), "\n") {
@@ -292,5 +280,5 @@ func runtimeMemory(ctx context.Context, p *agentProc, dir string) (string, error
 	}
 	m := func(k string) string { return fmt.Sprintf("%.1f", stats[k]/(1<<20)) }
 	return fmt.Sprintf("live heap %s MiB, heap in use %s, idle not yet returned %.1f, stacks %s, GC metadata %s, other %s, total Sys %s MiB",
-		m("HeapAlloc"), m("HeapInuse"), (stats["HeapIdle"]-stats["HeapReleased"])/(1<<20), m("Stack"), m("GCSys"), m("OtherSys"), m("Sys")), nil
+		m("HeapAlloc"), m("HeapInuse"), (stats["HeapIdle"]-stats["HeapReleased"])/(1<<20), m("Stack"), m("GCSys"), m("OtherSys"), m("Sys")), stats["HeapAlloc"], nil
 }

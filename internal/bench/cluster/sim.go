@@ -225,12 +225,13 @@ func (sc *simCluster) add(ctx context.Context, name string, preload []string, de
 // time out, false suspicions and refutations gossip further, and the cluster churns.
 type stallError struct {
 	formed, want int
+	stable       int // members when the last batch before the failing one had settled
 	cpu          cpuUse
 	why          string
 }
 
 func (e *stallError) Error() string {
-	return fmt.Sprintf("in-process formation stalled at %d of %d nodes (%s; %s)", e.formed, e.want, e.cpu, e.why)
+	return fmt.Sprintf("in-process formation stalled at %d of %d nodes, last settled at %d (%s; %s)", e.formed, e.want, e.stable, e.cpu, e.why)
 }
 
 // addBatches adds the nodes named names in batches: 50 at a time up to 100 nodes (stable on
@@ -239,6 +240,7 @@ func (e *stallError) Error() string {
 // when either does not happen in time it returns a *stallError.
 func (sc *simCluster) addBatches(ctx context.Context, names []string, batch, extra int, preload []string, desired agent.Desired, alive func() int) error {
 	total := len(names) + len(sc.nodes) + extra
+	stable := len(sc.nodes) + extra
 	for start := 0; start < len(names); {
 		size := batch
 		if len(sc.nodes)+extra < 100 {
@@ -260,7 +262,7 @@ func (sc *simCluster) addBatches(ctx context.Context, names []string, batch, ext
 			if ctx.Err() != nil {
 				return err
 			}
-			return &stallError{formed: want, want: total, cpu: cpu0.since(), why: err.Error()}
+			return &stallError{formed: want, want: total, stable: stable, cpu: cpu0.since(), why: err.Error()}
 		}
 		// Let the join gossip (every joiner re-announces every member it learns) die down
 		// before the next batch, so that the in-process nodes do not starve each other's
@@ -270,8 +272,9 @@ func (sc *simCluster) addBatches(ctx context.Context, names []string, batch, ext
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return &stallError{formed: want, want: total, cpu: cpu0.since(), why: fmt.Sprintf("gossip still %.1f KiB/s per node after 45 s", rate/1024)}
+			return &stallError{formed: want, want: total, stable: stable, cpu: cpu0.since(), why: fmt.Sprintf("gossip still %.1f KiB/s per node after 45 s", rate/1024)}
 		}
+		stable = want
 		progress("  %d/%d members (%s)", want, total, cpu0.since())
 	}
 	return nil
@@ -357,7 +360,8 @@ func (sc *simCluster) waitQuiet(ctx context.Context, limit float64, timeout time
 	prev, prevT := sc.bytesSent(), time.Now()
 	calm := 0
 	rate := 0.0
-	for time.Now().Before(deadline) {
+	// Past the deadline, one more sample may confirm a calm one.
+	for time.Now().Before(deadline) || calm == 1 {
 		if !sleepCtx(ctx, sample) {
 			return rate, false
 		}
@@ -371,6 +375,9 @@ func (sc *simCluster) waitQuiet(ctx context.Context, limit float64, timeout time
 			}
 		} else {
 			calm = 0
+			if time.Now().After(deadline) {
+				break
+			}
 		}
 	}
 	return rate, false
