@@ -86,7 +86,8 @@ type Member struct {
 	Leader bool   `json:"leader"`
 	// HTTPAddr is the node's status API address, from its metadata.
 	HTTPAddr string `json:"http_addr,omitempty"`
-	// StateVersion is the node's state version as its metadata announces it.
+	// StateVersion is the node's state version as its metadata announces it (refreshed by
+	// the 30 s backstop, not on every change; StoredVersion is the fresh one on the leader).
 	StateVersion uint64 `json:"state_version"`
 	// StoredVersion is the version of the node's state this node holds (0: none).
 	StoredVersion uint64 `json:"stored_version"`
@@ -512,7 +513,9 @@ func (c *Cluster) localChanged() {
 		c.log.Error("own state not sent", "err", err)
 		return
 	}
-	signal(c.metaCh)
+	// No metadata update here: UpdateNode makes memberlist re-broadcast to every member, so
+	// announcing each change costs O(members) per change per node. States reach the leader
+	// over TCP; the version in metadata is refreshed by the backstop only.
 	c.sendStateToLeader()
 }
 
@@ -691,6 +694,7 @@ func (c *Cluster) membershipChanged() {
 // to nodes still behind; and reaps departed nodes.
 func (c *Cluster) backstop() {
 	c.sendStateToLeader()
+	signal(c.metaCh) // refresh the state version in metadata, at most once per backstop
 	now := time.Now()
 	c.mu.Lock()
 	c.states.reap(func(n string) bool { return c.members[n].alive }, now, c.t.reapAfter)
@@ -762,10 +766,11 @@ func (c *Cluster) sender(ctx context.Context) {
 	}
 }
 
-// metaUpdater re-announces this node's metadata (its state version) after changes, at most
-// once per metaMin: UpdateNode blocks until the alive broadcast went out.
+// metaUpdater re-announces this node's metadata (its state version) when the backstop asks
+// and the version changed, at most once per metaMin: UpdateNode blocks until the alive
+// broadcast went out.
 func (c *Cluster) metaUpdater(ctx context.Context) {
-	var last uint64
+	last := c.metaVer.Load() // what the join announced
 	for {
 		select {
 		case <-ctx.Done():
