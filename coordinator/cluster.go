@@ -168,6 +168,10 @@ func memberlistConfig(cfg Config) *memberlist.Config {
 	c.BindPort = cfg.BindPort
 	c.AdvertiseAddr = cfg.AdvertiseAddr
 	c.AdvertisePort = cfg.AdvertisePort
+	// No LZW on every packet: our own messages are deflated already, and memberlist's
+	// per-packet compressor allocates and clears a fresh table for each ping and ack. Raw
+	// membership traffic stays well inside the per-node budget (see bench-cluster).
+	c.EnableCompression = false
 	if !cfg.Insecure {
 		c.SecretKey = cfg.Key
 		c.GossipVerifyIncoming = true
@@ -274,7 +278,11 @@ type Cluster struct {
 
 	mu      sync.Mutex // guards the fields below
 	members map[string]member
-	states  nodeStore
+	// alive counts the alive members (this node included); leader is the lowest alive name.
+	// memberEvent keeps both current, so neither costs a pass over the members.
+	alive  int
+	leader string
+	states nodeStore
 	// localWire is this node's encoded state, returned by LocalState.
 	localWire []byte
 	// leaderID is the leader as the run loop last saw it: name + "/" + boot, "" before ready.
@@ -656,12 +664,7 @@ func (c *Cluster) PublishDesired(images []agent.DesiredImage) (uint64, error) {
 // membershipChanged recomputes the leader after membership events (or readiness).
 func (c *Cluster) membershipChanged() {
 	c.mu.Lock()
-	alive := 0
-	for _, mb := range c.members {
-		if mb.alive {
-			alive++
-		}
-	}
+	alive := c.alive
 	leader, ok := c.leaderLocked()
 	id := ""
 	if ok {
@@ -796,24 +799,38 @@ func (c *Cluster) drop(reason, detail string) {
 	c.log.Debug("gossip message dropped", "reason", reason, "err", detail)
 }
 
-// leaderLocked applies the leader rule to the alive members; ok is false before the first
-// join attempt finished. Callers hold c.mu.
+// leaderLocked returns the leader: the lowest alive member (the leader rule, leaderOf, kept
+// current by memberEvent). ok is false before the first join attempt finished, and when not
+// even this node is alive (memberlist is shut down or we left). Callers hold c.mu.
 func (c *Cluster) leaderLocked() (member, bool) {
-	if !c.ready.Load() {
+	if !c.ready.Load() || c.leader == "" {
 		return member{}, false
 	}
-	names := make([]string, 0, len(c.members))
-	for name, mb := range c.members {
-		if mb.alive {
-			names = append(names, name)
+	return c.members[c.leader], true
+}
+
+// setMemberLocked records mb and keeps the alive count and the leader current: O(1), except
+// when the leader itself departs. Callers hold c.mu.
+func (c *Cluster) setMemberLocked(mb member) {
+	if old, ok := c.members[mb.name]; ok && old.alive {
+		c.alive--
+	}
+	c.members[mb.name] = mb
+	switch {
+	case mb.alive:
+		c.alive++
+		if c.leader == "" || mb.name < c.leader {
+			c.leader = mb.name
 		}
+	case mb.name == c.leader:
+		var names []string
+		for name, m := range c.members {
+			if m.alive {
+				names = append(names, name)
+			}
+		}
+		c.leader = leaderOf(names)
 	}
-	name := leaderOf(names)
-	if name == "" {
-		// Not even ourselves: memberlist is shut down or we left.
-		return member{}, false
-	}
-	return c.members[name], true
 }
 
 // leaderOf is the leader rule: the lowest name among the alive members, "" when there are none.

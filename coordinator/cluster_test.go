@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"slices"
@@ -38,17 +39,39 @@ func TestLeaderOf(t *testing.T) {
 		})
 	}
 
-	// Names are unique in memberlist, so ties are impossible; dead members are excluded by
-	// leaderLocked before the rule applies.
-	c := &Cluster{cfg: Config{NodeName: "n2"}, members: map[string]member{
-		"n1": {name: "n1", alive: false},
-		"n2": {name: "n2", alive: true},
-		"n3": {name: "n3", alive: true},
-	}}
+	// Names are unique in memberlist, so ties are impossible; dead members are excluded.
+	c := &Cluster{cfg: Config{NodeName: "n2"}, members: map[string]member{}}
 	c.ready.Store(true)
+	for _, mb := range []member{{name: "n1", alive: false}, {name: "n2", alive: true}, {name: "n3", alive: true}} {
+		c.setMemberLocked(mb)
+	}
 	l, ok := c.leaderLocked()
 	require.True(t, ok)
 	require.Equal(t, "n2", l.name, "the dead n1 is not the leader")
+}
+
+// TestMembershipBookkeeping checks that the leader and alive count that memberEvent keeps
+// current agree with the leader rule applied from scratch, through random joins, departures
+// and rejoins.
+func TestMembershipBookkeeping(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(1, 2))
+	c := &Cluster{cfg: Config{NodeName: "n05"}, members: map[string]member{}}
+	c.ready.Store(true)
+	for step := range 2000 {
+		name := fmt.Sprintf("n%02d", rng.IntN(20))
+		c.setMemberLocked(member{name: name, alive: rng.IntN(3) > 0})
+		var alive []string
+		for n, mb := range c.members {
+			if mb.alive {
+				alive = append(alive, n)
+			}
+		}
+		require.Equal(t, len(alive), c.alive, "step %d: alive count", step)
+		l, ok := c.leaderLocked()
+		require.Equal(t, len(alive) > 0, ok, "step %d", step)
+		require.Equal(t, leaderOf(alive), l.name, "step %d: leader", step)
+	}
 }
 
 func TestNewValidates(t *testing.T) {

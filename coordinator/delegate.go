@@ -169,7 +169,7 @@ func (c *Cluster) memberEvent(n *memberlist.Node, alive bool) {
 	if old, ok := c.members[mb.name]; ok && old.alive == alive {
 		mb.since = old.since
 	}
-	c.members[mb.name] = mb
+	c.setMemberLocked(mb)
 	if !alive {
 		c.states.depart(mb.name, mb.meta.StateVersion, now)
 	} else {

@@ -67,11 +67,9 @@ func (c *Cluster) joiner(ctx context.Context) {
 func (c *Cluster) aliveOthers() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := 0
-	for name, mb := range c.members {
-		if mb.alive && name != c.cfg.NodeName {
-			n++
-		}
+	n := c.alive
+	if c.members[c.cfg.NodeName].alive {
+		n--
 	}
 	return n
 }
