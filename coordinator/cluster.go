@@ -73,6 +73,10 @@ type Config struct {
 	HTTPAddr string
 	// Fast selects test timings (gossip ~10 ms, probe ~50 ms, push/pull ~100 ms).
 	Fast bool
+	// Tune, when set, adjusts memberlist's configuration after cachemachine's own settings.
+	// It exists for simulations that run hundreds of nodes in one process (bench-cluster);
+	// production leaves it nil.
+	Tune func(*memberlist.Config)
 }
 
 // Member is one node of the cluster as this node sees it.
@@ -342,6 +346,9 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 	c.highestDesired = max(st.DesiredVersion, local.Desired().Version)
 
 	mlc := memberlistConfig(cfg)
+	if cfg.Tune != nil {
+		cfg.Tune(mlc)
+	}
 	mlc.Delegate = delegate{c}
 	mlc.Events = delegate{c}
 	mlc.Logger = memberlistLogger(c.mlLog)
@@ -900,7 +907,9 @@ func (c *Cluster) membersLocked() []Member {
 
 // NodeStates returns the newest known state of every node, this node's own included (read
 // from the local agent now), sorted by node name. On the leader it covers every node; on
-// other nodes, what they happened to receive.
+// other nodes, what they happened to receive. The states share memory with the store (a
+// stored state is replaced, never changed, so this costs no copy per status request):
+// callers must not modify them.
 func (c *Cluster) NodeStates() []NodeState {
 	self := project(c.cfg.NodeName, c.local.State())
 	c.mu.Lock()
@@ -909,7 +918,7 @@ func (c *Cluster) NodeStates() []NodeState {
 		if name == c.cfg.NodeName || e.received.IsZero() {
 			continue
 		}
-		out = append(out, NodeState{State: e.state.Clone(), Alive: c.members[name].alive})
+		out = append(out, NodeState{State: e.state, Alive: c.members[name].alive})
 	}
 	c.mu.Unlock()
 	out = append(out, NodeState{State: self, Alive: true})

@@ -21,21 +21,96 @@ type stateEntry struct {
 // has no lock of its own: Cluster.mu guards it.
 type nodeStore struct {
 	entries map[string]*stateEntry
+	// strs holds one copy of every reference, digest and text the stored states use: a
+	// hundred nodes holding the same hundred images would otherwise keep a hundred copies of
+	// each string. It is rebuilt from the entries when it has doubled (see reap).
+	strs      map[string]string
+	strsBuilt int // len(strs) after the last rebuild
 }
 
-func newNodeStore() nodeStore { return nodeStore{entries: map[string]*stateEntry{}} }
+func newNodeStore() nodeStore {
+	return nodeStore{entries: map[string]*stateEntry{}, strs: map[string]string{}}
+}
+
+// intern returns the store's copy of s.
+func (st *nodeStore) intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	if c, ok := st.strs[s]; ok {
+		return c
+	}
+	st.strs[s] = s
+	return s
+}
+
+// internState makes s use the store's copies of its strings. It writes into s's slices and
+// maps: s must be a state nothing else refers to (freshly decoded, or a clone).
+func (st *nodeStore) internState(s *agent.State) {
+	s.Runtime = st.intern(s.Runtime)
+	for i := range s.Images {
+		img := &s.Images[i]
+		img.ID = st.intern(img.ID)
+		for j, t := range img.Tags {
+			img.Tags[j] = st.intern(t)
+		}
+		for j, d := range img.Digests {
+			img.Digests[j] = st.intern(d)
+		}
+	}
+	cached := make(map[string]string, len(s.Cached))
+	for ref, d := range s.Cached {
+		cached[st.intern(ref)] = st.intern(d)
+	}
+	s.Cached = cached
+	for j, ref := range s.Missing {
+		s.Missing[j] = st.intern(ref)
+	}
+	for j, ref := range s.Queued {
+		s.Queued[j] = st.intern(ref)
+	}
+	for j := range s.Pulling {
+		s.Pulling[j].Ref = st.intern(s.Pulling[j].Ref)
+	}
+	for j := range s.Held {
+		s.Held[j].Ref = st.intern(s.Held[j].Ref)
+		s.Held[j].Reason = st.intern(s.Held[j].Reason)
+	}
+	for j := range s.Failed {
+		s.Failed[j].Ref = st.intern(s.Failed[j].Ref)
+	}
+}
+
+// compact rebuilds strs from the stored states once it has doubled since the last rebuild,
+// so that strings no state uses any more (last week's tags) do not accumulate.
+func (st *nodeStore) compact() {
+	if len(st.strs) < max(2*st.strsBuilt, 1024) {
+		return
+	}
+	old := st.strs
+	st.strs = make(map[string]string, st.strsBuilt)
+	for _, e := range st.entries {
+		// A copy: readers of NodeStates may hold the stored state's slices and maps.
+		s := e.state.Clone()
+		st.internState(&s)
+		e.state = s
+	}
+	st.strsBuilt = len(st.strs)
+	clear(old)
+}
 
 // apply stores s if it is newer than what is known for s.Node and reports whether it was news.
 // A departed node's state is still accepted when newer (its last words), but the node stays
 // departed until membership says it is back.
 func (st *nodeStore) apply(s agent.State, now time.Time) bool {
 	e := st.entries[s.Node]
+	if e != nil && s.Version <= e.state.Version {
+		return false
+	}
+	st.internState(&s)
 	if e == nil {
 		st.entries[s.Node] = &stateEntry{state: s, received: now}
 		return true
-	}
-	if s.Version <= e.state.Version {
-		return false
 	}
 	e.state, e.received = s, now
 	return true
@@ -75,6 +150,7 @@ func (st *nodeStore) reap(isMember func(string) bool, now time.Time, after time.
 			delete(st.entries, name)
 		}
 	}
+	st.compact()
 }
 
 // version returns the version of node's stored state, 0 when none.

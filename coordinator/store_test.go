@@ -1,8 +1,11 @@
 package coordinator
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
@@ -50,4 +53,45 @@ func TestNodeStore(t *testing.T) {
 	require.NotContains(t, st.entries, "n3")
 	require.Contains(t, st.entries, "n2", "members are never reaped")
 	require.Zero(t, st.version("nobody"))
+}
+
+// TestNodeStoreInterns checks that states of different nodes share one copy of each string,
+// keep their content, and that strings no state uses any more are dropped by compaction.
+func TestNodeStoreInterns(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	st := newNodeStore()
+	// fresh returns a new copy of s, as decoding a message does.
+	fresh := func(s string) string { return string([]byte(s)) }
+	state := func(node string, v uint64, tag string) agent.State {
+		ref := "registry.example/lab:" + tag
+		dig := "sha256:" + strings.Repeat("ab", 32)
+		return agent.State{
+			Node: node, Version: v,
+			Images:  []agent.CachedImage{{Tags: []string{fresh(ref)}, Digests: []string{fresh("registry.example/lab@" + dig)}}},
+			Cached:  map[string]string{fresh(ref): fresh(dig)},
+			Missing: []string{fresh("registry.example/lab:other")},
+		}
+	}
+	require.True(t, st.apply(state("n1", 1, "w_2024_01"), now))
+	require.True(t, st.apply(state("n2", 1, "w_2024_01"), now))
+	a, b := st.entries["n1"].state, st.entries["n2"].state
+	require.Equal(t, a.Images, b.Images)
+	require.Equal(t, a.Cached, b.Cached)
+	require.Same(t, unsafe.StringData(a.Images[0].Tags[0]), unsafe.StringData(b.Images[0].Tags[0]))
+	require.Same(t, unsafe.StringData(a.Images[0].Digests[0]), unsafe.StringData(b.Images[0].Digests[0]))
+	require.Same(t, unsafe.StringData(a.Missing[0]), unsafe.StringData(b.Missing[0]))
+	for ref, d := range b.Cached {
+		require.Same(t, unsafe.StringData(a.Images[0].Tags[0]), unsafe.StringData(ref))
+		require.Equal(t, "sha256:"+strings.Repeat("ab", 32), d)
+	}
+
+	// Weeks of new tags: once the table has doubled, only what the states use remains.
+	for i := range 2000 {
+		st.apply(state("n1", uint64(i+2), fmt.Sprintf("w_%04d", i)), now)
+		st.apply(state("n2", uint64(i+2), fmt.Sprintf("w_%04d", i)), now)
+	}
+	st.reap(func(string) bool { return true }, now, time.Minute)
+	require.Len(t, st.strs, 4, "the tag, the repo digest, the digest and the missing reference of the newest states")
+	require.Equal(t, "registry.example/lab:w_1999", st.entries["n1"].state.Images[0].Tags[0])
 }

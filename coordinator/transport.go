@@ -52,6 +52,12 @@ func (t *countingTransport) forward() {
 		select {
 		case p := <-inPackets:
 			t.recv.WithLabelValues("packet").Add(float64(len(p.Buf)))
+			// NetTransport reads each packet into a fresh 64 KiB buffer, and memberlist's
+			// handler queue keeps sub-slices of it: a burst of queued gossip would pin
+			// 64 KiB per message. Pass on an exact-size copy instead.
+			buf := make([]byte, len(p.Buf))
+			copy(buf, p.Buf)
+			p.Buf = buf
 			select {
 			case t.packets <- p:
 			case <-t.closing:

@@ -50,7 +50,8 @@ type inProcCluster struct {
 func formInProc(ctx context.Context, o options, n, images int) (*inProcCluster, time.Duration, error) {
 	start := time.Now()
 	log := newCountingHandler()
-	sc := &simCluster{key: o.key, minLat: o.pullMin, maxLat: o.pullMax, logger: newLogger(log)}
+	tune, _ := simTimings(n)
+	sc := &simCluster{key: o.key, minLat: o.pullMin, maxLat: o.pullMax, logger: newLogger(log), tune: tune}
 	var preload []string
 	desired := agent.Desired{Version: uint64(time.Now().UnixNano())}
 	for i := range images {

@@ -129,7 +129,11 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 	}
 
 	log := newCountingHandler()
-	sc := &simCluster{key: o.key, join: []string{leader.gossip}, minLat: o.pullMin, maxLat: o.pullMax, logger: newLogger(log)}
+	tune, how := simTimings(members)
+	if how != "" {
+		res.notes = append(res.notes, how+" (the leader process runs production timings)")
+	}
+	sc := &simCluster{key: o.key, join: []string{leader.gossip}, minLat: o.pullMin, maxLat: o.pullMax, logger: newLogger(log), tune: tune}
 	defer sc.stop() // before the agent processes stop: the members leave first
 	var simNames []string
 	for i := 1; len(simNames) < members-len(names); i++ {
