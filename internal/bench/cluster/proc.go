@@ -12,20 +12,20 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 // agentStopGrace is how long an agent may take to leave the cluster after SIGTERM.
 const agentStopGrace = 15 * time.Second
 
-// agentProc is one `cachemachine agent` child process. The goroutine started with it waits
-// for the process and is owned by the agentProc: every stop path waits on done.
+// agentProc is one `cachemachine agent` child process (a lab.Process, whose goroutine waits
+// for it).
 type agentProc struct {
 	name    string
 	dir     string // the node's own directory
@@ -33,10 +33,9 @@ type agentProc struct {
 	http    string // status API, 127.0.0.1:PORT
 	gossip  string // 127.0.0.1:PORT
 
-	cmd  *exec.Cmd
-	log  *os.File
-	done chan struct{} // closed once Wait returned
-	err  error         // Wait's result; read only after done is closed
+	proc   *lab.Process
+	log    *os.File
+	killed bool // by kill: its exit status is no news
 }
 
 // start runs bin as this node's agent, its log appended to agent.log in its directory.
@@ -45,73 +44,45 @@ func (p *agentProc) start(bin string) error {
 	if err != nil {
 		return fmt.Errorf("start agent %s: %w", p.name, err)
 	}
-	cmd := exec.Command(bin, "agent", "--config", p.cfgPath, "--node-name", p.name)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
+	proc, err := lab.StartProcess(bin, []string{"agent", "--config", p.cfgPath, "--node-name", p.name}, log)
+	if err != nil {
 		log.Close()
 		return fmt.Errorf("start agent %s: %w", p.name, err)
 	}
-	p.cmd, p.log, p.done, p.err = cmd, log, make(chan struct{}), nil
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
+	p.proc, p.log = proc, log
 	return nil
 }
 
-func (p *agentProc) running() bool {
-	if p.cmd == nil {
-		return false
-	}
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
+func (p *agentProc) running() bool { return p.proc != nil && !p.proc.Exited() }
 
 // pid is the process ID of the running agent.
-func (p *agentProc) pid() int { return p.cmd.Process.Pid }
+func (p *agentProc) pid() int { return p.proc.Pid() }
 
 // kill sends SIGKILL (a crashed node) and waits for the process.
 func (p *agentProc) kill() {
-	if p.cmd == nil {
+	if p.proc == nil {
 		return
 	}
-	if p.running() {
-		_ = p.cmd.Process.Kill()
-	}
-	<-p.done
+	p.proc.Kill()
+	p.killed = true
 	p.log.Close()
 }
 
 // stop sends SIGTERM, waits agentStopGrace for the agent to leave, then kills it.
 func (p *agentProc) stop() error {
-	if p.cmd == nil {
+	if p.proc == nil || p.killed {
 		return nil
 	}
 	defer p.log.Close()
-	if !p.running() {
-		return nil
+	if err := p.proc.Stop(agentStopGrace); err != nil {
+		return fmt.Errorf("agent %s: %w", p.name, err)
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(agentStopGrace)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-t.C:
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-	return fmt.Errorf("agent %s ignored SIGTERM for %s, killed", p.name, agentStopGrace)
+	return nil
 }
 
 // exitErr says why the agent is not running, with the end of its log.
 func (p *agentProc) exitErr() error {
-	err := p.err
+	err := p.proc.Err()
 	if err == nil {
 		err = errors.New("exited")
 	}

@@ -9,12 +9,6 @@ import (
 	"time"
 )
 
-// sysProcAttr puts an agent in its own process group, so Ctrl-C at the terminal reaches only
-// the bench, which then stops the agents in order; and kills the agent if the bench dies.
-func sysProcAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-}
-
 // raiseNoFile raises the soft open-file limit to the hard one: hundreds of in-process
 // memberlists each hold UDP and TCP sockets and open a TCP connection per reliable send.
 func raiseNoFile() (uint64, error) {

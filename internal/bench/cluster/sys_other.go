@@ -9,8 +9,6 @@ import (
 	"time"
 )
 
-func sysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }
-
 func raiseNoFile() (uint64, error) { return 0, errors.New("not supported on this system") }
 
 type cpuSample struct {

@@ -13,8 +13,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,6 +33,7 @@ func main() {
 	layers := flag.Int("layers", 4, "layers per image")
 	parallel := flag.Int("parallel", 2, "agent max_parallel_pulls, and the parallelism of mode (c)")
 	rounds := flag.Int("rounds", 6, "rounds (a multiple of 3 puts every mode in every position equally); each runs every mode once on a fresh containerd")
+	flag.BoolVar(&trace, "trace", false, "print every CRI call of every mode (start, end, relative to the mode's start) to stderr")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -42,8 +45,11 @@ func main() {
 
 type mode struct {
 	name string
-	pull func(ctx context.Context, c *cri.Client, refs []string) error
+	pull func(ctx context.Context, c *traced, refs []string) error
 }
+
+// trace is --trace.
+var trace bool
 
 func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) error {
 	reg, err := lab.StartRegistry(ctx, lab.RegistryOptions{})
@@ -61,7 +67,7 @@ func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) e
 	}
 
 	modes := []mode{
-		{name: "(b) direct CRI, serial (kubelet default)", pull: func(ctx context.Context, c *cri.Client, refs []string) error {
+		{name: "(b) direct CRI, serial (kubelet default)", pull: func(ctx context.Context, c *traced, refs []string) error {
 			for _, r := range refs {
 				if _, err := c.PullImage(ctx, r, nil); err != nil {
 					return err
@@ -69,7 +75,7 @@ func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) e
 			}
 			return nil
 		}},
-		{name: fmt.Sprintf("(c) direct CRI, %d in parallel", parallel), pull: func(ctx context.Context, c *cri.Client, refs []string) error {
+		{name: fmt.Sprintf("(c) direct CRI, %d in parallel", parallel), pull: func(ctx context.Context, c *traced, refs []string) error {
 			g, ctx := errgroup.WithContext(ctx)
 			g.SetLimit(parallel)
 			for _, r := range refs {
@@ -77,7 +83,7 @@ func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) e
 			}
 			return g.Wait()
 		}},
-		{name: fmt.Sprintf("(a) agent, max_parallel_pulls %d", parallel), pull: func(ctx context.Context, c *cri.Client, refs []string) error {
+		{name: fmt.Sprintf("(a) agent, max_parallel_pulls %d", parallel), pull: func(ctx context.Context, c *traced, refs []string) error {
 			return agentPull(ctx, c, refs, parallel)
 		}},
 	}
@@ -87,7 +93,7 @@ func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) e
 		// Rotate the order so no mode always runs first on a cold page cache.
 		for j := range modes {
 			i := (j + round) % len(modes)
-			d, v, err := timeOnFreshNode(ctx, modes[i], refs)
+			d, v, err := timeOnFreshNode(ctx, modes[i], refs, round+1)
 			if err != nil {
 				return fmt.Errorf("round %d, %s: %w", round+1, modes[i].name, err)
 			}
@@ -114,7 +120,7 @@ func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) e
 }
 
 // timeOnFreshNode starts a new containerd, times m pulling refs onto it, and removes it.
-func timeOnFreshNode(ctx context.Context, m mode, refs []string) (time.Duration, string, error) {
+func timeOnFreshNode(ctx context.Context, m mode, refs []string, round int) (time.Duration, string, error) {
 	cd, err := lab.StartContainerd(ctx, lab.ContainerdOptions{})
 	if err != nil {
 		return 0, "", err
@@ -133,10 +139,14 @@ func timeOnFreshNode(ctx context.Context, m mode, refs []string) (time.Duration,
 	// this mode's pulls.
 	syscall.Sync()
 	start := time.Now()
-	if err := m.pull(ctx, c, refs); err != nil {
+	tc := &traced{Client: c, start: start}
+	if err := m.pull(ctx, tc, refs); err != nil {
 		return 0, "", err
 	}
 	d := time.Since(start)
+	if trace {
+		tc.print(fmt.Sprintf("round %d, %s: %.2fs", round, m.name, d.Seconds()))
+	}
 	for _, r := range refs { // check: every image really landed
 		img, err := c.ImageStatus(ctx, r)
 		if err != nil || img == nil {
@@ -146,9 +156,63 @@ func timeOnFreshNode(ctx context.Context, m mode, refs []string) (time.Duration,
 	return d, v.RuntimeName + " " + v.RuntimeVersion, nil
 }
 
+// traced is the CRI client with every call recorded (for --trace): the agent's Runtime.
+type traced struct {
+	*cri.Client
+	start time.Time
+	mu    sync.Mutex
+	calls []call
+}
+
+type call struct {
+	what       string
+	start, end time.Duration
+}
+
+func (t *traced) record(what string, start time.Time) {
+	t.mu.Lock()
+	t.calls = append(t.calls, call{what: what, start: start.Sub(t.start), end: time.Since(t.start)})
+	t.mu.Unlock()
+}
+
+func (t *traced) ListImages(ctx context.Context) ([]cri.Image, error) {
+	defer t.record("ListImages", time.Now())
+	return t.Client.ListImages(ctx)
+}
+
+func (t *traced) ImageStatus(ctx context.Context, ref string) (*cri.Image, error) {
+	defer t.record("ImageStatus "+path.Base(ref), time.Now())
+	return t.Client.ImageStatus(ctx, ref)
+}
+
+func (t *traced) PullImage(ctx context.Context, ref string, auth *cri.Auth) (string, error) {
+	defer t.record("PullImage "+path.Base(ref), time.Now())
+	return t.Client.PullImage(ctx, ref, auth)
+}
+
+func (t *traced) ImageFsInfo(ctx context.Context) ([]cri.FsUsage, error) {
+	defer t.record("ImageFsInfo", time.Now())
+	return t.Client.ImageFsInfo(ctx)
+}
+
+func (t *traced) Version(ctx context.Context) (cri.Version, error) {
+	defer t.record("Version", time.Now())
+	return t.Client.Version(ctx)
+}
+
+func (t *traced) print(title string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	slices.SortFunc(t.calls, func(a, b call) int { return int(a.start - b.start) })
+	fmt.Fprintln(os.Stderr, title)
+	for _, c := range t.calls {
+		fmt.Fprintf(os.Stderr, "  %8.3fs %8.3fs  %s\n", c.start.Seconds(), c.end.Seconds(), c.what)
+	}
+}
+
 // agentPull runs a real agent on c with refs as its desired list and returns when it reports
 // all of them cached.
-func agentPull(ctx context.Context, c *cri.Client, refs []string, parallel int) error {
+func agentPull(ctx context.Context, c *traced, refs []string, parallel int) error {
 	a, err := agent.New(agent.Config{Node: "bench", MaxParallelPulls: parallel}, c, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
