@@ -114,6 +114,13 @@ func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) e
 		fmt.Printf("| %-40s | %7.2fs | %7.2fs | %7.2fs | %-16s |\n", m.name, med[i].Seconds(), slices.Min(times[i]).Seconds(), slices.Max(times[i]).Seconds(), fmt.Sprintf("%.2fx", med[i].Seconds()/med[0].Seconds()))
 	}
 	ac := med[2].Seconds() / med[1].Seconds()
+	// Rounds drift (disk, page cache, the other tenants of the machine): (a) and (c) of one
+	// round ran minutes apart at most, so their ratio is the steadier view of the overhead.
+	var paired []float64
+	for r := range times[2] {
+		paired = append(paired, times[2][r].Seconds()/times[1][r].Seconds())
+	}
+	fmt.Printf("\nper round (a)/(c): %s; median %.3f\n", fmtRatios(paired), medianF(paired))
 	fmt.Printf("\n(a)/(c) agent overhead over direct parallel CRI: %.3f (target <= 1.05): %s\n", ac, verdict(ac <= 1.05))
 	fmt.Printf("(a)/(b) agent vs kubelet-style serial pulls:    %.3f (target < 1):     %s\n", med[2].Seconds()/med[0].Seconds(), verdict(med[2] < med[0]))
 	return nil
@@ -249,6 +256,23 @@ func median(ds []time.Duration) time.Duration {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func medianF(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func fmtRatios(xs []float64) string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = fmt.Sprintf("%.2f", x)
+	}
+	return strings.Join(out, " ")
 }
 
 func verdict(ok bool) string {
