@@ -123,7 +123,7 @@ func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) e
 	for r := range times[2] {
 		paired = append(paired, times[2][r].Seconds()/times[1][r].Seconds())
 	}
-	fmt.Printf("\nper round (a)/(c): %s; median %.3f\n", fmtRatios(paired), medianF(paired))
+	fmt.Printf("\nper round (a)/(c): %s; median %.3f\n", fmtRatios(paired), median(paired))
 	fmt.Printf("time outside PullImage (start, pull slot idle after a pull, end), median per round: (a) %s, (c) %s, (b) %s\n",
 		median(idle[2]).Round(time.Millisecond), median(idle[1]).Round(time.Millisecond), median(idle[0]).Round(time.Millisecond))
 	fmt.Printf("\n(a)/(c) agent overhead over direct parallel CRI: %.3f (target <= 1.05): %s\n", ac, verdict(ac <= 1.05))
@@ -280,16 +280,8 @@ func agentPull(ctx context.Context, c *traced, refs []string, parallel int) erro
 	}
 }
 
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func medianF(xs []float64) float64 {
+// median of durations or ratios.
+func median[T time.Duration | float64](xs []T) T {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	if len(s)%2 == 1 {
