@@ -168,7 +168,8 @@ func timeOnFreshNode(ctx context.Context, m mode, refs []string, round int, para
 	return d, tc.outsidePulls(d, parallel), v.RuntimeName + " " + v.RuntimeVersion, nil
 }
 
-// traced is the CRI client with every call recorded (for --trace): the agent's Runtime.
+// traced is the CRI client with every call recorded (for --trace and outsidePulls); it is
+// the agent's Runtime in mode (a).
 type traced struct {
 	*cri.Client
 	start time.Time
