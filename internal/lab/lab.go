@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -86,9 +87,10 @@ func lookPath(name string) (string, error) {
 // Process: it ends when the process exits, and every stop path waits on done. The demo, the
 // benchmarks and the end-to-end tests run the cachemachine binary with it too.
 type Process struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed once Wait returned
-	err  error         // Wait's result; read only after done is closed
+	cmd    *exec.Cmd
+	done   chan struct{} // closed once Wait returned
+	err    error         // Wait's result; read only after done is closed
+	killed atomic.Bool   // Kill was called: the exit status is no news
 }
 
 // StartProcess starts path with args in its own process group (so Ctrl-C at a terminal reaches
@@ -134,10 +136,11 @@ func (p *Process) Exited() bool {
 }
 
 // Stop sends SIGTERM, waits up to grace, then SIGKILLs and waits. It returns an error only
-// when the process had already exited on its own with a failure, or ignored SIGTERM.
+// when the process had already exited on its own with a failure (not after Kill), or ignored
+// SIGTERM.
 func (p *Process) Stop(grace time.Duration) error {
 	if p.Exited() {
-		if p.err != nil {
+		if p.err != nil && !p.killed.Load() {
 			return fmt.Errorf("had exited on its own: %w", p.err)
 		}
 		return nil
@@ -155,8 +158,9 @@ func (p *Process) Stop(grace time.Duration) error {
 	return fmt.Errorf("ignored SIGTERM for %s, killed", grace)
 }
 
-// Kill sends SIGKILL and waits for the process.
+// Kill sends SIGKILL (a crash, on purpose) and waits for the process.
 func (p *Process) Kill() {
+	p.killed.Store(true)
 	if !p.Exited() {
 		_ = p.cmd.Process.Kill()
 	}

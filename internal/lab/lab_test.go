@@ -215,3 +215,28 @@ func requireImage(t *testing.T, images runtimeapi.ImageServiceClient, ref, repoD
 	require.True(t, slices.Contains(st.Image.RepoDigests, repoDigest), "repo digests %v lack %s", st.Image.RepoDigests, repoDigest)
 	require.Contains(t, st.Image.RepoTags, ref)
 }
+
+// TestProcessStopReportsOnlyUnexpectedExits checks Stop's verdicts: a process that exited on
+// its own with a failure is reported, one killed on purpose with Kill is not, and a running
+// one stops on SIGTERM without an error.
+func TestProcessStopReportsOnlyUnexpectedExits(t *testing.T) {
+	t.Parallel()
+	sh, err := lookPath("sh")
+	require.NoError(t, err)
+
+	failed, err := StartProcess(sh, []string{"-c", "exit 3"}, io.Discard)
+	require.NoError(t, err)
+	<-failed.Done()
+	require.ErrorContains(t, failed.Stop(time.Second), "exited on its own")
+
+	killed, err := StartProcess(sh, []string{"-c", "sleep 60"}, io.Discard)
+	require.NoError(t, err)
+	killed.Kill()
+	require.Error(t, killed.Err(), "SIGKILL is a failed exit")
+	require.NoError(t, killed.Stop(time.Second), "a deliberate kill is no news")
+
+	running, err := StartProcess(sh, []string{"-c", "sleep 60"}, io.Discard)
+	require.NoError(t, err)
+	require.NoError(t, running.Stop(5*time.Second))
+	require.True(t, running.Exited())
+}

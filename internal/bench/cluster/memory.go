@@ -143,7 +143,7 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 		v, _ := metricValue(leader.http, "cachemachine_members")
 		return int(v)
 	}
-	progress("  leader %s (pid %d) up; %d simulated members joining", leader.name, leader.pid(), len(simNames))
+	progress("  leader %s (pid %d) up; %d simulated members joining", leader.name, leader.Pid(), len(simNames))
 	if err := sc.addBatches(ctx, simNames, o.batch, len(names), refs, desired, aliveAtLeader); err != nil {
 		return res, err
 	}
@@ -180,16 +180,16 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 			return res, ctx.Err()
 		}
 		for i, p := range procs {
-			rss, err := procStatusKiB(p.pid(), "VmRSS")
+			rss, err := procStatusKiB(p.Pid(), "VmRSS")
 			if err != nil {
 				return res, err
 			}
-			hwm, err := procStatusKiB(p.pid(), "VmHWM")
+			hwm, err := procStatusKiB(p.Pid(), "VmHWM")
 			if err != nil {
 				return res, err
 			}
-			anon, _ := procStatusKiB(p.pid(), "RssAnon")
-			file, _ := procStatusKiB(p.pid(), "RssFile")
+			anon, _ := procStatusKiB(p.Pid(), "RssAnon")
+			file, _ := procStatusKiB(p.Pid(), "RssFile")
 			samples[i] = rssSample{name: p.name, rssKiB: max(samples[i].rssKiB, rss), hwmKiB: hwm, anon: anon, file: file}
 		}
 	}

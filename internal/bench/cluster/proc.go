@@ -24,18 +24,16 @@ import (
 // agentStopGrace is how long an agent may take to leave the cluster after SIGTERM.
 const agentStopGrace = 15 * time.Second
 
-// agentProc is one `cachemachine agent` child process (a lab.Process, whose goroutine waits
-// for it).
+// agentProc is one `cachemachine agent` child process; start replaces the process after a
+// kill.
 type agentProc struct {
+	*lab.Process
 	name    string
 	dir     string // the node's own directory
 	cfgPath string
 	http    string // status API, 127.0.0.1:PORT
 	gossip  string // 127.0.0.1:PORT
-
-	proc   *lab.Process
-	log    *os.File
-	killed bool // by kill: its exit status is no news
+	log     *os.File
 }
 
 // start runs bin as this node's agent, its log appended to agent.log in its directory.
@@ -49,32 +47,28 @@ func (p *agentProc) start(bin string) error {
 		log.Close()
 		return fmt.Errorf("start agent %s: %w", p.name, err)
 	}
-	p.proc, p.log = proc, log
+	p.Process, p.log = proc, log
 	return nil
 }
 
-func (p *agentProc) running() bool { return p.proc != nil && !p.proc.Exited() }
-
-// pid is the process ID of the running agent.
-func (p *agentProc) pid() int { return p.proc.Pid() }
+func (p *agentProc) running() bool { return p.Process != nil && !p.Exited() }
 
 // kill sends SIGKILL (a crashed node) and waits for the process.
 func (p *agentProc) kill() {
-	if p.proc == nil {
+	if p.Process == nil {
 		return
 	}
-	p.proc.Kill()
-	p.killed = true
+	p.Kill()
 	p.log.Close()
 }
 
 // stop sends SIGTERM, waits agentStopGrace for the agent to leave, then kills it.
 func (p *agentProc) stop() error {
-	if p.proc == nil || p.killed {
+	if p.Process == nil {
 		return nil
 	}
 	defer p.log.Close()
-	if err := p.proc.Stop(agentStopGrace); err != nil {
+	if err := p.Stop(agentStopGrace); err != nil {
 		return fmt.Errorf("agent %s: %w", p.name, err)
 	}
 	return nil
@@ -82,7 +76,7 @@ func (p *agentProc) stop() error {
 
 // exitErr says why the agent is not running, with the end of its log.
 func (p *agentProc) exitErr() error {
-	err := p.proc.Err()
+	err := p.Err()
 	if err == nil {
 		err = errors.New("exited")
 	}
