@@ -36,15 +36,11 @@ func measureFailover(ctx context.Context, o options) (failoverResult, error) {
 	want := []string{refs[0] + "@" + digest, refs[1] + "@" + digest}
 	slices.Sort(want)
 
-	dir, err := os.MkdirTemp("", "cmb")
+	dir, keyFile, err := newWorkDir(o.key)
 	if err != nil {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	keyFile, err := writeKey(dir, o.key)
-	if err != nil {
-		return res, err
-	}
 	// Containerds are closed after the agents stop (defers run last-in, first-out).
 	var cds []*lab.Containerd
 	defer func() {

@@ -71,15 +71,11 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 	}
 	client.Close()
 
-	dir, err := os.MkdirTemp("", "cmb")
+	dir, keyFile, err := newWorkDir(o.key)
 	if err != nil {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	keyFile, err := writeKey(dir, o.key)
-	if err != nil {
-		return res, err
-	}
 	names := []string{"a000"}
 	if nonLeader {
 		names = append(names, "z999")

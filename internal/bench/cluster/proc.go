@@ -159,10 +159,18 @@ func newAgentProc(parent, name string) (*agentProc, error) {
 	return &agentProc{name: name, dir: dir, gossip: fmt.Sprintf("127.0.0.1:%d", gp), http: fmt.Sprintf("127.0.0.1:%d", hp)}, nil
 }
 
-// writeKey writes the gossip key file the agent processes read.
-func writeKey(dir string, key []byte) (string, error) {
-	path := filepath.Join(dir, "gossip.key")
-	return path, os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600)
+// newWorkDir creates a temporary directory for agent processes, with the gossip key file
+// they read in it. The caller removes dir.
+func newWorkDir(key []byte) (dir, keyFile string, err error) {
+	if dir, err = os.MkdirTemp("", "cmb"); err != nil {
+		return "", "", err
+	}
+	keyFile = filepath.Join(dir, "gossip.key")
+	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return dir, keyFile, nil
 }
 
 // freePort returns a loopback port that was free for TCP and UDP a moment ago (memberlist
