@@ -18,8 +18,6 @@ type convergenceResult struct {
 	lat     []time.Duration // last pull finished -> leader's common_cache shows it
 	e2e     []time.Duration // publish -> leader's common_cache shows it
 	compute []time.Duration // one Snapshot + Compute on the leader
-	spread  []time.Duration // publish -> the last node started its pull
-	cpu     []cpuUse        // over each round, publish -> common_cache shows it
 	notes   []string
 }
 
@@ -215,10 +213,8 @@ func measureConvergence(ctx context.Context, o options, c *inProcCluster, rounds
 			}
 		}
 		cpu := cpu0.since()
-		res.cpu = append(res.cpu, cpu)
 		res.lat = append(res.lat, shown.Sub(last))
 		res.e2e = append(res.e2e, shown.Sub(published))
-		res.spread = append(res.spread, lastStart.Sub(published))
 		progress("  %d nodes, round %d/%d: last pull -> common_cache %s (publish -> last pull start %s, -> common_cache %s; cpu %s)",
 			n, r+1, rounds, ms(shown.Sub(last)), ms(lastStart.Sub(published)), ms(shown.Sub(published)), cpu)
 		// Settle before the next round: every node's final state at the leader, gossip quiet.
