@@ -4,16 +4,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-)
 
-// Image is one listed image: a tag and its manifest digest ("" when the source does not know
-// it, in which case it cannot be matched with other tags).
-type Image struct {
-	// Tag is the tag as the registry lists it; "" means "latest".
-	Tag string
-	// Digest is the manifest digest ("sha256:…").
-	Digest string
-}
+	"github.com/cachemachine/cachemachine/image"
+)
 
 // Policy is a Rubin repoman's selection configuration (the config's recommended_tag,
 // alias_tags, num_*, cycle and pin). The zero Policy selects nothing. A Policy is a value and
@@ -32,22 +25,10 @@ type Policy struct {
 	Pin []string
 }
 
-// Selected is one image with its display name (aliases named through their digest).
-type Selected struct {
-	// Tag is the listed tag ("latest" for an empty one).
-	Tag string
-	// Digest is the manifest digest the listing gave for Tag.
-	Digest string
-	// Name is the display name the spawner shows.
-	Name string
-	// Type is the tag's type (Alias for the policy's aliases).
-	Type Type
-}
-
-// entry is one listed tag, parsed once.
+// entry is one listed image, its tag parsed once.
 type entry struct {
-	tag    Tag
-	digest string
+	tag Tag
+	img image.Image
 }
 
 // listing is a deduplicated, parsed registry listing with aliases resolved.
@@ -59,13 +40,13 @@ type listing struct {
 // Resolve returns every listed image once (the first listing of a tag wins, as in the Python
 // hash cache), in listing order, with its display name. An alias is named
 // "<Alias> (<names of the recognised tags sharing its digest, sorted descending, joined by
-// ", ">)" and takes the cycle of a same-digest tag. It serves the status API's naming of
-// desired and available images.
-func (p Policy) Resolve(images []Image) []Selected {
+// ", ">)" and takes the cycle of a same-digest tag. Name is set to the display name;
+// everything else is as listed.
+func (p Policy) Resolve(images []image.Image) []image.Image {
 	l := p.resolve(images)
-	out := make([]Selected, len(l.entries))
+	out := make([]image.Image, len(l.entries))
 	for i, e := range l.entries {
-		out[i] = e.selected()
+		out[i] = e.named()
 	}
 	return out
 }
@@ -76,10 +57,11 @@ func (p Policy) Resolve(images []Image) []Selected {
 // alias the registry does not list has no digest to pull, so it is skipped, as in Nublado).
 // With Cycle set, only tags of that cycle are selected (aliases through their digest's
 // cycle). Architecture-specific tags are never selected, nor are candidates, experimental or
-// unknown tags unless pinned. The result is never nil.
-func (p Policy) Select(images []Image) []Selected {
+// unknown tags unless pinned. Each selected image is as listed, with Name set to its display
+// name and Priority to its place in the result. The result is never nil.
+func (p Policy) Select(images []image.Image) []image.Image {
 	l := p.resolve(images)
-	out := []Selected{} // never nil: the status API shows an empty list as [], not null
+	out := []image.Image{} // never nil: the status API shows an empty list as [], not null
 	seen := make(map[string]bool)
 	add := func(i int) {
 		e := &l.entries[i]
@@ -87,7 +69,9 @@ func (p Policy) Select(images []Image) []Selected {
 			return
 		}
 		seen[e.tag.Tag] = true
-		out = append(out, e.selected())
+		img := e.named()
+		img.Priority = len(out)
+		out = append(out, img)
 	}
 	byName := func(tag string) {
 		if tag == "" {
@@ -154,12 +138,12 @@ func (p Policy) isAlias(tag string) bool {
 }
 
 // resolve parses each listed tag once and names the aliases.
-func (p Policy) resolve(images []Image) *listing {
+func (p Policy) resolve(images []image.Image) *listing {
 	l := &listing{entries: make([]entry, 0, len(images)), byTag: make(map[string]int, len(images))}
 	aliasDigests := make(map[string][]int) // digest -> indexes of the non-alias tags sharing it
 	var aliases []int
 	for _, img := range images {
-		name := img.Tag
+		name := img.Tag()
 		if name == "" {
 			name = DefaultTag
 		}
@@ -177,7 +161,7 @@ func (p Policy) resolve(images []Image) *listing {
 			t = Parse(name)
 		}
 		l.byTag[name] = len(l.entries)
-		l.entries = append(l.entries, entry{tag: t, digest: img.Digest})
+		l.entries = append(l.entries, entry{tag: t, img: img})
 	}
 	if len(aliases) == 0 {
 		return l
@@ -186,15 +170,15 @@ func (p Policy) resolve(images []Image) *listing {
 		if e.tag.Type == Alias {
 			continue
 		}
-		if same, ok := aliasDigests[e.digest]; ok {
-			aliasDigests[e.digest] = append(same, i)
+		if same, ok := aliasDigests[e.img.Digest]; ok {
+			aliasDigests[e.img.Digest] = append(same, i)
 		}
 	}
 	for _, a := range aliases {
 		e := &l.entries[a]
 		var names []string
 		cycleTaken := false
-		for _, i := range aliasDigests[e.digest] {
+		for _, i := range aliasDigests[e.img.Digest] {
 			o := l.entries[i].tag
 			if o.Type != Unknown {
 				names = append(names, o.DisplayName)
@@ -213,6 +197,9 @@ func (p Policy) resolve(images []Image) *listing {
 	return l
 }
 
-func (e *entry) selected() Selected {
-	return Selected{Tag: e.tag.Tag, Digest: e.digest, Name: e.tag.DisplayName, Type: e.tag.Type}
+// named returns the listed image with its display name.
+func (e *entry) named() image.Image {
+	img := e.img
+	img.Name = e.tag.DisplayName
+	return img
 }

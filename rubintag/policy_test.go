@@ -5,15 +5,32 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/cachemachine/cachemachine/image"
 )
 
-// named is the part of a Selected most tests care about.
+// named is the part of a selected image most tests care about.
 type named struct{ Tag, Name string }
 
-func project(sel []Selected) []named {
+func project(sel []image.Image) []named {
 	var out []named
 	for _, s := range sel {
-		out = append(out, named{s.Tag, s.Name})
+		out = append(out, named{s.Tag(), s.Name})
+	}
+	return out
+}
+
+// listed is one tag of a test listing and its digest.
+type listed struct{ Tag, Digest string }
+
+// testRepo is the repository the test listings are in.
+var testRepo = image.MustParseRef("registry.example/rubin/sciplat-lab")
+
+// images turns a test listing into the images a source lists.
+func images(ls []listed) []image.Image {
+	out := make([]image.Image, len(ls))
+	for i, l := range ls {
+		out[i] = image.Image{Ref: testRepo.WithTag(l.Tag), Digest: l.Digest, Name: l.Tag}
 	}
 	return out
 }
@@ -21,7 +38,7 @@ func project(sel []Selected) []named {
 func intp(n int) *int { return &n }
 
 // pythonCycleRegistry is the Python cachemachine's tests/alias_test.py registry.
-var pythonCycleRegistry = []Image{
+var pythonCycleRegistry = []listed{
 	{"w_2021_21_c0020.002", "sha256:21c20"},
 	{"w_2021_22_c0020.003", "sha256:22c20"},
 	{"d_2021_06_14_c0020.004", "sha256:614c20"},
@@ -36,7 +53,7 @@ var pythonCycleRegistry = []Image{
 }
 
 // basicRegistry is a Docker Hub style listing: recommended points at the newest weekly.
-var basicRegistry = []Image{
+var basicRegistry = []listed{
 	{"recommended", "sha256:w22"},
 	{"latest_weekly", "sha256:w22"},
 	{"latest_daily", "sha256:d0527"},
@@ -59,7 +76,7 @@ func TestSelect(t *testing.T) {
 	tests := []struct {
 		name   string
 		policy Policy
-		images []Image
+		images []listed
 		want   []named
 	}{
 		{
@@ -166,13 +183,13 @@ func TestSelect(t *testing.T) {
 		{
 			name:   "recommended missing from the listing",
 			policy: Policy{RecommendedTag: "recommended", NumWeeklies: 1},
-			images: []Image{{"w_2021_22", "sha256:a"}},
+			images: []listed{{"w_2021_22", "sha256:a"}},
 			want:   []named{{"w_2021_22", "Weekly 2021_22"}},
 		},
 		{
 			name:   "alias names every recognised same-digest tag, sorted descending",
 			policy: Policy{RecommendedTag: "recommended", AliasTags: []string{"latest_weekly"}},
-			images: []Image{
+			images: []listed{
 				{"recommended", "sha256:x"},
 				{"latest_weekly", "sha256:x"},
 				{"r21_0_1", "sha256:x"},
@@ -191,7 +208,7 @@ func TestSelect(t *testing.T) {
 		{
 			name:   "alias without recognised same-digest tags keeps its own name",
 			policy: Policy{RecommendedTag: "recommended", AliasTags: []string{"latest_weekly", "latest_daily"}},
-			images: []Image{
+			images: []listed{
 				{"recommended", "sha256:x"},
 				{"some_unknown", "sha256:x"},
 				{"latest_weekly", ""},
@@ -207,7 +224,7 @@ func TestSelect(t *testing.T) {
 		{
 			name:   "alias with a trailing cycle",
 			policy: Policy{RecommendedTag: "recommended_c0027", NumWeeklies: 1, Cycle: intp(27)},
-			images: []Image{
+			images: []listed{
 				{"recommended_c0027", "sha256:x"},
 				{"w_2024_10_c0027.001", "sha256:x"},
 				{"w_2024_11_c0028.001", "sha256:y"},
@@ -220,7 +237,7 @@ func TestSelect(t *testing.T) {
 		{
 			name:   "alias cycle comes from its digest before its name",
 			policy: Policy{RecommendedTag: "recommended_c0027", Cycle: intp(27)},
-			images: []Image{
+			images: []listed{
 				{"recommended_c0027", "sha256:y"},
 				{"w_2024_11_c0028.001", "sha256:y"},
 			},
@@ -229,7 +246,7 @@ func TestSelect(t *testing.T) {
 		{
 			name:   "alias without cycle takes a same-digest unknown's cycle",
 			policy: Policy{RecommendedTag: "recommended", Cycle: intp(27)},
-			images: []Image{
+			images: []listed{
 				{"recommended", "sha256:y"},
 				{"stable_c0027", "sha256:y"},
 			},
@@ -238,7 +255,7 @@ func TestSelect(t *testing.T) {
 		{
 			name:   "duplicate listing: the first digest wins",
 			policy: Policy{RecommendedTag: "recommended"},
-			images: []Image{
+			images: []listed{
 				{"recommended", "sha256:a"},
 				{"w_2021_22", "sha256:a"},
 				{"recommended", "sha256:b"},
@@ -249,7 +266,7 @@ func TestSelect(t *testing.T) {
 		{
 			name:   "empty listed tag is latest",
 			policy: Policy{AliasTags: []string{"latest"}},
-			images: []Image{{"", "sha256:a"}, {"w_2021_22", "sha256:a"}},
+			images: []listed{{"", "sha256:a"}, {"w_2021_22", "sha256:a"}},
 			want:   []named{{"latest", "Latest (Weekly 2021_22)"}},
 		},
 		{
@@ -262,7 +279,7 @@ func TestSelect(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got := tt.policy.Select(tt.images)
+			got := tt.policy.Select(images(tt.images))
 			require.NotNil(t, got)
 			require.Equal(t, tt.want, project(got))
 			requireSelectInvariants(t, tt.policy, tt.images, got)
@@ -273,17 +290,17 @@ func TestSelect(t *testing.T) {
 func TestSelectCarriesDigestAndType(t *testing.T) {
 	t.Parallel()
 	p := Policy{RecommendedTag: "recommended", NumWeeklies: 1}
-	got := p.Select(basicRegistry)
-	require.Equal(t, []Selected{
-		{Tag: "recommended", Digest: "sha256:w22", Name: "Recommended (Weekly 2021_22)", Type: Alias},
-		{Tag: "w_2021_22", Digest: "sha256:w22", Name: "Weekly 2021_22", Type: Weekly},
+	got := p.Select(images(basicRegistry))
+	require.Equal(t, []image.Image{
+		{Ref: testRepo.WithTag("recommended"), Digest: "sha256:w22", Name: "Recommended (Weekly 2021_22)", Priority: 0},
+		{Ref: testRepo.WithTag("w_2021_22"), Digest: "sha256:w22", Name: "Weekly 2021_22", Priority: 1},
 	}, got)
 }
 
 func TestResolve(t *testing.T) {
 	t.Parallel()
 	p := Policy{RecommendedTag: "recommended", AliasTags: []string{"latest_weekly"}, NumWeeklies: 1}
-	got := p.Resolve(append(basicRegistry, Image{"w_2021_9", "sha256:dup"}))
+	got := p.Resolve(images(append(basicRegistry, listed{"w_2021_9", "sha256:dup"})))
 	require.Len(t, got, len(basicRegistry))
 	want := map[string]string{
 		"recommended":     "Recommended (Weekly 2021_22)",
@@ -296,37 +313,39 @@ func TestResolve(t *testing.T) {
 		"w_2021_9":        "Weekly 2021_9",
 	}
 	for i, s := range got {
-		require.Equal(t, basicRegistry[i].Tag, s.Tag, "listing order")
+		require.Equal(t, basicRegistry[i].Tag, s.Tag(), "listing order")
 		require.Equal(t, basicRegistry[i].Digest, s.Digest)
-		if w, ok := want[s.Tag]; ok {
-			require.Equal(t, w, s.Name, s.Tag)
+		if w, ok := want[s.Tag()]; ok {
+			require.Equal(t, w, s.Name, s.Tag())
 		}
 	}
 }
 
 // requireSelectInvariants checks what must hold for any policy and listing.
-func requireSelectInvariants(t *testing.T, p Policy, images []Image, got []Selected) {
+func requireSelectInvariants(t *testing.T, p Policy, listing []listed, got []image.Image) {
 	t.Helper()
-	listed := make(map[string]bool)
-	for _, img := range images {
+	tags := make(map[string]bool)
+	for _, img := range listing {
 		tag := img.Tag
 		if tag == "" {
 			tag = DefaultTag
 		}
-		listed[tag] = true
+		tags[tag] = true
 	}
 	bound := 1 + len(p.AliasTags) + len(p.Pin) + max(0, p.NumReleases) + max(0, p.NumWeeklies) + max(0, p.NumDailies)
-	require.LessOrEqual(t, len(got), min(bound, len(listed)))
+	require.LessOrEqual(t, len(got), min(bound, len(tags)))
 	seen := make(map[string]bool)
-	for i, s := range got {
-		require.False(t, seen[s.Tag], "duplicate %q", s.Tag)
-		seen[s.Tag] = true
-		require.True(t, listed[s.Tag], "unlisted %q", s.Tag)
-		require.NotEmpty(t, s.Name)
-		if s.Type != Alias {
-			require.Empty(t, Parse(s.Tag).Arch, "arch tag %q selected", s.Tag)
+	for i, img := range got {
+		s := img.Tag()
+		require.False(t, seen[s], "duplicate %q", s)
+		seen[s] = true
+		require.True(t, tags[s], "unlisted %q", s)
+		require.NotEmpty(t, img.Name)
+		require.Equal(t, i, img.Priority)
+		if !p.isAlias(s) {
+			require.Empty(t, Parse(s).Arch, "arch tag %q selected", s)
 		}
-		if s.Tag == p.RecommendedTag {
+		if s == p.RecommendedTag {
 			require.Zero(t, i, "recommended not first")
 		}
 	}
@@ -336,15 +355,15 @@ func requireSelectInvariants(t *testing.T, p Policy, images []Image, got []Selec
 func FuzzSelect(f *testing.F) {
 	f.Add("recommended w_2021_22 w_2021_10 d_2021_05_27 r21_0_1 latest_weekly w_2021_23-amd64", uint8(3), uint8(2), int8(-1))
 	f.Add("recommended_c0027 w_2024_10_c0027.001 exp_random r22_0_0_rc1  MiXeD", uint8(7), uint8(1), int8(27))
-	f.Fuzz(func(t *testing.T, listing string, digests, n uint8, cycle int8) {
-		var images []Image
+	f.Fuzz(func(t *testing.T, spec string, digests, n uint8, cycle int8) {
+		var listing []listed
 		var tags []string
 		start := 0
-		for i := 0; i <= len(listing); i++ {
-			if i == len(listing) || listing[i] == ' ' {
-				tag := listing[start:i]
+		for i := 0; i <= len(spec); i++ {
+			if i == len(spec) || spec[i] == ' ' {
+				tag := spec[start:i]
 				tags = append(tags, tag)
-				images = append(images, Image{Tag: tag, Digest: fmt.Sprint("sha256:", i%(int(digests%8)+1))})
+				listing = append(listing, listed{Tag: tag, Digest: fmt.Sprint("sha256:", i%(int(digests%8)+1))})
 				start = i + 1
 			}
 		}
@@ -361,29 +380,30 @@ func FuzzSelect(f *testing.F) {
 		if cycle >= 0 {
 			p.Cycle = intp(int(cycle))
 		}
-		got := p.Select(images)
-		requireSelectInvariants(t, p, images, got)
-		require.Equal(t, got, p.Select(images), "deterministic")
-		require.LessOrEqual(t, len(p.Resolve(images)), len(images))
+		imgs := images(listing)
+		got := p.Select(imgs)
+		requireSelectInvariants(t, p, listing, got)
+		require.Equal(t, got, p.Select(imgs), "deterministic")
+		require.LessOrEqual(t, len(p.Resolve(imgs)), len(imgs))
 	})
 }
 
 // BenchmarkSelect5000 selects from a realistic 5,000-tag listing: years of weeklies and
 // dailies, some with cycles and architectures, releases, candidates, experimentals, aliases.
 func BenchmarkSelect5000(b *testing.B) {
-	images := realisticListing(5000)
+	imgs := images(realisticListing(5000))
 	p := Policy{RecommendedTag: "recommended", AliasTags: []string{"latest_weekly", "latest_daily"},
 		NumReleases: 1, NumWeeklies: 2, NumDailies: 3, Pin: []string{"w_2019_10"}}
 	b.ReportAllocs()
 	for b.Loop() {
-		if got := p.Select(images); len(got) != 10 {
+		if got := p.Select(imgs); len(got) != 10 {
 			b.Fatalf("selected %d", len(got))
 		}
 	}
 }
 
-func realisticListing(n int) []Image {
-	images := []Image{
+func realisticListing(n int) []listed {
+	images := []listed{
 		{"recommended", "sha256:w0"}, {"latest_weekly", "sha256:w0"}, {"latest_daily", "sha256:d0"}, {"latest", "sha256:d0"},
 	}
 	seen := make(map[string]bool)
@@ -416,7 +436,7 @@ func realisticListing(n int) []Image {
 		} else if i == 4 {
 			digest = "sha256:w0"
 		}
-		images = append(images, Image{Tag: tag, Digest: digest})
+		images = append(images, listed{Tag: tag, Digest: digest})
 	}
 	return images
 }

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // Type is the kind of image a tag names. The zero value is Unknown, so a Tag that was never
@@ -52,7 +54,7 @@ func (t Type) String() string {
 }
 
 // DefaultTag is what an empty tag means, by Docker convention.
-const DefaultTag = "latest"
+const DefaultTag = image.DefaultTag
 
 // Tag is everything a tag string says about its image. Digit strings that appear in display
 // names (cycle, cycle build, RSP build) are kept as written, because "0020" must be shown as
