@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cachemachine/cachemachine/agent"
-	"github.com/cachemachine/cachemachine/coordinator/status"
+	"github.com/cachemachine/cachemachine/status"
 	"github.com/cachemachine/cachemachine/sources"
 )
 

@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cachemachine/cachemachine/agent"
-	"github.com/cachemachine/cachemachine/coordinator/status"
+	"github.com/cachemachine/cachemachine/status"
 	"github.com/cachemachine/cachemachine/sources"
 )
 

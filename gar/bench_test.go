@@ -50,7 +50,7 @@ func BenchmarkListSelect5000(b *testing.B) {
 	start := l.Calls()
 	var n, selected int
 	for b.Loop() {
-		imgs, err := l.ListTags(b.Context())
+		imgs, err := l.ListImages(b.Context())
 		if err != nil {
 			b.Fatal(err)
 		}

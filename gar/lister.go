@@ -1,6 +1,6 @@
 // Package gar is Google Artifact Registry as an image source (the RubinRepoGar repoman) and the
 // Google access token that containerd needs to pull from Artifact Registry and Container
-// Registry hosts. It returns its own value types and rubintag.Image; no protobuf or gRPC type
+// Registry hosts. It returns image.Image and its own value types; no protobuf or gRPC type
 // leaves it.
 package gar
 
@@ -22,7 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/cachemachine/cachemachine/rubintag"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // PageSize is the page size every ListDockerImages call asks for: the API's maximum
@@ -57,15 +57,6 @@ type Config struct {
 	Insecure bool
 }
 
-// Image is one tag of the configured image as Artifact Registry lists it.
-type Image struct {
-	Tag string
-	// Digest is the manifest digest ("sha256:…").
-	Digest string
-	// Size is the image size in bytes as the registry computes it (0 when unknown).
-	Size int64
-}
-
 // Option changes how New builds a Lister.
 type Option func(*options)
 
@@ -91,7 +82,7 @@ func WithRetryDelay(d time.Duration) Option {
 type Lister struct {
 	cfg        Config
 	parent     string
-	repository string
+	repository image.Ref // the pull reference base, tag "latest"
 	client     *artifactregistry.Client
 	retryDelay time.Duration
 	calls      atomic.Int64 // RPCs sent, retries included
@@ -104,6 +95,10 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Lister, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	repo, err := image.ParseRef(cfg.repository())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	o := options{retryDelay: defaultRetryDelay}
 	for _, opt := range opts {
 		opt(&o)
@@ -111,7 +106,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Lister, error) {
 	l := &Lister{
 		cfg:        cfg,
 		parent:     cfg.parent(),
-		repository: cfg.repository(),
+		repository: repo,
 		retryDelay: o.retryDelay,
 	}
 
@@ -178,7 +173,7 @@ func (c Config) repository() string {
 
 // Repository returns the pull reference base of the listed tags,
 // "{location}-docker.pkg.dev/{project}/{repository}/{image}"; append ":"+tag to pull one.
-func (l *Lister) Repository() string { return l.repository }
+func (l *Lister) Repository() string { return l.repository.Repository() }
 
 // Parent returns the repository's resource name, "projects/{p}/locations/{l}/repositories/{r}".
 func (l *Lister) Parent() string { return l.parent }
@@ -195,30 +190,18 @@ func (l *Lister) countCall(ctx context.Context, method string, req, reply any, c
 	return invoker(ctx, method, req, reply, cc, opts...)
 }
 
-// ListTags returns one rubintag.Image per tag of the configured image, in listing order,
-// reading every page of the repository's listing (ceil(images/1000) calls). It blocks until
-// the listing is complete, ctx ends, or a call fails after its retries; errors wrap one of
-// the package's sentinels or ctx's error and name the repository.
-func (l *Lister) ListTags(ctx context.Context) ([]rubintag.Image, error) {
-	imgs, err := l.ListImages(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]rubintag.Image, len(imgs))
-	for i, img := range imgs {
-		out[i] = rubintag.Image{Tag: img.Tag, Digest: img.Digest}
-	}
-	return out, nil
-}
-
-// ListImages is ListTags with image sizes.
-func (l *Lister) ListImages(ctx context.Context) ([]Image, error) {
+// ListImages returns one image per tag of the configured image, in listing order, named by
+// its tag and with the manifest digest and size Artifact Registry reports, reading every page
+// of the repository's listing (ceil(images/1000) calls). It blocks until the listing is
+// complete, ctx ends, or a call fails after its retries; errors wrap one of the package's
+// sentinels or ctx's error and name the repository.
+func (l *Lister) ListImages(ctx context.Context) ([]image.Image, error) {
 	req := &artifactregistrypb.ListDockerImagesRequest{Parent: l.parent, PageSize: PageSize}
 	retry := gax.WithRetry(func() gax.Retryer {
 		return &retryer{backoff: gax.Backoff{Initial: l.retryDelay, Max: 30 * l.retryDelay, Multiplier: 2}}
 	})
 	it := l.client.ListDockerImages(ctx, req, retry)
-	var out []Image
+	var out []image.Image
 	for {
 		di, err := it.Next()
 		if errors.Is(err, iterator.Done) {
@@ -232,7 +215,7 @@ func (l *Lister) ListImages(ctx context.Context) ([]Image, error) {
 			continue
 		}
 		for _, tag := range di.GetTags() {
-			out = append(out, Image{Tag: tag, Digest: digest, Size: di.GetImageSizeBytes()})
+			out = append(out, image.Image{Ref: l.repository.WithTag(tag), Digest: digest, Name: tag, Size: uint64(max(0, di.GetImageSizeBytes()))})
 		}
 	}
 	return out, nil

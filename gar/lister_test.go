@@ -18,7 +18,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/gar"
 	"github.com/cachemachine/cachemachine/gar/gartest"
-	"github.com/cachemachine/cachemachine/rubintag"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 const parent = "projects/p/locations/us-central1/repositories/sciplat"
@@ -43,15 +43,15 @@ func newLister(t testing.TB, srv *gartest.Server) *gar.Lister {
 func TestListerReadsEveryPage(t *testing.T) {
 	t.Parallel()
 	srv := gartest.Start(t)
-	want := make([]rubintag.Image, 2500)
+	want := make([]image.Image, 2500)
 	for i := range want {
 		tag := fmt.Sprintf("w_%d_%02d", 2000+i/50, i%50)
 		srv.Add(parent, "sciplat-lab", digest(i), []string{tag}, int64(i))
-		want[i] = rubintag.Image{Tag: tag, Digest: digest(i)}
+		want[i] = listed("us-central1-docker.pkg.dev/p/sciplat/sciplat-lab", tag, digest(i), uint64(i))
 	}
 	l := newLister(t, srv)
 
-	got, err := l.ListTags(t.Context())
+	got, err := l.ListImages(t.Context())
 	require.NoError(t, err)
 	require.Equal(t, want, got)
 	require.Equal(t, 3, l.Calls())
@@ -76,10 +76,11 @@ func TestListerFiltersImageAndSplitsTags(t *testing.T) {
 
 	got, err := l.ListImages(t.Context())
 	require.NoError(t, err)
-	require.Equal(t, []gar.Image{
-		{Tag: "w_2024_01", Digest: digest(1), Size: 4 << 30},
-		{Tag: "recommended", Digest: digest(1), Size: 4 << 30},
-		{Tag: "d_2024_01_05", Digest: digest(6), Size: 7},
+	const repo = "us-central1-docker.pkg.dev/p/sciplat/sciplat-lab"
+	require.Equal(t, []image.Image{
+		listed(repo, "w_2024_01", digest(1), 4<<30),
+		listed(repo, "recommended", digest(1), 4<<30),
+		listed(repo, "d_2024_01_05", digest(6), 7),
 	}, got)
 	require.Equal(t, "us-central1-docker.pkg.dev/p/sciplat/sciplat-lab", l.Repository())
 	require.Equal(t, parent, l.Parent())
@@ -98,9 +99,9 @@ func TestListerNestedImagePath(t *testing.T) {
 	require.NoError(t, err)
 	defer l.Close()
 
-	got, err := l.ListTags(t.Context())
+	got, err := l.ListImages(t.Context())
 	require.NoError(t, err)
-	require.Equal(t, []rubintag.Image{{Tag: "b", Digest: digest(2)}}, got)
+	require.Equal(t, []image.Image{listed("us-central1-docker.pkg.dev/p/sciplat/x/sciplat-lab", "b", digest(2), 1)}, got)
 	require.Equal(t, "us-central1-docker.pkg.dev/p/sciplat/x/sciplat-lab", l.Repository())
 }
 
@@ -115,9 +116,9 @@ func TestListerDomainScopedProject(t *testing.T) {
 	require.NoError(t, err)
 	defer l.Close()
 
-	got, err := l.ListTags(t.Context())
+	got, err := l.ListImages(t.Context())
 	require.NoError(t, err)
-	require.Equal(t, []rubintag.Image{{Tag: "a", Digest: digest(1)}}, got)
+	require.Equal(t, []image.Image{listed("us-docker.pkg.dev/example.com/proj/sciplat/sciplat-lab", "a", digest(1), 1)}, got)
 	require.Equal(t, "us-docker.pkg.dev/example.com/proj/sciplat/sciplat-lab", l.Repository())
 }
 
@@ -126,7 +127,7 @@ func TestListerEmptyRepository(t *testing.T) {
 	srv := gartest.Start(t)
 	srv.AddRepository(parent)
 	l := newLister(t, srv)
-	got, err := l.ListTags(t.Context())
+	got, err := l.ListImages(t.Context())
 	require.NoError(t, err)
 	require.Empty(t, got)
 	require.Equal(t, 1, l.Calls())
@@ -155,7 +156,7 @@ func TestListerRetries(t *testing.T) {
 			srv.FailNext(tt.fail, status.Error(tt.code, "injected"))
 			l := newLister(t, srv)
 
-			got, err := l.ListTags(t.Context())
+			got, err := l.ListImages(t.Context())
 			require.Equal(t, tt.wantCalls, srv.Calls())
 			require.Equal(t, tt.wantCalls, l.Calls())
 			if tt.wantErr != nil {
@@ -164,7 +165,7 @@ func TestListerRetries(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
-			require.Equal(t, []rubintag.Image{{Tag: "a", Digest: digest(1)}}, got)
+			require.Equal(t, []image.Image{listed("us-central1-docker.pkg.dev/p/sciplat/sciplat-lab", "a", digest(1), 1)}, got)
 		})
 	}
 }
@@ -186,7 +187,7 @@ func TestListerRetriesOnePage(t *testing.T) {
 	})
 	l := newLister(t, srv)
 
-	got, err := l.ListTags(t.Context())
+	got, err := l.ListImages(t.Context())
 	require.NoError(t, err)
 	require.Len(t, got, 3)
 	reqs := srv.Requests()
@@ -256,7 +257,7 @@ func TestListerErrors(t *testing.T) {
 			require.NoError(t, err)
 			defer l.Close()
 
-			_, err = l.ListTags(t.Context())
+			_, err = l.ListImages(t.Context())
 			require.ErrorIs(t, err, tt.wantErr)
 			for _, s := range tt.contains {
 				require.Contains(t, err.Error(), s)
@@ -275,7 +276,7 @@ func TestListerContext(t *testing.T) {
 		l := newLister(t, srv)
 		ctx, cancel := context.WithCancel(t.Context())
 		time.AfterFunc(50*time.Millisecond, cancel)
-		_, err := l.ListTags(ctx)
+		_, err := l.ListImages(ctx)
 		require.ErrorIs(t, err, context.Canceled)
 		require.Contains(t, err.Error(), parent)
 	})
@@ -287,7 +288,7 @@ func TestListerContext(t *testing.T) {
 		l := newLister(t, srv)
 		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 		defer cancel()
-		_, err := l.ListTags(ctx)
+		_, err := l.ListImages(ctx)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 	})
 	t.Run("cancelled during backoff", func(t *testing.T) {
@@ -300,7 +301,7 @@ func TestListerContext(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		time.AfterFunc(50*time.Millisecond, cancel)
 		start := time.Now()
-		_, err = l.ListTags(ctx)
+		_, err = l.ListImages(ctx)
 		require.ErrorIs(t, err, context.Canceled)
 		require.Less(t, time.Since(start), 30*time.Second)
 	})
@@ -310,7 +311,7 @@ func TestListerContext(t *testing.T) {
 		l := newLister(t, srv)
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
-		_, err := l.ListTags(ctx)
+		_, err := l.ListImages(ctx)
 		require.ErrorIs(t, err, context.Canceled)
 	})
 }
@@ -356,9 +357,9 @@ func TestListerEndpointOverride(t *testing.T) {
 	))
 	require.NoError(t, err)
 	defer l.Close()
-	got, err := l.ListTags(t.Context())
+	got, err := l.ListImages(t.Context())
 	require.NoError(t, err)
-	require.Equal(t, []rubintag.Image{{Tag: "a", Digest: digest(1)}}, got)
+	require.Equal(t, []image.Image{listed("us-central1-docker.pkg.dev/p/sciplat/sciplat-lab", "a", digest(1), 1)}, got)
 	require.Equal(t, 1, l.Calls())
 }
 
@@ -376,11 +377,11 @@ func TestListerRealGAR(t *testing.T) {
 	})
 	require.NoError(t, err)
 	defer l.Close()
-	got, err := l.ListTags(t.Context())
+	got, err := l.ListImages(t.Context())
 	require.NoError(t, err)
 	require.NotEmpty(t, got)
 	for _, img := range got {
-		require.NotEmpty(t, img.Tag)
+		require.NotEmpty(t, img.Tag())
 		require.True(t, strings.HasPrefix(img.Digest, "sha256:"), img.Digest)
 	}
 	t.Logf("%d tags in %d calls", len(got), l.Calls())
@@ -395,4 +396,9 @@ func TestErrorsAreDistinct(t *testing.T) {
 			require.Equal(t, i == j, errors.Is(a, b))
 		}
 	}
+}
+
+// listed is the image a listing gives for tag of repo.
+func listed(repo, tag, digest string, size uint64) image.Image {
+	return image.Image{Ref: image.MustParseRef(repo + ":" + tag), Digest: digest, Name: tag, Size: size}
 }

@@ -87,6 +87,18 @@ func MustParseRef(s string) Ref {
 // Repository is "host/path" without tag or digest.
 func (r Ref) Repository() string { return r.repo }
 
+// Registry is the registry host (with port, if any): "docker.io", "127.0.0.1:5000".
+func (r Ref) Registry() string {
+	host, _, _ := strings.Cut(r.repo, "/")
+	return host
+}
+
+// Path is the repository path inside the registry: "library/ubuntu".
+func (r Ref) Path() string {
+	_, path, _ := strings.Cut(r.repo, "/")
+	return path
+}
+
 // Tag is the tag, "" for a reference by digest only.
 func (r Ref) Tag() string { return r.tag }
 

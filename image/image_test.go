@@ -58,6 +58,11 @@ func TestRefDerivations(t *testing.T) {
 	r := MustParseRef("lsstsqre/sciplat-lab:recommended")
 	require.Equal(t, "docker.io/lsstsqre/sciplat-lab:w_2024_01", r.WithTag("w_2024_01").String())
 	require.Equal(t, "docker.io/lsstsqre/sciplat-lab@sha256:ab", r.WithDigest("sha256:ab").String())
+	require.Equal(t, "docker.io", r.Registry())
+	require.Equal(t, "lsstsqre/sciplat-lab", r.Path())
+	p := MustParseRef("127.0.0.1:5000/a/b/c:t")
+	require.Equal(t, "127.0.0.1:5000", p.Registry())
+	require.Equal(t, "a/b/c", p.Path())
 	require.True(t, Ref{}.IsZero())
 	require.False(t, r.IsZero())
 }

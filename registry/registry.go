@@ -15,11 +15,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/cachemachine/cachemachine/rubintag"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // DefaultParallelism is how many digest lookups ResolveDigests keeps in flight when
@@ -64,10 +65,14 @@ type Config struct {
 // Credentials are resolved from Config.Auth on the first request.
 type Lister struct {
 	repo        name.Repository
-	ref         string // "registry/repo" as configured, the pull reference base
+	ref         string    // "registry/repo" as configured, for messages
+	base        image.Ref // the pull reference base, normalised
 	parallelism int
 	puller      *remote.Puller
 	counter     *countingTransport
+
+	mu    sync.Mutex        // guards sizes
+	sizes map[string]uint64 // image size by manifest digest: a digest's size never changes
 }
 
 // New validates cfg and returns a Lister. It makes no request.
@@ -105,9 +110,15 @@ func New(cfg Config) (*Lister, error) {
 		return nil, fmt.Errorf("new registry source: repository %q in registry %q: %w", cfg.Repo, host, err)
 	}
 
+	base, err := image.ParseRef(host + "/" + repoPath)
+	if err != nil {
+		return nil, fmt.Errorf("new registry source: repository %q in registry %q: %w", cfg.Repo, host, err)
+	}
 	l := &Lister{
 		repo:        repo,
 		ref:         host + "/" + repoPath,
+		base:        base,
+		sizes:       map[string]uint64{},
 		parallelism: cfg.Parallelism,
 		counter:     newCountingTransport(remote.DefaultTransport),
 	}
@@ -127,24 +138,97 @@ func New(cfg Config) (*Lister, error) {
 	return l, nil
 }
 
-// Repository returns "registry/repo" as configured (not normalised: "registry.hub.docker.com"
-// stays as is), the base of the pull references "Repository():tag".
-func (l *Lister) Repository() string { return l.ref }
+// Repository returns the normalised "registry/repo", the base of the pull references
+// ("registry.hub.docker.com" stays as is, as containerd keeps it; "index.docker.io" is
+// "docker.io").
+func (l *Lister) Repository() string { return l.base.Repository() }
 
-// ListTags returns every tag of the repository in the registry's order, following the tag
-// list's pagination. Digests are left empty: ResolveDigests fills in the ones needed. A
-// repository the registry does not know is an ErrNotFound error, refused credentials an
-// ErrUnauthorized error.
-func (l *Lister) ListTags(ctx context.Context) ([]rubintag.Image, error) {
+// ListImages returns one image per tag of the repository, in the registry's order, named by
+// its tag, following the tag list's pagination. Digests and sizes are left empty:
+// ResolveDigests and Size fill in the ones needed. A repository the registry does not know is
+// an ErrNotFound error, refused credentials an ErrUnauthorized error.
+func (l *Lister) ListImages(ctx context.Context) ([]image.Image, error) {
 	tags, err := l.puller.List(ctx, l.repo)
 	if err != nil {
 		return nil, fmt.Errorf("list tags of %s: %w", l.ref, classify(err, true))
 	}
-	images := make([]rubintag.Image, len(tags))
+	images := make([]image.Image, len(tags))
 	for i, t := range tags {
-		images[i] = rubintag.Image{Tag: t}
+		images[i] = image.Image{Ref: l.base.WithTag(t), Name: t}
 	}
 	return images, nil
+}
+
+// maxSizes bounds the size cache; past it the cache starts over.
+const maxSizes = 4096
+
+// Size returns the size in bytes of the image with manifest digest digest (config plus
+// compressed layers, as a pull downloads them; for a multi-platform index, its linux/amd64
+// image, or else its first linux image). It reads the manifest once per digest and
+// remembers the answer, so a registry that counts manifest reads (Docker Hub) sees one per
+// new image, not one per refresh.
+func (l *Lister) Size(ctx context.Context, digest string) (uint64, error) {
+	l.mu.Lock()
+	n, ok := l.sizes[digest]
+	l.mu.Unlock()
+	if ok {
+		return n, nil
+	}
+	n, err := l.size(ctx, l.repo.Digest(digest))
+	if err != nil {
+		return 0, fmt.Errorf("size of %s@%s: %w", l.ref, digest, classify(err, false))
+	}
+	l.mu.Lock()
+	if len(l.sizes) >= maxSizes {
+		clear(l.sizes)
+	}
+	l.sizes[digest] = n
+	l.mu.Unlock()
+	return n, nil
+}
+
+func (l *Lister) size(ctx context.Context, ref name.Digest) (uint64, error) {
+	desc, err := l.puller.Get(ctx, ref)
+	if err != nil {
+		return 0, err
+	}
+	if desc.MediaType.IsIndex() {
+		idx, err := desc.ImageIndex()
+		if err != nil {
+			return 0, err
+		}
+		im, err := idx.IndexManifest()
+		if err != nil {
+			return 0, err
+		}
+		var pick *v1.Descriptor
+		for i := range im.Manifests {
+			m := &im.Manifests[i]
+			if m.Platform == nil || m.Platform.OS != "linux" {
+				continue
+			}
+			if pick == nil || m.Platform.Architecture == "amd64" && pick.Platform.Architecture != "amd64" {
+				pick = m
+			}
+		}
+		if pick == nil {
+			return 0, errors.New("index has no linux image")
+		}
+		return l.size(ctx, ref.Context().Digest(pick.Digest.String()))
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return 0, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return 0, err
+	}
+	n := m.Config.Size
+	for _, layer := range m.Layers {
+		n += layer.Size
+	}
+	return uint64(max(0, n)), nil
 }
 
 // ResolveDigests returns the manifest digest of each tag, looked up with HEAD requests (which
@@ -236,4 +320,60 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
+}
+
+// Resolver looks up single references (a SimpleRepoMan's images) in whichever registry each
+// names, keeping one Lister per repository so tokens and sizes are reused. It is safe for
+// concurrent use.
+type Resolver struct {
+	auth authn.Keychain
+
+	mu      sync.Mutex         // guards listers
+	listers map[string]*Lister // by repository
+}
+
+// NewResolver returns a Resolver that authenticates with auth (nil: anonymous).
+func NewResolver(auth authn.Keychain) *Resolver {
+	return &Resolver{auth: auth, listers: map[string]*Lister{}}
+}
+
+// Resolve returns ref's manifest digest (a HEAD request; the reference's own digest when it
+// names one) and size (best effort: 0 when the manifest cannot be read). A tag the registry
+// does not have is an ErrNotFound error.
+func (r *Resolver) Resolve(ctx context.Context, ref image.Ref) (image.Image, error) {
+	l, err := r.lister(ref)
+	if err != nil {
+		return image.Image{}, err
+	}
+	img := image.Image{Ref: ref, Digest: ref.Digest()}
+	if img.Digest == "" {
+		m, err := l.ResolveDigests(ctx, []string{ref.Tag()})
+		if err != nil {
+			return image.Image{}, err
+		}
+		if img.Digest = m[ref.Tag()]; img.Digest == "" {
+			return image.Image{}, fmt.Errorf("resolve digest of %s: %w", ref, ErrNotFound)
+		}
+	}
+	if n, err := l.Size(ctx, img.Digest); err == nil {
+		img.Size = n
+	}
+	return img, nil
+}
+
+func (r *Resolver) lister(ref image.Ref) (*Lister, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if l, ok := r.listers[ref.Repository()]; ok {
+		return l, nil
+	}
+	l, err := New(Config{RegistryURL: ref.Registry(), Repo: ref.Path(), Auth: r.auth, Parallelism: 1})
+	if err != nil {
+		return nil, err
+	}
+	if len(r.listers) >= maxSizes {
+		clear(r.listers)
+	}
+	r.listers[ref.Repository()] = l
+	return l, nil
 }

@@ -32,6 +32,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/cachemachine/cachemachine/internal/lab"
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/rubintag"
 )
 
@@ -49,6 +50,8 @@ func TestNew(t *testing.T) {
 	}{
 		{name: "docker hub", cfg: Config{RegistryURL: "registry.hub.docker.com", Repo: "lsstsqre/sciplat-lab"},
 			wantRef: "registry.hub.docker.com/lsstsqre/sciplat-lab"},
+		{name: "docker.io normalised", cfg: Config{RegistryURL: "index.docker.io", Repo: "lsstsqre/sciplat-lab"},
+			wantRef: "docker.io/lsstsqre/sciplat-lab"},
 		{name: "ghcr", cfg: Config{RegistryURL: "ghcr.io", Repo: "lsst-sqre/sciplat-lab"}, wantRef: "ghcr.io/lsst-sqre/sciplat-lab"},
 		{name: "https URL", cfg: Config{RegistryURL: "https://ghcr.io/", Repo: "/a/b/"}, wantRef: "ghcr.io/a/b"},
 		{name: "http URL is insecure", cfg: Config{RegistryURL: "http://reg.example:5000", Repo: "a"},
@@ -104,12 +107,13 @@ func TestListTagsPaginates(t *testing.T) {
 
 	l, err := New(Config{RegistryURL: addr, Repo: repo, PageSize: 20})
 	require.NoError(t, err)
-	images, err := l.ListTags(ctx)
+	images, err := l.ListImages(ctx)
 	require.NoError(t, err)
 	got := make([]string, len(images))
 	for i, im := range images {
-		require.Empty(t, im.Digest, "ListTags resolves no digest")
-		got[i] = im.Tag
+		require.Empty(t, im.Digest, "ListImages resolves no digest")
+		require.Equal(t, im.Tag(), im.Name, "a listed image is named by its tag")
+		got[i] = im.Tag()
 	}
 	slices.Sort(got)
 	require.Equal(t, want, got)
@@ -119,12 +123,12 @@ func TestListTagsPaginates(t *testing.T) {
 	// The default page size lists them in one page.
 	l, err = New(Config{RegistryURL: addr, Repo: repo})
 	require.NoError(t, err)
-	images, err = l.ListTags(ctx)
+	images, err = l.ListImages(ctx)
 	require.NoError(t, err)
 	require.Len(t, images, len(want))
 	require.Equal(t, 1, l.counter.tagPages())
 
-	// ListTags output feeds the tag policy directly.
+	// ListImages output feeds the tag policy directly.
 	images[0].Digest = digest
 	require.NotEmpty(t, rubintag.Policy{NumWeeklies: 2}.Select(images))
 }
@@ -166,6 +170,56 @@ func TestResolveDigests(t *testing.T) {
 	require.Empty(t, got)
 }
 
+// TestSize reads an image's size (config plus layers) from its manifest once per digest, and
+// a multi-platform index's linux/amd64 image.
+func TestSize(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	reg := lab.NewRegistry(t, lab.RegistryOptions{})
+	img, err := random.Image(imageSize, 3)
+	require.NoError(t, err)
+	m, err := img.Manifest()
+	require.NoError(t, err)
+	want := m.Config.Size
+	for _, l := range m.Layers {
+		want += l.Size
+	}
+	ref, err := name.NewTag(reg.Addr+"/sized:w_2024_01", name.Insecure)
+	require.NoError(t, err)
+	require.NoError(t, remote.Write(ref, img, remote.WithContext(ctx)))
+	d, err := img.Digest()
+	require.NoError(t, err)
+
+	arm, err := random.Image(imageSize, 1)
+	require.NoError(t, err)
+	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
+		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}},
+		mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+	iref, err := name.NewTag(reg.Addr+"/sized:multi", name.Insecure)
+	require.NoError(t, err)
+	require.NoError(t, remote.WriteIndex(iref, idx, remote.WithContext(ctx)))
+	id, err := idx.Digest()
+	require.NoError(t, err)
+
+	l, err := New(Config{RegistryURL: reg.Addr, Repo: "sized"})
+	require.NoError(t, err)
+	got, err := l.Size(ctx, d.String())
+	require.NoError(t, err)
+	require.EqualValues(t, want, got)
+	calls := l.Calls()
+	got, err = l.Size(ctx, d.String())
+	require.NoError(t, err)
+	require.EqualValues(t, want, got)
+	require.Equal(t, calls, l.Calls(), "a digest's size is read once")
+
+	got, err = l.Size(ctx, id.String())
+	require.NoError(t, err)
+	require.EqualValues(t, want, got, "the index's amd64 image")
+
+	_, err = l.Size(ctx, "sha256:"+strings.Repeat("0", 64))
+	require.ErrorContains(t, err, "size of "+reg.Addr+"/sized@sha256:000")
+}
+
 func TestResolveDigestsVanishedTag(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -176,9 +230,10 @@ func TestResolveDigestsVanishedTag(t *testing.T) {
 
 	l, err := New(Config{RegistryURL: reg.Addr, Repo: repo})
 	require.NoError(t, err)
-	images, err := l.ListTags(ctx)
+	images, err := l.ListImages(ctx)
 	require.NoError(t, err)
-	require.ElementsMatch(t, []rubintag.Image{{Tag: "w_2024_01"}, {Tag: "w_2024_02"}}, images)
+	base := image.MustParseRef(reg.Addr + "/" + repo)
+	require.ElementsMatch(t, []image.Image{{Ref: base.WithTag("w_2024_01"), Name: "w_2024_01"}, {Ref: base.WithTag("w_2024_02"), Name: "w_2024_02"}}, images)
 
 	// The tag vanishes between listing and resolving.
 	ref, err := name.NewDigest(reg.Addr+"/"+repo+"@"+gone, name.Insecure)
@@ -198,7 +253,7 @@ func TestUnknownRepository(t *testing.T) {
 
 	l, err := New(Config{RegistryURL: reg.Addr, Repo: "no/such-repo"})
 	require.NoError(t, err)
-	_, err = l.ListTags(ctx)
+	_, err = l.ListImages(ctx)
 	require.ErrorIs(t, err, ErrNotFound)
 	require.ErrorContains(t, err, "list tags of "+reg.Addr+"/no/such-repo: ")
 	t.Log(err)
@@ -219,7 +274,7 @@ func TestRegistryDown(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel() // go-containerregistry retries refused connections; do not wait for its backoff
-	_, err = l.ListTags(ctx)
+	_, err = l.ListImages(ctx)
 	require.ErrorContains(t, err, "list tags of "+addr+"/a: ")
 	_, err = l.ResolveDigests(ctx, []string{"v1"})
 	require.ErrorContains(t, err, "resolve digest of "+addr+"/a:v1: ")
@@ -247,7 +302,7 @@ func TestAuthFromDockerConfig(t *testing.T) {
 		t.Parallel()
 		l, err := New(Config{RegistryURL: reg.Addr, Repo: repo, Auth: load(t, user, pass)})
 		require.NoError(t, err)
-		images, err := l.ListTags(ctx)
+		images, err := l.ListImages(ctx)
 		require.NoError(t, err)
 		require.Len(t, images, 2)
 		got, err := l.ResolveDigests(ctx, []string{"recommended", "w_2024_01"})
@@ -269,7 +324,7 @@ func TestAuthFromDockerConfig(t *testing.T) {
 			t.Parallel()
 			l, err := New(Config{RegistryURL: reg.Addr, Repo: repo, Auth: tt.auth})
 			require.NoError(t, err)
-			_, err = l.ListTags(ctx)
+			_, err = l.ListImages(ctx)
 			require.ErrorIs(t, err, ErrUnauthorized)
 			require.ErrorContains(t, err, "list tags of "+reg.Addr+"/"+repo+": ")
 			t.Log(err)

@@ -24,7 +24,7 @@ import (
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/coordinator"
-	"github.com/cachemachine/cachemachine/coordinator/status"
+	"github.com/cachemachine/cachemachine/status"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/gar"
 	"github.com/cachemachine/cachemachine/sources"

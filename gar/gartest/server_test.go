@@ -236,15 +236,15 @@ func TestAddFromRegistry(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, got, 3)
 	for _, img := range got {
-		require.Equal(t, want[img.Tag], img.Digest, img.Tag)
-		require.Equal(t, sizes[img.Digest], img.Size, img.Tag)
+		require.Equal(t, want[img.Tag()], img.Digest, img.Tag())
+		require.EqualValues(t, sizes[img.Digest], img.Size, img.Tag())
 	}
 	// Pulling Repository():tag from the registry the fake was filled from gives that digest
 	// (hosts.toml does this redirect for containerd).
-	tags, err := l.ListTags(t.Context())
+	tags, err := l.ListImages(t.Context())
 	require.NoError(t, err)
 	for _, tg := range tags {
-		ref := strings.Replace(l.Repository(), "us-central1-docker.pkg.dev", addr, 1) + ":" + tg.Tag
+		ref := strings.Replace(l.Repository(), "us-central1-docker.pkg.dev", addr, 1) + ":" + tg.Tag()
 		r, err := name.ParseReference(ref, name.Insecure)
 		require.NoError(t, err)
 		desc, err := remote.Head(r, remote.WithContext(t.Context()))

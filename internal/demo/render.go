@@ -7,7 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/cachemachine/cachemachine/coordinator/status"
+	"github.com/cachemachine/cachemachine/status"
 )
 
 // console prints the demo's own lines, each prefixed with the time since the demo started.

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/cachemachine/cachemachine/agent"
-	"github.com/cachemachine/cachemachine/coordinator/status"
+	"github.com/cachemachine/cachemachine/status"
 )
 
 // pollTimeout bounds each status or debug request of one poll.

@@ -12,9 +12,12 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/cachemachine/cachemachine/image"
 )
 
-// Image is one image in all_images, desired_images, available_images and images_to_cache.
+// Image is one entry of all_images, desired_images, available_images and images_to_cache:
+// the Python cachemachine's document shape of an image.Image.
 type Image struct {
 	// ImageURL is the reference with a tag ("host/repo:tag").
 	ImageURL string `json:"image_url"`
@@ -109,10 +112,10 @@ type Input struct {
 	Labels map[string]string
 	// Leader is the name of the node that computed this input.
 	Leader string
-	// All is every image the sources list; Desired is what the policy selected, in priority
-	// order.
-	All     []Image
-	Desired []Image
+	// All is every image the sources list; Desired is the desired list in force, in priority
+	// order. References are normalised (image.ParseRef), as node inventories are.
+	All     []image.Image
+	Desired []image.Image
 	Nodes   []Node
 	Sources []SourceStatus
 	// DesiredVersion is the version of the published desired list.
@@ -174,10 +177,11 @@ func Compute(in Input) Dump {
 	}
 	available, toCache := []Image{}, []Image{}
 	for _, img := range in.Desired {
-		if img.ImageHash != "" && byDigest[img.ImageHash] || img.ImageHash == "" && byURL[img.ImageURL] {
-			available = append(available, img)
+		d := img.WantDigest()
+		if d != "" && byDigest[d] || d == "" && byURL[img.Ref.String()] {
+			available = append(available, entry(img))
 		} else {
-			toCache = append(toCache, img)
+			toCache = append(toCache, entry(img))
 		}
 	}
 	labels := make(map[string]string, len(in.Labels))
@@ -188,8 +192,8 @@ func Compute(in Input) Dump {
 		Name:            in.Name,
 		Labels:          labels,
 		CommonCache:     common,
-		AllImages:       clone(in.All),
-		DesiredImages:   clone(in.Desired),
+		AllImages:       entries(in.All),
+		DesiredImages:   entries(in.Desired),
 		AvailableImages: available,
 		ImagesToCache:   toCache,
 	}
@@ -244,13 +248,27 @@ func commonCache(nodes []Node) []CommonImage {
 	return out
 }
 
-// splitTag splits "host:port/repo:tag" into repository and tag; the tag is "" when ref has
-// none.
+// splitTag splits an inventory reference into repository and tag; the tag is "" when ref has
+// none or does not parse.
 func splitTag(ref string) (repo, tag string) {
-	if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
-		return ref[:i], ref[i+1:]
+	r, err := image.ParseRef(ref)
+	if err != nil {
+		return ref, ""
 	}
-	return ref, ""
+	return r.Repository(), r.Tag()
+}
+
+// entry is img as the status documents show it.
+func entry(img image.Image) Image {
+	return Image{ImageURL: img.Ref.String(), ImageHash: img.Digest, Name: img.Name}
+}
+
+func entries(imgs []image.Image) []Image {
+	out := make([]Image, len(imgs))
+	for i, img := range imgs {
+		out[i] = entry(img)
+	}
+	return out
 }
 
 // NodesView returns the per-node document, nodes sorted by name.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/stretchr/testify/require"
 )
 
@@ -46,7 +47,7 @@ func TestCompute(t *testing.T) {
 		{
 			name: "common across nodes with the same digest",
 			in: Input{
-				Desired: []Image{recommended, weekly, daily},
+				Desired: imgs([]Image{recommended, weekly, daily}),
 				Nodes: []Node{
 					alive("n1", map[string]string{gar + ":w_2021_22": dA, gar + ":recommended": dA, gar + ":d_2021_06_01": dB}),
 					alive("n2", map[string]string{gar + ":w_2021_22": dA, gar + ":recommended": dA}),
@@ -62,7 +63,7 @@ func TestCompute(t *testing.T) {
 		{
 			name: "a node with another digest for the tag: not common",
 			in: Input{
-				Desired: []Image{weekly, daily},
+				Desired: imgs([]Image{weekly, daily}),
 				Nodes: []Node{
 					alive("n1", map[string]string{gar + ":w_2021_22": dA, gar + ":d_2021_06_01": dB}),
 					alive("n2", map[string]string{gar + ":w_2021_22": dA, gar + ":d_2021_06_01": dC}),
@@ -75,7 +76,7 @@ func TestCompute(t *testing.T) {
 		{
 			name: "dead node ignored",
 			in: Input{
-				Desired: []Image{weekly},
+				Desired: imgs([]Image{weekly}),
 				Nodes: []Node{
 					alive("n1", map[string]string{gar + ":w_2021_22": dA}),
 					{Name: "n2", Alive: false},
@@ -89,7 +90,7 @@ func TestCompute(t *testing.T) {
 		{
 			name: "alive node without inventory: nothing is common",
 			in: Input{
-				Desired: []Image{weekly},
+				Desired: imgs([]Image{weekly}),
 				Nodes: []Node{
 					alive("n1", map[string]string{gar + ":w_2021_22": dA}),
 					alive("n2", nil),
@@ -126,12 +127,24 @@ func TestCompute(t *testing.T) {
 			wantToCache:   []Image{},
 		},
 		{
+			// The Python service's tests name Docker Hub images without a registry; the node
+			// records them as docker.io/…: references are normalised where they enter.
+			name: "a short Docker Hub name without a digest is available under its normal name",
+			in: Input{
+				Desired: []image.Image{{Ref: image.MustParseRef("lsstsqre/sciplat-lab:recommended"), Name: "Recommended"}},
+				Nodes:   []Node{alive("n1", map[string]string{"docker.io/lsstsqre/sciplat-lab:recommended": dA})},
+			},
+			wantCommon:    []CommonImage{{ImageURL: "docker.io/lsstsqre/sciplat-lab:recommended", ImageHash: dA, Tags: []string{}}},
+			wantAvailable: []Image{{ImageURL: "docker.io/lsstsqre/sciplat-lab:recommended", Name: "Recommended"}},
+			wantToCache:   []Image{},
+		},
+		{
 			name: "available by digest although the names differ",
 			in: Input{
-				Desired: []Image{
+				Desired: imgs([]Image{
 					{ImageURL: hub + ":recommended", ImageHash: dA, Name: "Recommended"},
 					{ImageURL: hub + ":w_2021_22", ImageHash: dB, Name: "Weekly 2021_22"}, // name matches, digest does not
-				},
+				}),
 				Nodes: []Node{
 					alive("n1", map[string]string{dio + ":w_2021_21": dA, dio + ":w_2021_22": dC, hub + ":w_2021_22": dC}),
 					alive("n2", map[string]string{dio + ":w_2021_21": dA, dio + ":w_2021_22": dC, hub + ":w_2021_22": dC}),
@@ -148,10 +161,10 @@ func TestCompute(t *testing.T) {
 		{
 			name: "empty digest matches by image_url",
 			in: Input{
-				Desired: []Image{
+				Desired: imgs([]Image{
 					{ImageURL: other + ":1.36", Name: "busybox 1.36"},
 					{ImageURL: other + ":1.37", Name: "busybox 1.37"},
-				},
+				}),
 				Nodes: []Node{
 					alive("n1", map[string]string{other + ":1.36": dC, other + ":1.37": dB}),
 					alive("n2", map[string]string{other + ":1.36": dC}),
@@ -175,7 +188,7 @@ func TestCompute(t *testing.T) {
 		},
 		{
 			name:          "no nodes",
-			in:            Input{Desired: []Image{weekly, daily}},
+			in:            Input{Desired: imgs([]Image{weekly, daily})},
 			wantCommon:    []CommonImage{},
 			wantAvailable: []Image{},
 			wantToCache:   []Image{weekly, daily},
@@ -183,7 +196,7 @@ func TestCompute(t *testing.T) {
 		{
 			name: "only dead nodes",
 			in: Input{
-				Desired: []Image{weekly},
+				Desired: imgs([]Image{weekly}),
 				Nodes:   []Node{{Name: "n1", Inventory: map[string]string{gar + ":w_2021_22": dA}}},
 			},
 			wantCommon:    []CommonImage{},
@@ -198,7 +211,7 @@ func TestCompute(t *testing.T) {
 			require.Equal(t, tt.wantCommon, got.CommonCache, "common_cache")
 			require.Equal(t, tt.wantAvailable, got.AvailableImages, "available_images")
 			require.Equal(t, tt.wantToCache, got.ImagesToCache, "images_to_cache")
-			require.Equal(t, clone(tt.in.Desired), got.DesiredImages, "desired_images")
+			require.Equal(t, entries(tt.in.Desired), got.DesiredImages, "desired_images")
 		})
 	}
 }
@@ -207,8 +220,8 @@ func TestComputeDoesNotAliasInput(t *testing.T) {
 	t.Parallel()
 	in := Input{
 		Labels:  map[string]string{"pool": "lab"},
-		All:     []Image{{ImageURL: gar + ":w_2021_22", ImageHash: dA, Name: "w_2021_22"}},
-		Desired: []Image{{ImageURL: gar + ":w_2021_22", ImageHash: dA, Name: "Weekly 2021_22"}},
+		All:     imgs([]Image{{ImageURL: gar + ":w_2021_22", ImageHash: dA, Name: "w_2021_22"}}),
+		Desired: imgs([]Image{{ImageURL: gar + ":w_2021_22", ImageHash: dA, Name: "Weekly 2021_22"}}),
 	}
 	d := Compute(in)
 	d.Labels["pool"] = "x"
@@ -283,19 +296,19 @@ func representative() Input {
 		Name:   "jupyter",
 		Labels: map[string]string{"jupyterlab": "ok"},
 		Leader: "gke-pool-1-a",
-		All: []Image{
+		All: imgs([]Image{
 			{ImageURL: gar + ":recommended", ImageHash: dA, Name: "recommended"},
 			{ImageURL: gar + ":w_2021_22", ImageHash: dA, Name: "w_2021_22"},
 			{ImageURL: gar + ":w_2021_21", ImageHash: dB, Name: "w_2021_21"},
 			{ImageURL: gar + ":d_2021_06_01", ImageHash: dC, Name: "d_2021_06_01"},
-		},
-		Desired: []Image{
+		}),
+		Desired: imgs([]Image{
 			{ImageURL: gar + ":recommended", ImageHash: dA, Name: "Recommended (Weekly 2021_22)"},
 			{ImageURL: gar + ":w_2021_22", ImageHash: dA, Name: "Weekly 2021_22"},
 			{ImageURL: gar + ":w_2021_21", ImageHash: dB, Name: "Weekly 2021_21"},
 			{ImageURL: gar + ":d_2021_06_01", ImageHash: dC, Name: "Daily 2021_06_01"},
 			{ImageURL: other + ":1.36", Name: "busybox"},
-		},
+		}),
 		Nodes: []Node{
 			{
 				Name: "gke-pool-1-b", Alive: true, Version: 1622548800000000012,
@@ -360,4 +373,13 @@ func TestDumpGolden(t *testing.T) {
 	for _, k := range keys(wantFields) {
 		require.JSONEq(t, string(wantFields[k]), string(gotFields[k]), "field %s (run go test -update after an intended change)", k)
 	}
+}
+
+// imgs turns document entries into the images an Input holds.
+func imgs(entries []Image) []image.Image {
+	out := make([]image.Image, len(entries))
+	for i, e := range entries {
+		out[i] = image.Image{Ref: image.MustParseRef(e.ImageURL), Digest: e.ImageHash, Name: e.Name}
+	}
+	return out
 }

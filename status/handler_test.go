@@ -150,7 +150,7 @@ func TestReadOnly(t *testing.T) {
 func TestHTML(t *testing.T) {
 	t.Parallel()
 	in := representative()
-	in.Desired = append(in.Desired, Image{ImageURL: other + ":evil", Name: `<script>alert("x")</script>`})
+	in.Desired = append(in.Desired, imgs([]Image{{ImageURL: other + ":evil", Name: `<script>alert("x")</script>`}})...)
 	in.Nodes[0].Held = append(in.Nodes[0].Held, Held{ImageURL: other + ":evil", Reason: `"><img src=x onerror=alert(1)>`})
 	srv := httptest.NewServer(NewHandler(fakeBackend{in: in, leader: in.Leader, self: true}))
 	t.Cleanup(srv.Close)
