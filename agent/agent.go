@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // Runtime is the part of the CRI image service the agent calls; *cri.Client implements it.
@@ -223,22 +224,21 @@ func (a *Agent) Desired() Desired {
 }
 
 // SetDesired replaces the desired list unless d is older than the list in force (a lower
-// version) and reports whether it did. References are normalized; an invalid one is dropped
-// and logged with the reason. The list is persisted in StateDir before it takes effect.
+// version) and reports whether it did. An image without a reference is dropped and
+// logged; a reference listed twice keeps its first entry. The list is persisted in StateDir
+// before it takes effect.
 func (a *Agent) SetDesired(d Desired) bool {
-	clean := Desired{Version: d.Version, Images: make([]DesiredImage, 0, len(d.Images))}
-	seen := map[string]bool{}
+	clean := Desired{Version: d.Version, Images: make([]image.Image, 0, len(d.Images))}
+	seen := map[image.Ref]bool{}
 	for _, img := range d.Images {
-		ref, err := NormalizeRef(img.Ref)
-		if err != nil {
-			a.log.Warn("dropping desired image", "image", img.Ref, "err", err)
+		if img.Ref.IsZero() {
+			a.log.Warn("dropping desired image without a reference", "name", img.Name)
 			continue
 		}
-		if seen[ref] {
+		if seen[img.Ref] {
 			continue
 		}
-		seen[ref] = true
-		img.Ref = ref
+		seen[img.Ref] = true
 		clean.Images = append(clean.Images, img)
 	}
 	a.mu.Lock()
@@ -312,52 +312,53 @@ func (a *Agent) pass(ctx context.Context) {
 	now := time.Now()
 	wanted := map[string]bool{}
 	for _, d := range a.desired.Images {
-		wanted[d.Ref] = true
-		st := a.images[d.Ref]
+		ref := d.Ref.String()
+		wanted[ref] = true
+		st := a.images[ref]
 		if st == nil {
 			st = &imageStatus{}
-			a.images[d.Ref] = st
+			a.images[ref] = st
 		}
 		if digest, ok := inv.has(d); ok && !st.pulling {
-			next.Cached[d.Ref] = digest
+			next.Cached[ref] = digest
 			st.attempts, st.lastErr, st.held = 0, "", ""
 			continue
 		}
-		next.Missing = append(next.Missing, d.Ref)
+		next.Missing = append(next.Missing, ref)
 		switch {
 		case st.pulling:
-			next.Pulling = append(next.Pulling, Pulling{Ref: d.Ref, Started: st.started})
+			next.Pulling = append(next.Pulling, Pulling{Ref: ref, Started: st.started})
 			continue
 		case st.attempts > 0 && now.Before(st.nextRetry):
-			next.Failed = append(next.Failed, Failed{Ref: d.Ref, Error: st.lastErr, Attempts: st.attempts, NextRetry: st.nextRetry})
+			next.Failed = append(next.Failed, Failed{Ref: ref, Error: st.lastErr, Attempts: st.attempts, NextRetry: st.nextRetry})
 			continue
 		case d.Digest != "" && pullDigests[d.Digest]:
 			// Another tag of this digest is being pulled; this one follows in a moment
 			// without downloading anything twice.
-			next.Queued = append(next.Queued, d.Ref)
+			next.Queued = append(next.Queued, ref)
 			continue
 		}
 		if reason := a.diskGuardLocked(d, disk); reason != "" {
 			if st.held != reason {
-				a.log.Warn("holding pull", "image", d.Ref, "reason", reason)
+				a.log.Warn("holding pull", "image", ref, "reason", reason)
 			}
 			st.held = reason
-			next.Held = append(next.Held, Held{Ref: d.Ref, Reason: reason})
+			next.Held = append(next.Held, Held{Ref: ref, Reason: reason})
 			continue
 		}
 		st.held = ""
 		select {
 		case a.slots <- struct{}{}:
 		default:
-			next.Queued = append(next.Queued, d.Ref)
+			next.Queued = append(next.Queued, ref)
 			continue
 		}
 		st.pulling, st.started = true, now
-		a.reserved[d.Ref] = a.sizeGuess(d)
+		a.reserved[ref] = a.sizeGuess(d)
 		if d.Digest != "" {
 			pullDigests[d.Digest] = true
 		}
-		next.Pulling = append(next.Pulling, Pulling{Ref: d.Ref, Started: now})
+		next.Pulling = append(next.Pulling, Pulling{Ref: ref, Started: now})
 		a.pulls.Add(1)
 		go a.pullInBackground(ctx, d)
 	}
@@ -376,7 +377,7 @@ func (a *Agent) pass(ctx context.Context) {
 // desiredDigest returns the desired digest of ref, "" if unknown. Callers hold a.mu.
 func (a *Agent) desiredDigest(ref string) string {
 	for _, d := range a.desired.Images {
-		if d.Ref == ref {
+		if d.Ref.String() == ref {
 			return d.Digest
 		}
 	}
@@ -399,13 +400,14 @@ func (a *Agent) publishLocked(next State) {
 }
 
 // pullInBackground runs one pull attempt started by a pass and records its outcome.
-func (a *Agent) pullInBackground(ctx context.Context, d DesiredImage) {
+func (a *Agent) pullInBackground(ctx context.Context, d image.Image) {
 	defer a.pulls.Done()
 	_, err := a.pullOnce(ctx, d)
 	<-a.slots // free the slot before the pass that Trigger asks for, so it can reuse it
 	a.mu.Lock()
-	delete(a.reserved, d.Ref)
-	if st := a.images[d.Ref]; st != nil {
+	ref := d.Ref.String()
+	delete(a.reserved, ref)
+	if st := a.images[ref]; st != nil {
 		st.pulling = false
 		if err != nil && ctx.Err() == nil {
 			st.attempts++
@@ -431,11 +433,12 @@ type PullResult struct {
 // PullNow pulls ref at once for an operator, waiting for a free pull slot, and blocks until
 // the pull ends. The disk guard applies. The image does not become desired.
 func (a *Agent) PullNow(ctx context.Context, ref string) (PullResult, error) {
-	norm, err := NormalizeRef(ref)
+	r, err := image.ParseRef(ref)
 	if err != nil {
 		return PullResult{Ref: ref}, err
 	}
-	d := DesiredImage{Ref: norm}
+	norm := r.String()
+	d := image.Image{Ref: r}
 	fs, err := a.rt.ImageFsInfo(ctx)
 	if err != nil {
 		a.log.Warn("image filesystem info", "err", err)
@@ -460,34 +463,35 @@ func (a *Agent) PullNow(ctx context.Context, ref string) (PullResult, error) {
 
 // pullOnce pulls d by tag within the pull timeout and checks the digest the tag now has on
 // the node against the desired digest.
-func (a *Agent) pullOnce(ctx context.Context, d DesiredImage) (PullResult, error) {
-	res := PullResult{Ref: d.Ref}
+func (a *Agent) pullOnce(ctx context.Context, d image.Image) (PullResult, error) {
+	ref := d.Ref.String()
+	res := PullResult{Ref: ref}
 	start := time.Now()
 	defer func() { res.Duration = time.Since(start) }()
 	var auth *cri.Auth
 	if a.creds != nil {
 		var err error
-		if auth, err = a.creds.AuthFor(ctx, d.Ref); err != nil {
+		if auth, err = a.creds.AuthFor(ctx, ref); err != nil {
 			a.metrics.pulls.WithLabelValues("error").Inc()
-			err = fmt.Errorf("credentials for %s: %w", d.Ref, err)
+			err = fmt.Errorf("credentials for %s: %w", ref, err)
 			res.Error = err.Error()
 			return res, err
 		}
 	}
-	a.log.Info("pulling", "image", d.Ref, "digest", d.Digest)
+	a.log.Info("pulling", "image", ref, "digest", d.Digest)
 	pctx, cancel := context.WithTimeout(ctx, a.cfg.PullTimeout)
-	id, err := a.rt.PullImage(pctx, d.Ref, auth)
+	id, err := a.rt.PullImage(pctx, ref, auth)
 	if err == nil {
 		var img *cri.Image
-		img, err = a.rt.ImageStatus(pctx, d.Ref)
+		img, err = a.rt.ImageStatus(pctx, ref)
 		if err == nil && img == nil {
-			err = fmt.Errorf("pull %s: image absent right after the pull", d.Ref)
+			err = fmt.Errorf("pull %s: image absent right after the pull", ref)
 		}
 		if err == nil {
 			res.ImageID = id
-			res.Digest = digestFor(img.Digests, repoOf(d.Ref))
-			if d.Digest != "" && !slices.Contains(digestsOf(img.Digests), d.Digest) {
-				err = fmt.Errorf("pull %s: tag moved: registry serves %s, desired %s", d.Ref, res.Digest, d.Digest)
+			res.Digest = digestFor(img.Digests, d.Ref.Repository())
+			if want := d.WantDigest(); want != "" && !slices.Contains(digestsOf(img.Digests), want) {
+				err = fmt.Errorf("pull %s: tag moved: registry serves %s, desired %s", ref, res.Digest, want)
 			}
 		}
 	}
@@ -497,15 +501,15 @@ func (a *Agent) pullOnce(ctx context.Context, d DesiredImage) (PullResult, error
 	case err == nil:
 		a.metrics.pulls.WithLabelValues("success").Inc()
 		a.metrics.pullSeconds.Observe(elapsed.Seconds())
-		a.log.Info("pulled", "image", d.Ref, "digest", res.Digest, "seconds", elapsed.Seconds())
+		a.log.Info("pulled", "image", ref, "digest", res.Digest, "seconds", elapsed.Seconds())
 	case ctx.Err() != nil:
 		a.metrics.pulls.WithLabelValues("canceled").Inc()
 	case errors.Is(err, cri.ErrDeadline) || errors.Is(err, context.DeadlineExceeded):
 		a.metrics.pulls.WithLabelValues("timeout").Inc()
-		a.log.Warn("pull timed out", "image", d.Ref, "timeout", a.cfg.PullTimeout, "err", err)
+		a.log.Warn("pull timed out", "image", ref, "timeout", a.cfg.PullTimeout, "err", err)
 	default:
 		a.metrics.pulls.WithLabelValues("error").Inc()
-		a.log.Warn("pull failed", "image", d.Ref, "err", err)
+		a.log.Warn("pull failed", "image", ref, "err", err)
 	}
 	if err != nil {
 		res.Error = err.Error()

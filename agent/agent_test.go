@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 const (
@@ -37,7 +38,7 @@ func TestFailedPullBacksOffAndRecovers(t *testing.T) {
 		const ref = "ghcr.io/lsst/lab:w_2024_01"
 		a, err := New(Config{BackoffInitial: 10 * time.Second, BackoffMax: 40 * time.Second, ResyncInterval: time.Second}, rt, nil, nil)
 		require.NoError(t, err)
-		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref, Digest: digestA}}})
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA}}})
 		startAgent(t, a)
 
 		st := a.State()
@@ -78,11 +79,11 @@ func TestPullsRespectParallelLimitAndOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rt := newMemRuntime()
 		rt.block = make(chan struct{})
-		var want []DesiredImage
+		var want []image.Image
 		for i := range 5 {
 			ref := fmt.Sprintf("ghcr.io/lsst/lab:t%d", i)
 			rt.remote[ref] = fmt.Sprintf("sha256:%064d", i)
-			want = append(want, DesiredImage{Ref: ref, Digest: rt.remote[ref]})
+			want = append(want, image.Image{Ref: image.MustParseRef(ref), Digest: rt.remote[ref]})
 		}
 		a, err := New(Config{MaxParallelPulls: 2, ResyncInterval: time.Second}, rt, nil, nil)
 		require.NoError(t, err)
@@ -90,8 +91,8 @@ func TestPullsRespectParallelLimitAndOrder(t *testing.T) {
 		startAgent(t, a)
 
 		st := a.State()
-		require.Equal(t, []string{want[0].Ref, want[1].Ref}, refsOf(st.Pulling), "the first images of the list are pulled first")
-		require.Equal(t, []string{want[2].Ref, want[3].Ref, want[4].Ref}, st.Queued)
+		require.Equal(t, []string{want[0].Ref.String(), want[1].Ref.String()}, refsOf(st.Pulling), "the first images of the list are pulled first")
+		require.Equal(t, []string{want[2].Ref.String(), want[3].Ref.String(), want[4].Ref.String()}, st.Queued)
 		time.Sleep(5 * time.Second) // passes while pulls hang start nothing more
 		synctest.Wait()
 		require.Len(t, a.State().Pulling, 2)
@@ -104,7 +105,7 @@ func TestPullsRespectParallelLimitAndOrder(t *testing.T) {
 		require.Len(t, st.Cached, 5)
 		require.Empty(t, st.Queued)
 		for _, d := range want {
-			require.Equal(t, 1, rt.pullCount(d.Ref), d.Ref)
+			require.Equal(t, 1, rt.pullCount(d.Ref.String()), d.Ref)
 		}
 	})
 }
@@ -117,7 +118,7 @@ func TestPullDeadline(t *testing.T) {
 		rt.remote[ref] = digestA
 		a, err := New(Config{PullTimeout: time.Minute, BackoffInitial: time.Hour, ResyncInterval: time.Second}, rt, nil, nil)
 		require.NoError(t, err)
-		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref, Digest: digestA}}})
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA}}})
 		startAgent(t, a)
 		require.Len(t, a.State().Pulling, 1)
 		time.Sleep(time.Minute + time.Second)
@@ -136,7 +137,7 @@ func TestTagMovedIsNotCached(t *testing.T) {
 		rt.remote[ref] = digestB // the registry moved the tag
 		a, err := New(Config{ResyncInterval: time.Second}, rt, nil, nil)
 		require.NoError(t, err)
-		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref, Digest: digestA}}})
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA}}})
 		startAgent(t, a)
 		st := a.State()
 		require.Empty(t, st.Cached)
@@ -145,7 +146,7 @@ func TestTagMovedIsNotCached(t *testing.T) {
 		require.Contains(t, st.Failed[0].Error, digestB)
 
 		// The next refresh publishes the new digest: it is cached without another pull.
-		a.SetDesired(Desired{Version: 2, Images: []DesiredImage{{Ref: ref, Digest: digestB}}})
+		a.SetDesired(Desired{Version: 2, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestB}}})
 		synctest.Wait()
 		require.Equal(t, map[string]string{ref: digestB}, a.State().Cached)
 		require.Equal(t, 1, rt.pullCount(ref))
@@ -159,7 +160,7 @@ func TestRemovedImageIsPulledAgain(t *testing.T) {
 		rt.remote[ref] = digestA
 		a, err := New(Config{ResyncInterval: 10 * time.Second}, rt, nil, nil)
 		require.NoError(t, err)
-		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref, Digest: digestA}}})
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA}}})
 		startAgent(t, a)
 		require.Contains(t, a.State().Cached, ref)
 		v := a.State().Version
@@ -185,7 +186,7 @@ func TestDiskGuardHoldsPulls(t *testing.T) {
 		stat := func(string) (uint64, uint64, error) { return 1 << 30, avail.Load(), nil }
 		a, err := New(Config{MinFreeDiskPercent: 15, StateDir: t.TempDir(), ResyncInterval: time.Second}, rt, nil, nil, WithStatFS(stat))
 		require.NoError(t, err)
-		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref, Digest: digestA, Size: 200 << 20}}})
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA, Size: 200 << 20}}})
 		startAgent(t, a)
 		st := a.State()
 		require.Len(t, st.Held, 1)
@@ -208,7 +209,7 @@ func TestTagsOfOneDigestDownloadOnce(t *testing.T) {
 		rt.remote[rec], rt.remote[weekly] = digestA, digestA
 		a, err := New(Config{MaxParallelPulls: 4, ResyncInterval: time.Second}, rt, nil, nil)
 		require.NoError(t, err)
-		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: rec, Digest: digestA}, {Ref: weekly, Digest: digestA}}})
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(rec), Digest: digestA}, {Ref: image.MustParseRef(weekly), Digest: digestA}}})
 		startAgent(t, a)
 		st := a.State()
 		require.Equal(t, []string{rec}, refsOf(st.Pulling))
@@ -228,7 +229,7 @@ func TestCredentialErrorIsAFailedPull(t *testing.T) {
 			return nil, errors.New("token source: metadata server unreachable")
 		}), nil)
 		require.NoError(t, err)
-		a.SetDesired(Desired{Version: 1, Images: []DesiredImage{{Ref: ref}}})
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref)}}})
 		startAgent(t, a)
 		st := a.State()
 		require.Len(t, st.Failed, 1)
@@ -252,11 +253,11 @@ func refsOf(ps []Pulling) []string {
 func TestFinishedPullStartsTheNextAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rt := newMemRuntime()
-		var want []DesiredImage
+		var want []image.Image
 		for i := range 4 {
 			ref := fmt.Sprintf("ghcr.io/lsst/lab:t%d", i)
 			rt.remote[ref] = fmt.Sprintf("sha256:%064d", i)
-			want = append(want, DesiredImage{Ref: ref, Digest: rt.remote[ref]})
+			want = append(want, image.Image{Ref: image.MustParseRef(ref), Digest: rt.remote[ref]})
 		}
 		// No resync tick within the test: only the end of a pull can start the next one.
 		a, err := New(Config{MaxParallelPulls: 1, ResyncInterval: time.Hour}, rt, nil, nil)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // DockerConfig gives pull credentials from a .dockerconfigjson file (the format of a
@@ -39,12 +40,11 @@ func (c *DockerConfig) AuthFor(_ context.Context, ref string) (*cri.Auth, error)
 	if err != nil {
 		return nil, err
 	}
-	norm, err := NormalizeRef(ref)
+	r, err := image.ParseRef(ref)
 	if err != nil {
 		return nil, err
 	}
-	host, _, _ := strings.Cut(norm, "/")
-	if a, ok := auths[host]; ok {
+	if a, ok := auths[r.Registry()]; ok {
 		return &a, nil
 	}
 	return nil, nil

@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // DebugOptions connects the debug socket to the parts of the system beyond the node.
@@ -146,8 +148,8 @@ func debugMux(a *Agent, opts DebugOptions) *http.ServeMux {
 			v.Pulling = append(v.Pulling, PullingView{Pulling: p, ElapsedSeconds: time.Since(p.Started).Seconds()})
 		}
 		for _, d := range a.Desired().Images {
-			if _, ok := st.Cached[d.Ref]; ok {
-				v.Cached = append(v.Cached, d.Ref)
+			if _, ok := st.Cached[d.Ref.String()]; ok {
+				v.Cached = append(v.Cached, d.Ref.String())
 			}
 		}
 		writeJSON(w, http.StatusOK, v)
@@ -184,7 +186,7 @@ func debugMux(a *Agent, opts DebugOptions) *http.ServeMux {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": `body must be {"image": "<reference>"}`})
 			return
 		}
-		if _, err := NormalizeRef(req.Image); err != nil {
+		if _, err := image.ParseRef(req.Image); err != nil {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 			return
 		}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/stretchr/testify/require"
 )
 
@@ -57,7 +58,7 @@ func TestDebugCommands(t *testing.T) {
 	rt.remote[ref] = digestA
 	var refreshed atomic.Int32
 	a, path := startDebug(t, rt, DebugOptions{Refresh: func(context.Context) error { refreshed.Add(1); return nil }})
-	a.SetDesired(Desired{Version: 3, Images: []DesiredImage{{Ref: "ghcr.io/lsst/lab:missing", Name: "Missing one"}}})
+	a.SetDesired(Desired{Version: 3, Images: []image.Image{{Ref: image.MustParseRef("ghcr.io/lsst/lab:missing"), Name: "Missing one"}}})
 
 	run := func(args ...string) (string, error) {
 		var out bytes.Buffer

@@ -5,6 +5,7 @@ import (
 	"syscall"
 
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // statfs is the real StatFS.
@@ -51,7 +52,7 @@ func (a *Agent) measureDisk(fs []cri.FsUsage) Disk {
 
 // sizeGuess is the space a pull of d may take: its size when the source knows it, else the
 // largest image seen on this node.
-func (a *Agent) sizeGuess(d DesiredImage) uint64 {
+func (a *Agent) sizeGuess(d image.Image) uint64 {
 	if d.Size > 0 {
 		return d.Size
 	}
@@ -62,7 +63,7 @@ func (a *Agent) sizeGuess(d DesiredImage) uint64 {
 // it needs, plus what pulls in flight reserved, would leave less than MinFreeDiskPercent of
 // the image filesystem free. Without a measurement the guard cannot judge and lets pulls
 // run. Callers hold a.mu.
-func (a *Agent) diskGuardLocked(d DesiredImage, disk Disk) string {
+func (a *Agent) diskGuardLocked(d image.Image, disk Disk) string {
 	if a.cfg.MinFreeDiskPercent <= 0 || disk.CapacityBytes == 0 {
 		return ""
 	}

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // inventory indexes one CRI snapshot.
@@ -35,26 +36,36 @@ func newInventory(imgs []cri.Image) inventory {
 }
 
 // has reports whether the node holds d: the tag is present and, when the desired digest is
-// known, the tag's image has that manifest digest. It returns the tag's digest on the node.
-func (inv inventory) has(d DesiredImage) (string, bool) {
-	img := inv.byTag[d.Ref]
-	if img == nil {
-		return "", false
-	}
-	if d.Digest != "" {
-		if slices.Contains(digestsOf(img.Digests), d.Digest) {
-			return d.Digest, true
+// known, the tag's image has that manifest digest (a reference by digest only: an image of
+// the repository with that digest). It returns the digest on the node.
+func (inv inventory) has(d image.Image) (string, bool) {
+	want := d.WantDigest()
+	if d.Tag() == "" {
+		for _, img := range inv.images {
+			if slices.Contains(img.Digests, d.Ref.Repository()+"@"+want) {
+				return want, true
+			}
 		}
 		return "", false
 	}
-	return digestFor(img.Digests, repoOf(d.Ref)), true
+	img := inv.byTag[d.Ref.WithTag(d.Tag()).String()]
+	if img == nil {
+		return "", false
+	}
+	if want != "" {
+		if slices.Contains(digestsOf(img.Digests), want) {
+			return want, true
+		}
+		return "", false
+	}
+	return digestFor(img.Digests, d.Ref.Repository()), true
 }
 
 // digestsOf returns the digests of repo@digest references.
 func digestsOf(refs []string) []string {
 	out := make([]string, 0, len(refs))
 	for _, r := range refs {
-		if d := digestOf(r); d != "" {
+		if _, d, ok := image.SplitDigestRef(r); ok {
 			out = append(out, d)
 		}
 	}
@@ -64,15 +75,15 @@ func digestsOf(refs []string) []string {
 // digestFor picks the digest recorded for repo, or the first digest when the image was
 // recorded under another repository name only.
 func digestFor(refs []string, repo string) string {
+	first := ""
 	for _, r := range refs {
-		if repoOf(r) == repo {
-			return digestOf(r)
-		}
-	}
-	for _, r := range refs {
-		if d := digestOf(r); d != "" {
+		name, d, ok := image.SplitDigestRef(r)
+		if ok && name == repo {
 			return d
 		}
+		if ok && first == "" {
+			first = d
+		}
 	}
-	return ""
+	return first
 }

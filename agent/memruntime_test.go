@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // nopRuntime is a runtime with no images for tests that never reach the runtime.
@@ -40,7 +41,7 @@ func (m *memRuntime) ListImages(context.Context) ([]cri.Image, error) {
 	defer m.mu.Unlock()
 	var out []cri.Image
 	for ref, d := range m.images {
-		out = append(out, cri.Image{ID: "id-" + ref, Tags: []string{ref}, Digests: []string{repoOf(ref) + "@" + d}, Size: 100})
+		out = append(out, cri.Image{ID: "id-" + ref, Tags: []string{ref}, Digests: []string{image.MustParseRef(ref).Repository() + "@" + d}, Size: 100})
 	}
 	return out, nil
 }
@@ -52,7 +53,7 @@ func (m *memRuntime) ImageStatus(_ context.Context, ref string) (*cri.Image, err
 	if !ok {
 		return nil, nil
 	}
-	return &cri.Image{ID: "id-" + ref, Tags: []string{ref}, Digests: []string{repoOf(ref) + "@" + d}, Size: 100}, nil
+	return &cri.Image{ID: "id-" + ref, Tags: []string{ref}, Digests: []string{image.MustParseRef(ref).Repository() + "@" + d}, Size: 100}, nil
 }
 
 func (m *memRuntime) PullImage(ctx context.Context, ref string, _ *cri.Auth) (string, error) {

@@ -26,8 +26,8 @@ func loadDesired(dir string) (*Desired, error) {
 		return nil, fmt.Errorf("decode desired list %s: %w", path, err)
 	}
 	for i, img := range d.Images {
-		if _, err := NormalizeRef(img.Ref); err != nil {
-			return nil, fmt.Errorf("desired list %s: images[%d]: %w", path, i, err)
+		if img.Ref.IsZero() {
+			return nil, fmt.Errorf("desired list %s: images[%d]: no image_url", path, i)
 		}
 	}
 	return &d, nil

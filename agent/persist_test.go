@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/stretchr/testify/require"
 )
 
@@ -14,14 +15,14 @@ func TestDesiredListSurvivesRestart(t *testing.T) {
 	rt := &nopRuntime{}
 	a, err := New(Config{StateDir: dir}, rt, nil, nil)
 	require.NoError(t, err)
-	require.True(t, a.SetDesired(Desired{Version: 7, Images: []DesiredImage{{Ref: "ghcr.io/a/b:1", Name: "one"}, {Ref: "busybox"}}}))
-	require.False(t, a.SetDesired(Desired{Version: 6, Images: []DesiredImage{{Ref: "ghcr.io/old:1"}}}), "an older list must not replace a newer one")
+	require.True(t, a.SetDesired(Desired{Version: 7, Images: []image.Image{{Ref: image.MustParseRef("ghcr.io/a/b:1"), Name: "one"}, {Ref: image.MustParseRef("busybox")}}}))
+	require.False(t, a.SetDesired(Desired{Version: 6, Images: []image.Image{{Ref: image.MustParseRef("ghcr.io/old:1")}}}), "an older list must not replace a newer one")
 
 	b, err := New(Config{StateDir: dir}, rt, nil, nil)
 	require.NoError(t, err)
-	require.Equal(t, Desired{Version: 7, Images: []DesiredImage{
-		{Ref: "ghcr.io/a/b:1", Name: "one"},
-		{Ref: "docker.io/library/busybox:latest"},
+	require.Equal(t, Desired{Version: 7, Images: []image.Image{
+		{Ref: image.MustParseRef("ghcr.io/a/b:1"), Name: "one"},
+		{Ref: image.MustParseRef("docker.io/library/busybox:latest")},
 	}}, b.Desired())
 }
 

@@ -4,26 +4,15 @@ import (
 	"maps"
 	"slices"
 	"time"
-)
 
-// DesiredImage is one image the node should hold.
-type DesiredImage struct {
-	// Ref is the reference to pull, with a tag ("host/repo:tag").
-	Ref string `json:"image_url"`
-	// Digest is the manifest digest the tag should resolve to; "" when the source could not
-	// tell, in which case whatever the tag resolves to at pull time is accepted.
-	Digest string `json:"image_hash,omitempty"`
-	// Name is the display name shown to users.
-	Name string `json:"name,omitempty"`
-	// Size is the image size in bytes when the source knows it; the disk guard uses it.
-	Size uint64 `json:"size,omitempty"`
-}
+	"github.com/cachemachine/cachemachine/image"
+)
 
 // Desired is a versioned desired list; images are in priority order (first pulled first).
 type Desired struct {
 	// Version orders lists from different publishers: a higher version supersedes.
-	Version uint64         `json:"version"`
-	Images  []DesiredImage `json:"images"`
+	Version uint64        `json:"version"`
+	Images  []image.Image `json:"images"`
 }
 
 // CachedImage is one image of the node's inventory.

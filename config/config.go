@@ -19,6 +19,8 @@ package config
 import (
 	"fmt"
 	"time"
+
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // Repoman types.
@@ -134,6 +136,8 @@ type Repoman struct {
 type Image struct {
 	// ImageURL is the image reference, with an explicit tag or digest.
 	ImageURL string `yaml:"image_url"`
+	// Ref is ImageURL parsed and normalised by Validate.
+	Ref image.Ref `yaml:"-"`
 	// Name is the display name; consumers show the tag when it is empty.
 	Name string `yaml:"name"`
 	// ImageHash optionally pins the manifest digest (sha256:...), as the Python

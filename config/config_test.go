@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
 )
@@ -74,6 +75,7 @@ func TestDesignExample(t *testing.T) {
 
 	require.Equal(t, Repoman{Type: TypeSimpleRepoMan, Images: []Image{{
 		ImageURL: "registry.hub.docker.com/lsstsqre/sciplat-lab:w_2022_40", Name: "Weekly 2022_40",
+		Ref: image.MustParseRef("registry.hub.docker.com/lsstsqre/sciplat-lab:w_2022_40"),
 	}}}, c.Repomen[2])
 
 	require.Equal(t, Agent{
@@ -734,6 +736,7 @@ func FuzzParse(f *testing.F) {
 		require.NoError(t, err)
 		back, err := Parse("out.yaml", out)
 		require.NoError(t, err, string(out))
+		_ = back.Validate()
 		requireSameConfig(t, *c, *back)
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/google/go-containerregistry/pkg/name"
 )
 
@@ -192,8 +193,10 @@ func (r *Repoman) validate(v *validator, path string) {
 			ip := fmt.Sprintf("%s.images[%d]", path, i)
 			if img.ImageURL == "" {
 				v.addf(ip+".image_url", "required")
-			} else if err := validImageRef(img.ImageURL); err != nil {
+			} else if ref, err := parseImageRef(img.ImageURL); err != nil {
 				v.addf(ip+".image_url", "%v", err)
+			} else {
+				r.Images[i].Ref = ref
 			}
 			if img.ImageHash != "" && !digestRE.MatchString(img.ImageHash) {
 				v.addf(ip+".image_hash", "must be a digest sha256:<64 hex digits>, got %q", img.ImageHash)
@@ -241,20 +244,17 @@ func validRegistry(s string) error {
 	return nil
 }
 
-// validImageRef checks an image reference and that it names a tag or a digest explicitly:
-// an implicit :latest is a moving target nobody meant to cache.
-func validImageRef(s string) error {
-	ref, err := name.ParseReference(s)
+// parseImageRef parses and normalises an image reference and checks that it names a tag or
+// a digest explicitly: an implicit :latest is a moving target nobody meant to cache.
+func parseImageRef(s string) (image.Ref, error) {
+	ref, err := image.ParseRef(s)
 	if err != nil {
-		return fmt.Errorf("invalid image reference %q", s)
+		return image.Ref{}, err
 	}
-	if _, ok := ref.(name.Tag); ok {
-		last := s[strings.LastIndexByte(s, '/')+1:]
-		if !strings.Contains(last, ":") {
-			return fmt.Errorf("image reference %q needs a tag or a digest", s)
-		}
+	if last := s[strings.LastIndexByte(s, '/')+1:]; ref.Digest() == "" && !strings.Contains(last, ":") {
+		return image.Ref{}, fmt.Errorf("image reference %q needs a tag or a digest", s)
 	}
-	return nil
+	return ref, nil
 }
 
 func (a *Agent) validate(v *validator) {

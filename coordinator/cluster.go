@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // ErrNotLeader is returned by PublishDesired on a node that is not the leader.
@@ -632,7 +633,7 @@ func (c *Cluster) desiredWireLocked(d agent.Desired) ([]byte, error) {
 // (LocalAgent.SetDesired) and queued for a reliable send to every alive member; PublishDesired
 // does not wait for the sends. Images that cannot travel (bad reference or digest) are left
 // out and logged.
-func (c *Cluster) PublishDesired(images []agent.DesiredImage) (uint64, error) {
+func (c *Cluster) PublishDesired(images []image.Image) (uint64, error) {
 	if _, _, self := c.Leader(); !self {
 		return 0, ErrNotLeader
 	}

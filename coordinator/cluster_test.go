@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 func TestLeaderOf(t *testing.T) {
@@ -214,11 +215,11 @@ func TestCluster(t *testing.T) {
 	_, err := b.c.PublishDesired(nil)
 	require.ErrorIs(t, err, ErrNotLeader)
 
-	images := []agent.DesiredImage{
-		{Ref: ref, Digest: digest("w10"), Name: "Weekly 2024_10", Size: 4 << 30},
-		{Ref: "docker.io/lsstsqre/sciplat-lab:recommended", Name: "Recommended"},
-		{Ref: "", Name: "dropped: no reference"},
-		{Ref: "docker.io/x/y:z", Digest: "md5:abc", Name: "dropped: bad digest"},
+	images := []image.Image{
+		{Ref: image.MustParseRef(ref), Digest: digest("w10"), Name: "Weekly 2024_10", Size: 4 << 30},
+		{Ref: image.MustParseRef("docker.io/lsstsqre/sciplat-lab:recommended"), Name: "Recommended", Priority: 1},
+		{Name: "dropped: no reference"},
+		{Ref: image.MustParseRef("docker.io/x/y:z"), Digest: "md5:abc", Name: "dropped: bad digest"},
 	}
 	dv, err := a.c.PublishDesired(images)
 	require.NoError(t, err)
@@ -349,7 +350,7 @@ func TestFailover(t *testing.T) {
 	c := startNode(t, "fo-c", []string{a.addr()})
 	d := startNode(t, "fo-d", []string{a.addr()})
 	waitLeader(t, 10*time.Second, "fo-a", a, b, c, d)
-	dv, err := a.c.PublishDesired([]agent.DesiredImage{{Ref: "docker.io/library/busybox:1", Digest: digest("bb")}})
+	dv, err := a.c.PublishDesired([]image.Image{{Ref: image.MustParseRef("docker.io/library/busybox:1"), Digest: digest("bb")}})
 	require.NoError(t, err)
 	waitFor(t, 3*time.Second, "desired list everywhere", func() bool {
 		return b.a.Desired().Version == dv && c.a.Desired().Version == dv && d.a.Desired().Version == dv

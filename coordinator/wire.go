@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // Wire format of the coordinator's own messages (user messages and push/pull state carried
@@ -330,7 +331,7 @@ func encodeDesired(w *wbuf, from string, d agent.Desired) {
 	w.uvarint(d.Version)
 	w.uvarint(uint64(len(d.Images)))
 	for _, img := range d.Images {
-		w.str(img.Ref)
+		w.str(img.Ref.String())
 		w.digest(img.Digest)
 		w.str(img.Name)
 		w.uvarint(img.Size)
@@ -341,14 +342,19 @@ func decodeDesired(r *rbuf) (string, agent.Desired) {
 	from := r.nodeName()
 	d := agent.Desired{Version: r.uvarint()}
 	n := r.count(maxItems)
-	d.Images = make([]agent.DesiredImage, 0, n)
-	for range n {
-		d.Images = append(d.Images, agent.DesiredImage{
-			Ref:    r.str(maxRefLen, true),
-			Digest: r.digest(),
-			Name:   r.str(maxNameLen, false),
-			Size:   r.uvarint(),
-		})
+	d.Images = make([]image.Image, 0, n)
+	for i := range n {
+		ref := r.str(maxRefLen, true)
+		img := image.Image{Digest: r.digest(), Name: r.str(maxNameLen, false), Size: r.uvarint(), Priority: i}
+		if r.err != nil {
+			break
+		}
+		var err error
+		if img.Ref, err = image.ParseRef(ref); err != nil {
+			r.fail(reasonInvalid, "desired image: %v", err)
+			break
+		}
+		d.Images = append(d.Images, img)
 	}
 	return from, d
 }
@@ -640,15 +646,15 @@ func project(node string, s agent.State) agent.State {
 }
 
 // cleanDesired returns the images of d that can travel, and the reasons for those that cannot.
-func cleanDesired(images []agent.DesiredImage) ([]agent.DesiredImage, []error) {
-	out := make([]agent.DesiredImage, 0, len(images))
+func cleanDesired(images []image.Image) ([]image.Image, []error) {
+	out := make([]image.Image, 0, len(images))
 	var errs []error
 	for _, img := range images {
 		switch {
 		case len(out) == maxItems:
 			errs = append(errs, fmt.Errorf("image %q: more than %d images", img.Ref, maxItems))
 			continue
-		case !validRef(img.Ref):
+		case img.Ref.IsZero() || !validRef(img.Ref.String()):
 			errs = append(errs, fmt.Errorf("image %q: invalid reference", img.Ref))
 			continue
 		case img.Digest != "" && !validDigest(img.Digest):
@@ -656,6 +662,7 @@ func cleanDesired(images []agent.DesiredImage) ([]agent.DesiredImage, []error) {
 			continue
 		}
 		img.Name = clip(img.Name, maxNameLen)
+		img.Priority = len(out)
 		out = append(out, img)
 	}
 	return out, errs

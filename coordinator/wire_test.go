@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // bigState is a node with n images the way containerd lists them on a GKE node: one tag and
@@ -92,9 +93,9 @@ func TestStateSize(t *testing.T) {
 
 func TestDesiredRoundTrip(t *testing.T) {
 	t.Parallel()
-	d := agent.Desired{Version: 1735787045000000123, Images: []agent.DesiredImage{
-		{Ref: "docker.io/lsstsqre/sciplat-lab:recommended", Digest: digest("r"), Name: "Recommended (Weekly 2024_10)", Size: 4 << 30},
-		{Ref: "docker.io/lsstsqre/sciplat-lab:w_2024_10", Name: "Weekly 2024_10"},
+	d := agent.Desired{Version: 1735787045000000123, Images: []image.Image{
+		{Ref: image.MustParseRef("docker.io/lsstsqre/sciplat-lab:recommended"), Digest: digest("r"), Name: "Recommended (Weekly 2024_10)", Size: 4 << 30},
+		{Ref: image.MustParseRef("docker.io/lsstsqre/sciplat-lab:w_2024_10"), Name: "Weekly 2024_10", Priority: 1},
 	}}
 	b, err := encodeMessage(message{Type: msgDesired, From: "n1", Desired: d})
 	require.NoError(t, err)
@@ -104,7 +105,7 @@ func TestDesiredRoundTrip(t *testing.T) {
 	require.Equal(t, "n1", m.From)
 	require.Equal(t, d, m.Desired)
 
-	empty, err := encodeMessage(message{Type: msgDesired, From: "n1", Desired: agent.Desired{Version: 1, Images: []agent.DesiredImage{}}})
+	empty, err := encodeMessage(message{Type: msgDesired, From: "n1", Desired: agent.Desired{Version: 1, Images: []image.Image{}}})
 	require.NoError(t, err)
 	m, err = decodeMessage(empty)
 	require.NoError(t, err)
@@ -165,7 +166,7 @@ func desiredBody(from string, ref string, digestPart []byte) []byte {
 
 func TestDecodeRejects(t *testing.T) {
 	t.Parallel()
-	good, err := encodeMessage(message{Type: msgDesired, From: "n1", Desired: agent.Desired{Version: 1, Images: []agent.DesiredImage{{Ref: "docker.io/a/b:c"}}}})
+	good, err := encodeMessage(message{Type: msgDesired, From: "n1", Desired: agent.Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef("docker.io/a/b:c")}}}})
 	require.NoError(t, err)
 	sha := append([]byte{1}, bytes.Repeat([]byte{0xab}, 32)...)
 	tests := []struct {
@@ -230,7 +231,7 @@ func TestDecodeCountsDrops(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	s := bigState(3)
 	st, _ := encodeMessage(message{Type: msgState, State: project(s.Node, s)})
-	de, _ := encodeMessage(message{Type: msgDesired, From: "n1", Desired: agent.Desired{Version: 5, Images: []agent.DesiredImage{{Ref: "docker.io/a/b:c", Digest: digest("x"), Name: "x"}}}})
+	de, _ := encodeMessage(message{Type: msgDesired, From: "n1", Desired: agent.Desired{Version: 5, Images: []image.Image{{Ref: image.MustParseRef("docker.io/a/b:c"), Digest: digest("x"), Name: "x"}}}})
 	f.Add(st)
 	f.Add(de)
 	f.Add([]byte{})

@@ -15,6 +15,7 @@ import (
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/gar"
 	"github.com/cachemachine/cachemachine/gar/gartest"
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
@@ -109,7 +110,7 @@ func TestGoogleTokenPullsThroughTheRedirect(t *testing.T) {
 		}
 		a, err := agent.New(agent.Config{Node: "n", BackoffInitial: time.Hour}, c, creds, slog.New(slog.DiscardHandler))
 		require.NoError(t, err)
-		a.SetDesired(agent.Desired{Version: 1, Images: []agent.DesiredImage{{Ref: ref, Digest: digest}}})
+		a.SetDesired(agent.Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digest}}})
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() { done <- a.Run(ctx) }()

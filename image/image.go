@@ -151,6 +151,25 @@ func (r *Ref) UnmarshalText(text []byte) error {
 	return nil
 }
 
+// SplitDigestRef splits a "repo@sha256:…" reference as a container runtime records it
+// (repo_digests) into repository and digest without validating either: it is the cheap path
+// for inventories that the leader reads for every node on every status request. ok is false
+// when ref carries no digest.
+func SplitDigestRef(ref string) (repo, digest string, ok bool) {
+	repo, digest, ok = strings.Cut(ref, "@")
+	return repo, digest, ok && digest != ""
+}
+
+// SplitTagRef splits a "repo:tag" reference as a container runtime records it (repo_tags,
+// already normalised) into repository and tag without validating either, the cheap path for
+// the same hot loops as SplitDigestRef. tag is "" when ref has none.
+func SplitTagRef(ref string) (repo, tag string) {
+	if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') && !strings.Contains(ref, "@") {
+		return ref[:i], ref[i+1:]
+	}
+	return ref, ""
+}
+
 // Image is one image a node should hold: the unit of the desired list that sources produce,
 // the leader publishes, gossip carries, agents pull and the status API shows.
 type Image struct {

@@ -89,3 +89,33 @@ func TestWantDigest(t *testing.T) {
 	require.Equal(t, d, Image{Ref: MustParseRef("a/b@" + d)}.WantDigest())
 	require.Equal(t, "", Image{Ref: MustParseRef("a/b:c")}.WantDigest())
 }
+
+func TestSplitDigestRef(t *testing.T) {
+	t.Parallel()
+	repo, d, ok := SplitDigestRef("docker.io/library/busybox@sha256:ab")
+	require.True(t, ok)
+	require.Equal(t, "docker.io/library/busybox", repo)
+	require.Equal(t, "sha256:ab", d)
+	_, _, ok = SplitDigestRef("docker.io/library/busybox:1")
+	require.False(t, ok)
+	_, _, ok = SplitDigestRef("docker.io/library/busybox@")
+	require.False(t, ok)
+}
+
+func TestSplitTagRef(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string][2]string{
+		"docker.io/library/busybox:1":  {"docker.io/library/busybox", "1"},
+		"127.0.0.1:5000/a/b:w_2024_01": {"127.0.0.1:5000/a/b", "w_2024_01"},
+		"127.0.0.1:5000/a/b":           {"127.0.0.1:5000/a/b", ""},
+		"docker.io/a/b@sha256:00":      {"docker.io/a/b@sha256:00", ""},
+	} {
+		repo, tag := SplitTagRef(in)
+		require.Equal(t, want, [2]string{repo, tag}, in)
+		if tag != "" {
+			r := MustParseRef(in)
+			require.Equal(t, r.Repository(), repo, "agrees with ParseRef")
+			require.Equal(t, r.Tag(), tag, "agrees with ParseRef")
+		}
+	}
+}

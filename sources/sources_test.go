@@ -2,7 +2,6 @@ package sources_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/gar"
 	"github.com/cachemachine/cachemachine/gar/gartest"
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/registry"
 	"github.com/cachemachine/cachemachine/rubintag"
@@ -18,52 +18,6 @@ import (
 )
 
 func digest(n int) string { return fmt.Sprintf("sha256:%064x", n) }
-
-// flaky is a source whose next List answers are scripted.
-type flaky struct {
-	name string
-	mu   sync.Mutex // guards the fields below
-	l    sources.Listing
-	err  error
-}
-
-func (f *flaky) Name() string { return f.name }
-func (f *flaky) List(context.Context) (sources.Listing, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.l, f.err
-}
-func (f *flaky) set(l sources.Listing, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.l, f.err = l, err
-}
-
-func TestFailingSourceKeepsItsLastGoodListing(t *testing.T) {
-	t.Parallel()
-	a := &flaky{name: "a", l: sources.Listing{All: []sources.Image{{URL: "r/a:1"}}, Desired: []sources.Image{{URL: "r/a:1", Name: "A"}}}}
-	b := &flaky{name: "b", l: sources.Listing{All: []sources.Image{{URL: "r/b:1"}}, Desired: []sources.Image{{URL: "r/b:1", Name: "B"}, {URL: "r/a:1", Name: "dup"}}}}
-	set := sources.NewSet([]sources.Source{a, b}, nil, nil)
-
-	res := set.Refresh(t.Context())
-	require.True(t, res.Complete)
-	require.Equal(t, []string{"r/a:1", "r/b:1"}, urls(res.Desired), "config order, first source wins a duplicate")
-	require.Empty(t, res.Sources[0].Error)
-
-	a.set(sources.Listing{}, errors.New("list projects/p/locations/l/repositories/r: permission denied"))
-	b.set(sources.Listing{All: []sources.Image{{URL: "r/b:2"}}, Desired: []sources.Image{{URL: "r/b:2", Name: "B2"}}}, nil)
-	res = set.Refresh(t.Context())
-	require.Equal(t, []string{"r/a:1", "r/b:2"}, urls(res.Desired), "a keeps its last good list, b moves on")
-	require.Contains(t, res.Sources[0].Error, "permission denied")
-	require.False(t, res.Sources[0].ListedAt.IsZero())
-	require.Empty(t, res.Sources[1].Error)
-
-	// A source that never succeeded contributes nothing and marks the result incomplete.
-	c := &flaky{name: "c", err: errors.New("down")}
-	res = sources.NewSet([]sources.Source{c, b}, nil, nil).Refresh(t.Context())
-	require.False(t, res.Complete)
-	require.Equal(t, []string{"r/b:2"}, urls(res.Desired))
-}
 
 func TestRubinSourceOverFakeArtifactRegistry(t *testing.T) {
 	t.Parallel()
@@ -82,16 +36,17 @@ func TestRubinSourceOverFakeArtifactRegistry(t *testing.T) {
 	got, err := src.List(t.Context())
 	require.NoError(t, err)
 	const repo = "us-central1-docker.pkg.dev/p/sciplat/sciplat-lab"
-	require.Equal(t, []sources.Image{
-		{URL: repo + ":recommended", Digest: digest(1), Name: "Recommended (Weekly 2024_10)"},
-		{URL: repo + ":r27_0_0", Digest: digest(4), Name: "Release r27.0.0"},
-		{URL: repo + ":w_2024_10", Digest: digest(1), Name: "Weekly 2024_10"},
-		{URL: repo + ":d_2024_03_05", Digest: digest(3), Name: "Daily 2024_03_05"},
-	}, got.Desired)
+	ref := func(tag string) image.Ref { return image.MustParseRef(repo + ":" + tag) }
+	require.Equal(t, []image.Image{
+		{Ref: ref("recommended"), Digest: digest(1), Name: "Recommended (Weekly 2024_10)", Size: 100, Priority: 0},
+		{Ref: ref("r27_0_0"), Digest: digest(4), Name: "Release r27.0.0", Size: 100, Priority: 1},
+		{Ref: ref("w_2024_10"), Digest: digest(1), Name: "Weekly 2024_10", Size: 100, Priority: 2},
+		{Ref: ref("d_2024_03_05"), Digest: digest(3), Name: "Daily 2024_03_05", Size: 100, Priority: 3},
+	}, got.Desired, "sizes come with the Artifact Registry listing")
 	require.Len(t, got.All, 6, "every tag of the image, none of other-image")
 	for _, img := range got.All {
 		require.NotEmpty(t, img.Digest)
-		require.Equal(t, img.URL, repo+":"+img.Name, "all_images are named by the raw tag")
+		require.Equal(t, img.Ref, ref(img.Name), "all_images are named by the raw tag")
 	}
 }
 
@@ -119,42 +74,106 @@ func TestRubinSourceResolvesOnlyTheTagsItNeeds(t *testing.T) {
 		}
 	}
 	require.Equal(t, 3, resolved, "only recommended and the two selected weeklies are resolved, not all 11 tags")
+	for _, img := range got.Desired {
+		require.Positive(t, img.Size, "%s: size read from the manifest", img.Ref)
+	}
+	require.Greater(t, got.Desired[0].Size, uint64(32<<10), "the weekly's size: its 32 KiB layer and config")
+}
+
+// resolver answers from a table and fails for the rest; it counts its calls.
+type resolver struct {
+	mu    sync.Mutex // guards the fields below
+	known map[string]image.Image
+	down  bool
+	calls int
+}
+
+func (r *resolver) Resolve(_ context.Context, ref image.Ref) (image.Image, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	if img, ok := r.known[ref.String()]; ok && !r.down {
+		return img, nil
+	}
+	return image.Image{}, fmt.Errorf("resolve %s: registry down", ref)
+}
+
+func (r *resolver) setDown(down bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.down = down
 }
 
 func TestSimpleSourceResolvesDigestsWhenItCan(t *testing.T) {
 	t.Parallel()
-	src := sources.NewSimple("simple", []sources.Image{
-		{URL: "ghcr.io/a/b:1", Name: "One"},
-		{URL: "ghcr.io/a/c:2"},
-		{URL: "ghcr.io/a/d:3", Digest: digest(9), Name: "pinned"},
-	}, func(_ context.Context, ref string) (string, error) {
-		if ref == "ghcr.io/a/b:1" {
-			return digest(1), nil
-		}
-		return "", errors.New("registry down")
-	}, nil)
+	b, c, d := image.MustParseRef("ghcr.io/a/b:1"), image.MustParseRef("ghcr.io/a/c:2"), image.MustParseRef("ghcr.io/a/d:3")
+	res := &resolver{known: map[string]image.Image{
+		b.String(): {Ref: b, Digest: digest(1), Size: 10},
+		d.String(): {Ref: d, Digest: digest(9), Size: 30},
+	}}
+	src := sources.NewSimple("simple", []image.Image{
+		{Ref: b, Name: "One"},
+		{Ref: c},
+		{Ref: d, Digest: digest(9), Name: "pinned"},
+	}, res)
 	got, err := src.List(t.Context())
-	require.NoError(t, err)
-	require.Equal(t, []sources.Image{
-		{URL: "ghcr.io/a/b:1", Digest: digest(1), Name: "One"},
-		{URL: "ghcr.io/a/c:2", Name: "2"},
-		{URL: "ghcr.io/a/d:3", Digest: digest(9), Name: "pinned"},
-	}, got.Desired)
-	require.Equal(t, []string{"1", "2", "3"}, names(got.All))
-}
-
-func urls(imgs []sources.Image) []string {
-	var out []string
-	for _, i := range imgs {
-		out = append(out, i.URL)
+	require.ErrorContains(t, err, "resolve ghcr.io/a/c:2: registry down", "a failed lookup is the source's error")
+	require.True(t, got.Partial, "the list is used despite the error")
+	want := []image.Image{
+		{Ref: b, Digest: digest(1), Name: "One", Size: 10, Priority: 0},
+		{Ref: c, Name: "2", Priority: 1},
+		{Ref: d, Digest: digest(9), Name: "pinned", Size: 30, Priority: 2},
 	}
-	return out
+	require.Equal(t, want, got.Desired)
+	require.Empty(t, got.All, "a fixed list adds nothing to all_images, as in the Python cachemachine")
+
+	// During an outage the last resolved digests stay in force.
+	res.setDown(true)
+	got, err = src.List(t.Context())
+	require.ErrorContains(t, err, "resolve ghcr.io/a/b:1: registry down")
+	require.Equal(t, want, got.Desired, "the last known digests and sizes are kept")
 }
 
-func names(imgs []sources.Image) []string {
+func names(imgs []image.Image) []string {
 	var out []string
 	for _, i := range imgs {
 		out = append(out, i.Name)
 	}
 	return out
+}
+
+// TestRubinAllImagesNewestNameFirst lists all_images as the Python cachemachine did: tag names
+// in reverse order (its rubinrepoman_test data), for registry and Artifact Registry alike.
+func TestRubinAllImagesNewestNameFirst(t *testing.T) {
+	t.Parallel()
+	python := []string{"w_2021_22", "w_2021_21_c0021.003", "w_2021_19_c0020.001", "w_2021_03", "recommended",
+		"r22_0_0_rc1", "r21_0_0", "prepuller_pulled_recommended", "d_2021_01_13", "d_2021_01_12"}
+	shuffled := []string{"d_2021_01_12", "recommended", "w_2021_03", "r21_0_0", "w_2021_22", "prepuller_pulled_recommended",
+		"w_2021_19_c0020.001", "d_2021_01_13", "r22_0_0_rc1", "w_2021_21_c0021.003"}
+
+	t.Run("artifact registry", func(t *testing.T) {
+		t.Parallel()
+		srv := gartest.Start(t)
+		const parent = "projects/p/locations/us-central1/repositories/sciplat"
+		for i, tag := range shuffled {
+			srv.Add(parent, "sciplat-lab", digest(i), []string{tag}, 1)
+		}
+		l, err := gar.New(t.Context(), gar.Config{ProjectID: "p", Location: "us-central1", Repository: "sciplat", Image: "sciplat-lab", Endpoint: srv.Addr(), Insecure: true})
+		require.NoError(t, err)
+		t.Cleanup(func() { l.Close() })
+		got, err := sources.NewRubin("gar", l, rubintag.Policy{RecommendedTag: "recommended"}).List(t.Context())
+		require.NoError(t, err)
+		require.Equal(t, python, names(got.All))
+	})
+	t.Run("registry", func(t *testing.T) {
+		t.Parallel()
+		reg := lab.NewRegistry(t, lab.RegistryOptions{})
+		_, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/lab", shuffled, 1<<10, 1, nil)
+		require.NoError(t, err)
+		l, err := registry.New(registry.Config{RegistryURL: reg.Addr, Repo: "lsst/lab"})
+		require.NoError(t, err)
+		got, err := sources.NewRubin("reg", l, rubintag.Policy{RecommendedTag: "recommended"}).List(t.Context())
+		require.NoError(t, err)
+		require.Equal(t, python, names(got.All))
+	})
 }

@@ -226,7 +226,7 @@ func commonCache(nodes []Node) []CommonImage {
 	type repoDigest struct{ repo, digest string }
 	tags := make(map[repoDigest][]string)
 	for ref, digest := range common {
-		repo, tag := splitTag(ref)
+		repo, tag := image.SplitTagRef(ref)
 		if tag != "" {
 			k := repoDigest{repo, digest}
 			tags[k] = append(tags[k], tag)
@@ -234,7 +234,7 @@ func commonCache(nodes []Node) []CommonImage {
 	}
 	out := make([]CommonImage, 0, len(common))
 	for ref, digest := range common {
-		repo, tag := splitTag(ref)
+		repo, tag := image.SplitTagRef(ref)
 		others := []string{}
 		for _, t := range tags[repoDigest{repo, digest}] {
 			if t != tag {
@@ -246,16 +246,6 @@ func commonCache(nodes []Node) []CommonImage {
 	}
 	slices.SortFunc(out, func(a, b CommonImage) int { return cmp.Compare(a.ImageURL, b.ImageURL) })
 	return out
-}
-
-// splitTag splits an inventory reference into repository and tag; the tag is "" when ref has
-// none or does not parse.
-func splitTag(ref string) (repo, tag string) {
-	r, err := image.ParseRef(ref)
-	if err != nil {
-		return ref, ""
-	}
-	return r.Repository(), r.Tag()
 }
 
 // entry is img as the status documents show it.

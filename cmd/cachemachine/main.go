@@ -27,7 +27,7 @@ import (
 	"github.com/cachemachine/cachemachine/status"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/gar"
-	"github.com/cachemachine/cachemachine/sources"
+	"github.com/cachemachine/cachemachine/leader"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -169,12 +169,11 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	}
 	defer a.Close()
 
-	srcs, closeSources, err := buildSources(ctx, cfg, logger.With("component", "sources"))
+	srcs, closeSources, err := buildSources(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer closeSources()
-	set := sources.NewSet(srcs, logger.With("component", "sources"), reg)
 
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
@@ -182,86 +181,76 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	}
 	defer ln.Close()
 
-	var cluster *coordinator.Cluster
-	var view coordinator.ClusterView // stays a nil interface when standalone
-	if cfg.Cluster.Enabled {
-		var key []byte
-		if !cfg.Cluster.InsecureGossip {
-			if key, err = coordinator.LoadKey(cfg.Cluster.GossipKeyFile); err != nil {
-				return fmt.Errorf("cluster.gossip_key_file: %w", err)
-			}
-		}
-		cluster, err = coordinator.New(coordinator.Config{
-			Name: cfg.Name, NodeName: cfg.Agent.NodeName,
-			BindAddr: cfg.Cluster.BindAddr, BindPort: cfg.Cluster.BindPort, AdvertiseAddr: cfg.Cluster.AdvertiseAddr,
-			Join: cfg.Cluster.Join, Key: key, Insecure: cfg.Cluster.InsecureGossip,
-			HTTPAddr: advertisedHTTP(cfg, ln.Addr()),
-		}, a, logger.With("component", "cluster"), reg)
-		if err != nil {
-			return err
-		}
-		defer cluster.Close()
-		view = cluster
+	cluster, err := newCluster(cfg, advertisedHTTP(cfg, ln.Addr()), a, logger.With("component", "cluster"), reg)
+	if err != nil {
+		return err
 	}
+	defer cluster.Close()
 
-	// The leader (or a standalone agent) lists the sources and publishes the desired list.
-	isLeader := func() bool {
-		if cluster == nil {
-			return true
-		}
-		_, _, self := cluster.Leader()
-		return self
+	lead, err := leader.New(leader.Config{Name: cfg.Name, Labels: cfg.Labels, RefreshInterval: cfg.RefreshInterval.Duration},
+		srcs, cluster, a, logger.With("component", "leader"), reg)
+	if err != nil {
+		return err
 	}
-	runner := sources.NewRunner(set, cfg.RefreshInterval.Duration, isLeader, func(r sources.Result) {
-		if !r.Complete && len(r.Desired) == 0 {
-			return // nothing listed yet: keep the list in force rather than empty every node
-		}
-		if cluster == nil {
-			a.SetDesired(agent.Desired{Version: uint64(time.Now().UnixNano()), Images: toDesired(r.Desired)})
-			return
-		}
-		if _, err := cluster.PublishDesired(toDesired(r.Desired)); err != nil {
-			logger.Warn("publishing desired list", "err", err)
-		}
+	lead.RegisterMetrics(reg)
+
+	debug, err := agent.NewDebugServer(cfg.Agent.DebugSocket, a, agent.DebugOptions{
+		Refresh: lead.Refresh,
+		Cluster: func() any { return cluster.Status() },
+		Logger:  logger.With("component", "debug"),
 	})
-
-	debugOpts := agent.DebugOptions{Refresh: runner.RefreshNow, Logger: logger.With("component", "debug")}
-	if cluster != nil {
-		debugOpts.Cluster = func() any { return cluster.Status() }
-	}
-	debug, err := agent.NewDebugServer(cfg.Agent.DebugSocket, a, debugOpts)
 	if err != nil {
 		return err
 	}
 	defer debug.Close()
 
-	backend := coordinator.NewBackend(cfg.Name, cfg.Labels, view, a, set.Snapshot)
-	coordinator.RegisterStatusMetrics(reg, backend)
-	ready := func() bool { return a.State().Ready && (cluster == nil || cluster.Ready()) }
-	srv := &http.Server{Handler: httpMux(a.Healthy, ready, reg, status.NewHandler(backend, status.WithLogger(logger.With("component", "http")))), ReadHeaderTimeout: 10 * time.Second}
+	ready := func() bool { return a.State().Ready && cluster.Ready() }
+	srv := &http.Server{Handler: httpMux(a.Healthy, ready, reg, status.NewHandler(lead, status.WithLogger(logger.With("component", "http")))), ReadHeaderTimeout: 10 * time.Second}
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(ctx) })
-	g.Go(func() error { return runner.Run(ctx) })
+	g.Go(func() error { return cluster.Run(ctx) })
+	g.Go(func() error { return lead.Run(ctx) })
 	g.Go(func() error { return debug.Run(ctx) })
 	g.Go(func() error { return agent.Serve(ctx, srv, ln) })
-	if cluster != nil {
-		g.Go(func() error { return cluster.Run(ctx) })
-		g.Go(func() error {
-			for {
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-cluster.LeaderChanges():
-					runner.Kick() // a new leader lists at once
-				}
-			}
-		})
-	}
 	logger.Info("running", "http", ln.Addr().String(), "debug_socket", cfg.Agent.DebugSocket, "cri_socket", cfg.Agent.CRISocket)
 	err = g.Wait()
 	logger.Info("stopped")
 	return err
+}
+
+// cluster is the membership: memberlist gossip, or a cluster of one.
+type cluster interface {
+	leader.Cluster
+	Run(ctx context.Context) error
+	Close() error
+	Ready() bool
+	Status() coordinator.ClusterStatus
+}
+
+var (
+	_ cluster = (*coordinator.Cluster)(nil)
+	_ cluster = (*coordinator.Standalone)(nil)
+)
+
+// newCluster builds the gossip cluster, or the cluster of one when cluster.enabled is false.
+func newCluster(cfg *config.Config, httpAddr string, a *agent.Agent, logger *slog.Logger, reg prometheus.Registerer) (cluster, error) {
+	if !cfg.Cluster.Enabled {
+		return coordinator.NewStandalone(cfg.Agent.NodeName, httpAddr, a), nil
+	}
+	var key []byte
+	if !cfg.Cluster.InsecureGossip {
+		var err error
+		if key, err = coordinator.LoadKey(cfg.Cluster.GossipKeyFile); err != nil {
+			return nil, fmt.Errorf("cluster.gossip_key_file: %w", err)
+		}
+	}
+	return coordinator.New(coordinator.Config{
+		Name: cfg.Name, NodeName: cfg.Agent.NodeName,
+		BindAddr: cfg.Cluster.BindAddr, BindPort: cfg.Cluster.BindPort, AdvertiseAddr: cfg.Cluster.AdvertiseAddr,
+		Join: cfg.Cluster.Join, Key: key, Insecure: cfg.Cluster.InsecureGossip,
+		HTTPAddr: httpAddr,
+	}, a, logger, reg)
 }
 
 // pullCredentials builds the credential provider pull_auth names.

@@ -3,22 +3,21 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
-	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/gar"
+	"github.com/cachemachine/cachemachine/image"
+	"github.com/cachemachine/cachemachine/leader"
 	"github.com/cachemachine/cachemachine/registry"
 	"github.com/cachemachine/cachemachine/rubintag"
 	"github.com/cachemachine/cachemachine/sources"
 )
 
-// buildSources constructs one Source per repoman, in config order. The returned closer
+// buildSources constructs one source per repoman, in config order. The returned closer
 // releases the API clients.
-func buildSources(ctx context.Context, cfg *config.Config, logger *slog.Logger) ([]sources.Source, func(), error) {
+func buildSources(ctx context.Context, cfg *config.Config) ([]leader.Source, func(), error) {
 	var keychain authn.Keychain
 	if cfg.Agent.PullAuth == config.PullAuthDockerconfig {
 		dc, err := registry.LoadDockerConfig(cfg.Agent.Dockerconfig)
@@ -27,7 +26,7 @@ func buildSources(ctx context.Context, cfg *config.Config, logger *slog.Logger) 
 		}
 		keychain = dc
 	}
-	var out []sources.Source
+	var out []leader.Source
 	var closers []func()
 	closeAll := func() {
 		for _, c := range closers {
@@ -59,48 +58,12 @@ func buildSources(ctx context.Context, cfg *config.Config, logger *slog.Logger) 
 			}
 			out = append(out, sources.NewRubin(sources.Describe(i, r.Type, l.Repository()), l, policy))
 		case config.TypeSimpleRepoMan:
-			imgs := make([]sources.Image, len(r.Images))
+			imgs := make([]image.Image, len(r.Images))
 			for j, img := range r.Images {
-				imgs[j] = sources.Image{URL: img.ImageURL, Digest: img.ImageHash, Name: img.Name}
+				imgs[j] = image.Image{Ref: img.Ref, Digest: img.ImageHash, Name: img.Name}
 			}
-			out = append(out, sources.NewSimple(sources.Describe(i, r.Type, ""), imgs, digestResolver(keychain), logger))
+			out = append(out, sources.NewSimple(sources.Describe(i, r.Type, ""), imgs, registry.NewResolver(keychain)))
 		}
 	}
 	return out, closeAll, nil
-}
-
-// digestResolver looks up the manifest digest of a reference with a HEAD request.
-func digestResolver(keychain authn.Keychain) func(ctx context.Context, ref string) (string, error) {
-	return func(ctx context.Context, ref string) (string, error) {
-		norm, err := agent.NormalizeRef(ref)
-		if err != nil {
-			return "", err
-		}
-		name, tag := norm, "latest"
-		if i := strings.LastIndexByte(norm, ':'); i > strings.LastIndexByte(norm, '/') {
-			name, tag = norm[:i], norm[i+1:]
-		}
-		host, repo, _ := strings.Cut(name, "/")
-		l, err := registry.New(registry.Config{RegistryURL: host, Repo: repo, Auth: keychain, Parallelism: 1})
-		if err != nil {
-			return "", err
-		}
-		m, err := l.ResolveDigests(ctx, []string{tag})
-		if err != nil {
-			return "", err
-		}
-		if d, ok := m[tag]; ok {
-			return d, nil
-		}
-		return "", fmt.Errorf("resolve %s: tag not found", ref)
-	}
-}
-
-// toDesired turns the sources' desired images into the agent's desired list.
-func toDesired(imgs []sources.Image) []agent.DesiredImage {
-	out := make([]agent.DesiredImage, len(imgs))
-	for i, img := range imgs {
-		out[i] = agent.DesiredImage{Ref: img.URL, Digest: img.Digest, Name: img.Name}
-	}
-	return out
 }

@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/cachemachine/cachemachine/agent"
-	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/image"
+	"github.com/cachemachine/cachemachine/leader"
 	"github.com/cachemachine/cachemachine/status"
-	"github.com/cachemachine/cachemachine/sources"
 )
 
 // convergenceResult is what one cluster size of (a) measured.
@@ -37,8 +37,8 @@ type gossipResult struct {
 type inProcCluster struct {
 	sc      *simCluster
 	leader  *simNode
-	backend *coordinator.Backend
-	base    []agent.DesiredImage
+	backend *leader.Leader
+	base    []image.Image
 	log     countingHandler
 }
 
@@ -55,23 +55,27 @@ func formInProc(ctx context.Context, o options, n, images int) (*inProcCluster, 
 	for i := range images {
 		ref := imageRef("w", i)
 		preload = append(preload, ref)
-		desired.Images = append(desired.Images, agent.DesiredImage{Ref: ref, Digest: digestOf(ref), Name: fmt.Sprintf("Weekly %04d", i)})
+		desired.Images = append(desired.Images, image.Image{Ref: image.MustParseRef(ref), Digest: digestOf(ref), Name: fmt.Sprintf("Weekly %04d", i)})
 	}
 	c := &inProcCluster{sc: sc, base: desired.Images, log: log}
-	leader, err := sc.add(ctx, nodeName(0), preload, desired)
+	lead, err := sc.add(ctx, nodeName(0), preload, desired)
 	if err != nil {
 		return nil, 0, err
 	}
-	c.leader = leader
-	c.backend = coordinator.NewBackend("jupyter", nil, leader.cl, leader.ag, func() sources.Result { return sources.Result{} })
+	c.leader = lead
+	c.backend, err = leader.New(leader.Config{Name: "jupyter"}, nil, lead.cl, lead.ag, nil, nil)
+	if err != nil {
+		sc.stop()
+		return nil, 0, err
+	}
 	if err := waitFor(ctx, 30*time.Second, 50*time.Millisecond, func() (bool, string) {
-		_, _, self := leader.cl.Leader()
+		_, _, self := lead.cl.Leader()
 		return self, "the first node to lead"
 	}); err != nil {
 		sc.stop()
 		return nil, 0, err
 	}
-	addr, err := gossipAddr(leader)
+	addr, err := gossipAddr(lead)
 	if err != nil {
 		sc.stop()
 		return nil, 0, err
@@ -83,7 +87,7 @@ func formInProc(ctx context.Context, o options, n, images int) (*inProcCluster, 
 	}
 	aliveAtLeader := func() int {
 		k := 0
-		for _, m := range leader.cl.Members() {
+		for _, m := range lead.cl.Members() {
 			if m.Alive {
 				k++
 			}
@@ -169,7 +173,7 @@ func measureConvergence(ctx context.Context, o options, c *inProcCluster, rounds
 	for r := range rounds {
 		ref := imageRef(fmt.Sprintf("n%d_r", n), r)
 		digest := digestOf(ref)
-		list = append(list, agent.DesiredImage{Ref: ref, Digest: digest, Name: ref})
+		list = append(list, image.Image{Ref: image.MustParseRef(ref), Digest: digest, Name: ref})
 		cpu0 := sampleCPU()
 		published := time.Now()
 		if _, err := c.leader.cl.PublishDesired(list); err != nil {

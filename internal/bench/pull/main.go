@@ -24,6 +24,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
@@ -258,7 +259,7 @@ func agentPull(ctx context.Context, c *traced, refs []string, parallel int) erro
 	}
 	d := agent.Desired{Version: 1}
 	for _, r := range refs {
-		d.Images = append(d.Images, agent.DesiredImage{Ref: r})
+		d.Images = append(d.Images, image.Image{Ref: image.MustParseRef(r)})
 	}
 	a.SetDesired(d)
 	ctx, cancel := context.WithCancel(ctx)

@@ -66,7 +66,7 @@ func run(n, rounds int) error {
 	policy := rubintag.Policy{RecommendedTag: "recommended", AliasTags: []string{"latest_weekly"}, NumReleases: 1, NumWeeklies: 2, NumDailies: 3}
 	src := sources.NewRubin("bench", l, policy)
 
-	imgs, err := l.ListTags(ctx)
+	imgs, err := l.ListImages(ctx)
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func run(n, rounds int) error {
 		desired = len(res.Desired)
 
 		before = cpu()
-		if _, err := l.ListTags(ctx); err != nil {
+		if _, err := l.ListImages(ctx); err != nil {
 			return err
 		}
 		listOnly = append(listOnly, cpu()-before)

@@ -1,0 +1,62 @@
+package coordinator
+
+import (
+	"context"
+	"time"
+
+	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/image"
+)
+
+// Standalone is a cluster of one: the agent that runs with cluster.enabled false. It leads
+// itself and publishes straight into its own agent. It has the Cluster methods the rest of the
+// program uses, so nothing needs to know which one it runs with.
+type Standalone struct {
+	node     string
+	httpAddr string
+	local    LocalAgent
+}
+
+// NewStandalone returns the cluster of one node, node, whose status API is at httpAddr.
+func NewStandalone(node, httpAddr string, local LocalAgent) *Standalone {
+	return &Standalone{node: node, httpAddr: httpAddr, local: local}
+}
+
+// Leader returns this node: it always leads.
+func (s *Standalone) Leader() (name, httpAddr string, self bool) { return s.node, s.httpAddr, true }
+
+// NodeStates returns this node's state.
+func (s *Standalone) NodeStates() []NodeState {
+	return []NodeState{{State: s.local.State(), Alive: true}}
+}
+
+// PublishDesired installs images in the local agent under a version above the one in force.
+func (s *Standalone) PublishDesired(images []image.Image) (uint64, error) {
+	v := max(uint64(time.Now().UnixNano()), s.local.Desired().Version+1)
+	s.local.SetDesired(agent.Desired{Version: v, Images: images})
+	return v, nil
+}
+
+// LeaderChanges never fires: the leader never changes.
+func (s *Standalone) LeaderChanges() <-chan struct{} { return nil }
+
+// Ready is always true.
+func (s *Standalone) Ready() bool { return true }
+
+// Run blocks until ctx ends; a Standalone has nothing to run.
+func (s *Standalone) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return nil
+}
+
+// Close releases nothing.
+func (s *Standalone) Close() error { return nil }
+
+// Status is this node's view of its cluster of one, for `cachemachine debug cluster`.
+func (s *Standalone) Status() ClusterStatus {
+	return ClusterStatus{
+		Node: s.node, Ready: true, Leader: s.node, LeaderHTTPAddr: s.httpAddr, IsLeader: true,
+		DesiredVersion: s.local.Desired().Version,
+		Members:        []Member{{Name: s.node, State: "alive", Alive: true, Leader: true, HTTPAddr: s.httpAddr, StateVersion: s.local.State().Version, StoredVersion: s.local.State().Version}},
+	}
+}

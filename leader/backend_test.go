@@ -1,0 +1,112 @@
+package leader_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/image"
+	"github.com/cachemachine/cachemachine/leader"
+	"github.com/cachemachine/cachemachine/sources"
+	"github.com/cachemachine/cachemachine/status"
+)
+
+// view is a fixed membership.
+type view struct {
+	leader, addr string
+	self         bool
+	nodes        []coordinator.NodeState
+}
+
+func (v view) Leader() (string, string, bool)               { return v.leader, v.addr, v.self }
+func (v view) NodeStates() []coordinator.NodeState          { return v.nodes }
+func (v view) PublishDesired([]image.Image) (uint64, error) { return 0, coordinator.ErrNotLeader }
+func (v view) LeaderChanges() <-chan struct{}               { return nil }
+
+func nodeState(node string, images ...agent.CachedImage) agent.State {
+	return agent.State{Node: node, Version: 7, Images: images, Cached: map[string]string{}}
+}
+
+func TestSnapshotAggregatesNodeStatesOnTheLeader(t *testing.T) {
+	t.Parallel()
+	const repo = "us-central1-docker.pkg.dev/p/r/lab"
+	dA, dB := digest(0xa), digest(0xb)
+	img1 := agent.CachedImage{ID: "id1", Tags: []string{repo + ":w_2024_10", repo + ":recommended"}, Digests: []string{repo + "@" + dA}}
+	img2 := agent.CachedImage{ID: "id2", Tags: []string{repo + ":w_2024_09"}, Digests: []string{repo + "@" + dB}}
+	n1 := nodeState("n1", img1, img2)
+	n1.Failed = []agent.Failed{{Ref: repo + ":d_1", Error: "pull failed", Attempts: 2, NextRetry: time.Unix(100, 0)}}
+	n1.Disk = agent.Disk{UsedBytes: 10, CapacityBytes: 100}
+	v := view{leader: "n1", self: true, nodes: []coordinator.NodeState{
+		{State: n1, Alive: true}, {State: nodeState("n2", img1), Alive: true}, {State: nodeState("n3"), Alive: false},
+	}}
+	loc := &local{desired: agent.Desired{Version: 5, Images: []image.Image{
+		img(repo+":recommended", "Recommended (Weekly 2024_10)", 0xa), img(repo+":w_2024_09", "Weekly 2024_09", 0xb),
+	}}}
+	src := &scripted{name: "gar", l: sources.Listing{All: []image.Image{img(repo+":w_2024_10", "w_2024_10", 0xa), img(repo+":w_2024_09", "w_2024_09", 0xb)}}}
+	l, err := leader.New(leader.Config{Name: "jupyter", Labels: map[string]string{"k": "v"}}, []leader.Source{src}, v, loc, nil, nil)
+	require.NoError(t, err)
+
+	in, name, _, self := l.Snapshot()
+	require.True(t, self)
+	require.Equal(t, "n1", name)
+	d := status.Compute(in)
+	require.Equal(t, []status.CommonImage{
+		{ImageURL: repo + ":recommended", ImageHash: dA, Tags: []string{"w_2024_10"}},
+		{ImageURL: repo + ":w_2024_10", ImageHash: dA, Tags: []string{"recommended"}},
+	}, d.CommonCache, "w_2024_09 is on n1 only; dead n3 does not count")
+	require.Equal(t, []status.Image{{ImageURL: repo + ":recommended", ImageHash: dA, Name: "Recommended (Weekly 2024_10)"}}, d.AvailableImages)
+	require.Equal(t, []status.Image{{ImageURL: repo + ":w_2024_09", ImageHash: dB, Name: "Weekly 2024_09"}}, d.ImagesToCache)
+	require.Equal(t, uint64(5), in.DesiredVersion, "desired_images is the list in force")
+	require.Equal(t, "gar", in.Sources[0].Name)
+	require.Equal(t, []status.Failed{{ImageURL: repo + ":d_1", Error: "pull failed", Attempts: 2, NextRetry: time.Unix(100, 0)}}, in.Nodes[0].Failed)
+	require.Equal(t, status.Disk{UsedBytes: 10, CapacityBytes: 100}, in.Nodes[0].Disk)
+
+	reg := prometheus.NewRegistry()
+	l.RegisterMetrics(reg)
+	require.Equal(t, 2.0, gaugeValue(t, reg, "cachemachine_common_cache_images"))
+	require.Equal(t, 1.0, gaugeValue(t, reg, "cachemachine_images_to_cache"))
+}
+
+func TestSnapshotOnAFollowerPointsAtTheLeader(t *testing.T) {
+	t.Parallel()
+	l, err := leader.New(leader.Config{Name: "jupyter"}, nil, view{leader: "n1", addr: "10.0.0.1:8080"}, &local{}, nil, nil)
+	require.NoError(t, err)
+	_, name, addr, self := l.Snapshot()
+	require.False(t, self)
+	require.Equal(t, "n1", name)
+	require.Equal(t, "10.0.0.1:8080", addr)
+	reg := prometheus.NewRegistry()
+	l.RegisterMetrics(reg)
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	require.Empty(t, mfs, "followers do not repeat the leader's numbers")
+}
+
+func TestStandaloneIsItsOwnLeader(t *testing.T) {
+	t.Parallel()
+	loc := &local{state: agent.State{Node: "solo", Cached: map[string]string{}}}
+	l, err := leader.New(leader.Config{Name: "jupyter"}, nil, coordinator.NewStandalone("solo", "127.0.0.1:8080", loc), loc, nil, nil)
+	require.NoError(t, err)
+	in, name, _, self := l.Snapshot()
+	require.True(t, self)
+	require.Equal(t, "solo", name)
+	require.Len(t, in.Nodes, 1)
+	require.True(t, in.Nodes[0].Alive)
+}
+
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}

@@ -1,0 +1,211 @@
+package leader_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/config"
+	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/image"
+	"github.com/cachemachine/cachemachine/leader"
+	"github.com/cachemachine/cachemachine/sources"
+	"github.com/cachemachine/cachemachine/status"
+)
+
+func digest(n int) string { return fmt.Sprintf("sha256:%064x", n) }
+
+// local is an agent that only keeps its desired list and counts the lists it was given.
+type local struct {
+	mu        sync.Mutex // guards the fields below
+	desired   agent.Desired
+	published int
+	state     agent.State
+}
+
+func (l *local) State() agent.State {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state.Clone()
+}
+func (l *local) Changes() <-chan struct{} { return nil }
+func (l *local) Desired() agent.Desired {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.desired
+}
+func (l *local) SetDesired(d agent.Desired) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if d.Version <= l.desired.Version {
+		return false
+	}
+	l.desired = d
+	l.published++
+	return true
+}
+func (l *local) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.published
+}
+
+// scripted is a source whose answers are set by the test; block makes List wait for ctx.
+type scripted struct {
+	name string
+	mu   sync.Mutex // guards the fields below
+	l    sources.Listing
+	err  error
+	hang bool
+	n    int
+}
+
+func (s *scripted) Name() string { return s.name }
+func (s *scripted) List(ctx context.Context) (sources.Listing, error) {
+	s.mu.Lock()
+	s.n++
+	l, err, hang := s.l, s.err, s.hang
+	s.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return sources.Listing{}, ctx.Err()
+	}
+	return l, err
+}
+func (s *scripted) set(l sources.Listing, err error, hang bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.l, s.err, s.hang = l, err, hang
+}
+func (s *scripted) calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+func img(ref, name string, n int) image.Image {
+	return image.Image{Ref: image.MustParseRef(ref), Digest: digest(n), Name: name}
+}
+
+func refs(imgs []image.Image) []string {
+	var out []string
+	for _, i := range imgs {
+		out = append(out, i.Ref.String())
+	}
+	return out
+}
+
+func start(t *testing.T, cfg leader.Config, srcs ...leader.Source) (*leader.Leader, *local) {
+	t.Helper()
+	loc := &local{state: agent.State{Node: "n1", Cached: map[string]string{}}}
+	l, err := leader.New(cfg, srcs, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	return l, loc
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	require.Eventually(t, cond, 10*time.Second, 5*time.Millisecond, what)
+}
+
+func TestFailingSourceKeepsItsLastGoodListing(t *testing.T) {
+	t.Parallel()
+	a := &scripted{name: "a", l: sources.Listing{All: []image.Image{img("r.example/a:1", "1", 1)}, Desired: []image.Image{img("r.example/a:1", "A", 1)}}}
+	b := &scripted{name: "b", l: sources.Listing{Desired: []image.Image{img("r.example/b:1", "B", 2), img("r.example/a:1", "dup", 1)}}}
+	l, loc := start(t, leader.Config{RefreshInterval: time.Hour}, a, b)
+
+	eventually(t, "the first list", func() bool { return len(loc.Desired().Images) == 2 })
+	res := l.Result()
+	require.True(t, res.Complete)
+	require.Equal(t, []string{"r.example/a:1", "r.example/b:1"}, refs(res.Desired), "config order, first source wins a duplicate")
+	require.Equal(t, []int{0, 1}, []int{res.Desired[0].Priority, res.Desired[1].Priority})
+	require.Empty(t, res.Sources[0].Error)
+
+	a.set(sources.Listing{}, errors.New("list projects/p/locations/l/repositories/r: permission denied"), false)
+	b.set(sources.Listing{Desired: []image.Image{img("r.example/b:2", "B2", 3)}}, nil, false)
+	require.NoError(t, l.Refresh(t.Context()))
+	res = l.Result()
+	require.Equal(t, []string{"r.example/a:1", "r.example/b:2"}, refs(res.Desired), "a keeps its last good list, b moves on")
+	require.Contains(t, res.Sources[0].Error, "permission denied")
+	require.False(t, res.Sources[0].ListedAt.IsZero())
+	require.Empty(t, res.Sources[1].Error)
+	eventually(t, "the new list published", func() bool { return refs(loc.Desired().Images)[1] == "r.example/b:2" })
+}
+
+// TestHungSourceDelaysNobody: a source that never answers neither stops the others' images
+// from being published nor makes a reconcile hang.
+func TestHungSourceDelaysNobody(t *testing.T) {
+	t.Parallel()
+	hung := &scripted{name: "repomen[0] RubinRepoMan 10.0.0.1:5000/hung", hang: true}
+	good := &scripted{name: "repomen[1] SimpleRepoMan", l: sources.Listing{Desired: []image.Image{img("r.example/good:1", "Good", 1)}}}
+	l, loc := start(t, leader.Config{RefreshInterval: time.Hour, SourceTimeout: 300 * time.Millisecond, ReconcileWait: 100 * time.Millisecond}, hung, good)
+
+	eventually(t, "the healthy source's images published", func() bool { return len(loc.Desired().Images) == 1 })
+	eventually(t, "the hung listing timed out", func() bool { return l.Result().Sources[0].Error != "" })
+	require.Contains(t, l.Result().Sources[0].Error, "no answer within 300ms")
+	require.False(t, l.Result().Complete)
+
+	started := time.Now()
+	err := l.Refresh(t.Context())
+	require.ErrorIs(t, err, leader.ErrLate)
+	require.ErrorContains(t, err, "10.0.0.1:5000/hung", "the late source is named")
+	require.NotContains(t, err.Error(), "SimpleRepoMan", "the healthy source answered")
+	require.Less(t, time.Since(started), 5*time.Second, "reconcile answers within its bound")
+}
+
+// TestPublishesOnlyChanges: refreshing an unchanged listing publishes no new version.
+func TestPublishesOnlyChanges(t *testing.T) {
+	t.Parallel()
+	src := &scripted{name: "s", l: sources.Listing{Desired: []image.Image{img("r.example/a:1", "A", 1)}}}
+	l, loc := start(t, leader.Config{RefreshInterval: time.Hour}, src)
+	eventually(t, "the first list", func() bool { return loc.count() == 1 })
+	v := loc.Desired().Version
+	for range 3 {
+		require.NoError(t, l.Refresh(t.Context()))
+	}
+	require.Equal(t, 4, src.calls())
+	require.Equal(t, 1, loc.count(), "an unchanged list is not published again")
+	require.Equal(t, v, loc.Desired().Version)
+
+	src.set(sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}, nil, false)
+	require.NoError(t, l.Refresh(t.Context()))
+	eventually(t, "the changed list published", func() bool { return loc.count() == 2 })
+	require.Greater(t, loc.Desired().Version, v)
+}
+
+// TestShortNameBecomesAvailable: a SimpleRepoMan image given as a Docker Hub short name
+// without a resolvable digest is pulled as docker.io/…; the status matches it as such.
+func TestShortNameBecomesAvailable(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default()
+	cfg.Cluster.Enabled = false
+	cfg.Repomen = []config.Repoman{{Type: config.TypeSimpleRepoMan, Images: []config.Image{{ImageURL: "lsstsqre/sciplat-lab:recommended", Name: "Recommended"}}}}
+	require.NoError(t, cfg.Validate())
+	ref := cfg.Repomen[0].Images[0].Ref
+	require.Equal(t, "docker.io/lsstsqre/sciplat-lab:recommended", ref.String(), "normalised where it enters")
+
+	src := sources.NewSimple("simple", []image.Image{{Ref: ref, Name: "Recommended"}}, nil)
+	l, loc := start(t, leader.Config{RefreshInterval: time.Hour}, src)
+	eventually(t, "the list published", func() bool { return len(loc.Desired().Images) == 1 })
+	loc.mu.Lock()
+	loc.state.Images = []agent.CachedImage{{ID: "sha256:c", Tags: []string{"docker.io/lsstsqre/sciplat-lab:recommended"}, Digests: []string{"docker.io/lsstsqre/sciplat-lab@" + digest(7)}}}
+	loc.mu.Unlock()
+
+	in, _, _, self := l.Snapshot()
+	require.True(t, self)
+	d := status.Compute(in)
+	require.Len(t, d.AvailableImages, 1, "available under its normal name")
+	require.Empty(t, d.ImagesToCache)
+	require.Equal(t, "docker.io/lsstsqre/sciplat-lab:recommended", d.AvailableImages[0].ImageURL)
+	require.Empty(t, d.AllImages, "a fixed list adds nothing to all_images")
+}
