@@ -31,8 +31,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/image"
+	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/rubintag"
 )
 

@@ -24,10 +24,10 @@ import (
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/coordinator"
-	"github.com/cachemachine/cachemachine/status"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/gar"
 	"github.com/cachemachine/cachemachine/leader"
+	"github.com/cachemachine/cachemachine/status"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
