@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -273,4 +276,59 @@ func TestListenPrivateCreatesTheSocketMode0600(t *testing.T) {
 	fi, err := os.Lstat(path)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "no window in which others may connect")
+}
+
+func TestDebugClientHintFitsTheFailure(t *testing.T) {
+	t.Parallel()
+	const running = "is the agent running"
+	const rootOnly = "reachable only by root"
+	dir := tempDir(t)
+	stale := filepath.Join(dir, "stale.sock")
+	staleSocket(t, stale)
+	type hintCase struct {
+		name      string
+		socket    string
+		err       error // nil: the real error of connecting to socket
+		want, not string
+	}
+	tests := []hintCase{
+		{name: "missing socket", socket: filepath.Join(dir, "nope.sock"), want: running, not: rootOnly},
+		{name: "stale socket", socket: stale, want: running, not: rootOnly},
+		// As root these cannot happen for real; the errors are the ones os.Stat and the HTTP
+		// client return for a user who may not enter the socket's directory or open the socket.
+		{name: "stat permission denied", socket: "/run/cachemachine/agent.sock",
+			err:  &fs.PathError{Op: "stat", Path: "/run/cachemachine/agent.sock", Err: syscall.EACCES},
+			want: rootOnly, not: running},
+		{name: "connect permission denied", socket: "/run/cachemachine/agent.sock",
+			err: &url.Error{Op: "Get", URL: "http://agent/v1/node", Err: &net.OpError{
+				Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.EACCES)}},
+			want: rootOnly, not: running},
+		{name: "connect not permitted", socket: "/run/cachemachine/agent.sock",
+			err: &url.Error{Op: "Get", URL: "http://agent/v1/node", Err: &net.OpError{
+				Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.EPERM)}},
+			want: rootOnly, not: running},
+	}
+	if os.Geteuid() != 0 {
+		// Not root: a socket its owner may not write to is a real permission denied.
+		locked := filepath.Join(dir, "locked.sock")
+		ln, err := net.Listen("unix", locked)
+		require.NoError(t, err)
+		t.Cleanup(func() { ln.Close() })
+		require.NoError(t, os.Chmod(locked, 0))
+		tests = append(tests, hintCase{name: "real permission denied", socket: locked, want: rootOnly, not: running})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var err error
+			if tt.err != nil {
+				err = reachError(tt.socket, tt.err)
+			} else {
+				err = RunDebug(t.Context(), tt.socket, []string{"node"}, false, io.Discard)
+			}
+			require.ErrorContains(t, err, tt.socket)
+			require.ErrorContains(t, err, tt.want)
+			require.NotContains(t, err.Error(), tt.not)
+		})
+	}
 }
