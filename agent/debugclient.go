@@ -21,7 +21,7 @@ import (
 var ErrUsage = errors.New("usage")
 
 // DebugUsage is the synopsis of `cachemachine debug`.
-const DebugUsage = `usage: cachemachine debug [--socket PATH] [-o json] COMMAND
+const DebugUsage = `usage: cachemachine debug COMMAND [--socket PATH] [-o json]   (flags go anywhere)
 commands:
   node          runtime, image filesystem and the node's image inventory
   pulls         pulls in flight, queued, held and failed
