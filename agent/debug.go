@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/cachemachine/cachemachine/image"
@@ -27,16 +28,29 @@ type DebugOptions struct {
 }
 
 // DebugServer serves the node debug API (HTTP/JSON) on a unix socket reachable only by root:
-// the socket is mode 0600 in a directory of mode 0700.
+// the socket file is mode 0600 from the moment it exists.
 type DebugServer struct {
 	path string
 	ln   net.Listener
+	// self is the socket file this server created; Close removes the path only while it is
+	// still this file, so it never removes another agent's socket.
+	self os.FileInfo
 	srv  *http.Server
 	log  *slog.Logger
 }
 
-// NewDebugServer creates the socket at path (replacing a stale one) and the server; Run
-// serves it.
+// ErrDebugSocketInUse means a live agent already answers on the debug socket path.
+var ErrDebugSocketInUse = errors.New("in use by a running agent")
+
+// NewDebugServer creates the socket at path and the server; Run serves it.
+//
+// It changes nothing around the socket. A parent directory that does not exist is created
+// mode 0700; an existing one is left exactly as it is (mode and owner): it may be a shared
+// directory such as /tmp, and the socket does not need a private directory to be root-only,
+// since it is created mode 0600 (see listenPrivate) and connecting to a unix socket needs
+// write permission on it. At path, only a stale socket (one nobody answers on) is replaced:
+// a live socket is ErrDebugSocketInUse and anything that is not a socket is an error; neither
+// is ever removed.
 func NewDebugServer(path string, a *Agent, opts DebugOptions) (*DebugServer, error) {
 	if len(path) >= 108 {
 		return nil, fmt.Errorf("debug socket %s: path longer than 107 bytes", path)
@@ -44,27 +58,98 @@ func NewDebugServer(path string, a *Agent, opts DebugOptions) (*DebugServer, err
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("debug socket dir %s: %w", dir, err)
+	if err := makePrivateDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("debug socket dir: %w", err)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("debug socket dir %s: %w", dir, err)
+	if err := removeStaleSocket(path); err != nil {
+		return nil, fmt.Errorf("debug socket %s: %w", path, err)
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("debug socket %s: remove stale socket: %w", path, err)
-	}
-	ln, err := net.Listen("unix", path)
+	ln, err := listenPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("debug socket %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	self, err := os.Lstat(path)
+	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("debug socket %s: %w", path, err)
 	}
-	s := &DebugServer{path: path, ln: ln, log: opts.Logger}
+	// Where fchmod before bind has no effect (not Linux), this at least narrows the window.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		os.Remove(path) // just created by this server
+		return nil, fmt.Errorf("debug socket %s: %w", path, err)
+	}
+	s := &DebugServer{path: path, ln: ln, self: self, log: opts.Logger}
 	s.srv = &http.Server{Handler: debugMux(a, opts), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
+}
+
+// makePrivateDir creates dir mode 0700 when it does not exist. An existing dir is not touched.
+func makePrivateDir(dir string) error {
+	err := os.Mkdir(dir, 0o700)
+	if errors.Is(err, os.ErrNotExist) {
+		if err = os.MkdirAll(filepath.Dir(dir), 0o700); err == nil {
+			err = os.Mkdir(dir, 0o700)
+		}
+	}
+	switch {
+	case errors.Is(err, os.ErrExist):
+		return nil
+	case err != nil:
+		return err
+	}
+	// Created here, so ours to set: the umask may have taken bits off 0700.
+	return os.Chmod(dir, 0o700)
+}
+
+// removeStaleSocket clears path for listening: nothing there, or a socket nobody answers on
+// (left by an agent that crashed), which it removes. A socket somebody answers on is
+// ErrDebugSocketInUse; anything else at path is an error and stays.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.Mode().Type() != os.ModeSocket:
+		return fmt.Errorf("exists and is not a socket (mode %s); refusing to replace it: remove it or set another agent.debug_socket", fi.Mode())
+	}
+	conn, err := net.DialTimeout("unix", path, time.Second)
+	switch {
+	case err == nil:
+		conn.Close()
+		return fmt.Errorf("%w: stop the other agent or give this one another agent.debug_socket", ErrDebugSocketInUse)
+	case errors.Is(err, os.ErrNotExist):
+		return nil // removed meanwhile
+	case !errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("check whether the existing socket is in use: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	return nil
+}
+
+// listenPrivate listens on a unix socket at path whose file is mode 0600 from its creation, so
+// that no other user can connect between bind and a chmod (a connection made then would
+// outlive the chmod). On Linux, bind gives the socket file the mode of the socket's inode,
+// which fchmod sets; the umask can only take bits away. Closing the listener does not remove
+// the file: Close decides that.
+func listenPrivate(path string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var ferr error
+		if err := c.Control(func(fd uintptr) { ferr = syscall.Fchmod(int(fd), 0o600) }); err != nil {
+			return err
+		}
+		return ferr
+	}}
+	ln, err := lc.Listen(context.Background(), "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	return ln, nil
 }
 
 // Run serves until ctx ends, then shuts down within 5 s.
@@ -72,9 +157,14 @@ func (s *DebugServer) Run(ctx context.Context) error {
 	return Serve(ctx, s.srv, s.ln)
 }
 
-// Close removes the socket.
+// Close stops listening and removes the socket file, unless the path is no longer the file this
+// server created (removed by hand and taken by another agent): that one is left alone.
 func (s *DebugServer) Close() error {
 	s.ln.Close()
+	fi, err := os.Lstat(s.path)
+	if err != nil || !os.SameFile(fi, s.self) {
+		return nil
+	}
 	if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove debug socket: %w", err)
 	}

@@ -21,7 +21,7 @@ import (
 var ErrUsage = errors.New("usage")
 
 // DebugUsage is the synopsis of `cachemachine debug`.
-const DebugUsage = `usage: cachemachine debug [--socket PATH] [-o json] COMMAND
+const DebugUsage = `usage: cachemachine debug COMMAND [--socket PATH] [-o json]   (flags go anywhere)
 commands:
   node          runtime, image filesystem and the node's image inventory
   pulls         pulls in flight, queued, held and failed
@@ -69,7 +69,7 @@ func RunDebug(ctx context.Context, socket string, args []string, jsonOut bool, o
 // other answer becomes an error carrying the server's message.
 func debugCall(ctx context.Context, socket, method, path string, body []byte) ([]byte, error) {
 	if _, err := os.Stat(socket); err != nil {
-		return nil, fmt.Errorf("debug socket %s: %w (is the agent running on this node? pass --socket PATH or set agent.debug_socket)", socket, errors.Unwrap(err))
+		return nil, reachError(socket, err)
 	}
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -84,10 +84,7 @@ func debugCall(ctx context.Context, socket, method, path string, body []byte) ([
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("debug socket %s: connection refused (a stale socket: is the agent running?)", socket)
-		}
-		return nil, fmt.Errorf("debug socket %s: %w", socket, err)
+		return nil, reachError(socket, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -104,6 +101,23 @@ func debugCall(ctx context.Context, socket, method, path string, body []byte) ([
 		return nil, fmt.Errorf("%s %s: %s", method, path, resp.Status)
 	}
 	return raw, nil
+}
+
+// reachError explains why the debug socket could not be reached (err from stat or connect)
+// and what to do about it.
+func reachError(socket string, err error) error {
+	var errno syscall.Errno
+	switch {
+	case !errors.As(err, &errno):
+		return fmt.Errorf("debug socket %s: %w", socket, err)
+	case errors.Is(errno, os.ErrPermission):
+		return fmt.Errorf("debug socket %s: %w (the debug socket is reachable only by root: run this as root on the node, or in the agent pod with kubectl exec)", socket, errno)
+	case errors.Is(errno, os.ErrNotExist):
+		return fmt.Errorf("debug socket %s: %w (is the agent running on this node? pass --socket PATH or set agent.debug_socket)", socket, errno)
+	case errno == syscall.ECONNREFUSED:
+		return fmt.Errorf("debug socket %s: %w (a stale socket: is the agent running?)", socket, errno)
+	}
+	return fmt.Errorf("debug socket %s: %w", socket, err)
 }
 
 func printTable(out io.Writer, cmd string, raw []byte) error {

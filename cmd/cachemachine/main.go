@@ -36,7 +36,7 @@ var version = "dev"
 const usage = `usage: cachemachine COMMAND [flags]
 commands:
   agent --config FILE [flags]   run the node agent (the DaemonSet process)
-  debug [--socket PATH] [-o json] node|pulls|desired|cluster|reconcile|pull IMAGE
+  debug node|pulls|desired|cluster|reconcile|pull IMAGE [--socket PATH] [-o json]
   version                       print the version`
 
 // Exit statuses.
@@ -75,19 +75,11 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 }
 
 func debugMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("debug", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	socket := fs.String("socket", config.Default().Agent.DebugSocket, "path of the agent's debug socket")
-	output := fs.String("o", "table", "output format: table or json")
-	fs.Usage = func() { fmt.Fprintln(stderr, agent.DebugUsage); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
+	d, err := parseDebugArgs(args, stderr)
+	if err != nil {
 		return exitUsage
 	}
-	if *output != "table" && *output != "json" {
-		fmt.Fprintf(stderr, "cachemachine debug: -o %q: want table or json\n", *output)
-		return exitUsage
-	}
-	err := agent.RunDebug(ctx, *socket, fs.Args(), *output == "json", stdout)
+	err = agent.RunDebug(ctx, d.socket, d.command, d.json, stdout)
 	switch {
 	case errors.Is(err, agent.ErrUsage):
 		fmt.Fprintln(stderr, err)
@@ -97,6 +89,41 @@ func debugMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return exitFailed
 	}
 	return exitOK
+}
+
+// debugArgs is a parsed `cachemachine debug` command line.
+type debugArgs struct {
+	socket  string
+	json    bool
+	command []string // the command and its arguments
+}
+
+// parseDebugArgs takes the flags anywhere on the line, before, between or after the command
+// and its arguments, as kubectl and crictl do: parse flags up to the first positional argument,
+// take it, parse the rest again. A usage error has been printed to stderr already.
+func parseDebugArgs(args []string, stderr io.Writer) (debugArgs, error) {
+	fs := flag.NewFlagSet("debug", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", config.Default().Agent.DebugSocket, "path of the agent's debug socket")
+	output := fs.String("o", "table", "output format: table or json")
+	fs.Usage = func() { fmt.Fprintln(stderr, agent.DebugUsage); fs.PrintDefaults() }
+	var command []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return debugArgs{}, err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		command = append(command, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if *output != "table" && *output != "json" {
+		err := fmt.Errorf("-o %q: want table or json", *output)
+		fmt.Fprintf(stderr, "cachemachine debug: %v\n", err)
+		return debugArgs{}, err
+	}
+	return debugArgs{socket: *socket, json: *output == "json", command: command}, nil
 }
 
 func agentMain(ctx context.Context, args []string, stderr io.Writer) int {
