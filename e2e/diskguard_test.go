@@ -1,0 +1,53 @@
+package e2e
+
+import (
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
+)
+
+// TestDiskGuardKnowsTheSizeOnAFreshNode: on a node that has never held an image, the guard
+// used to guess "the largest image seen" (0 B) and let a pull start that could not fit. The
+// size now comes from the source (the registry's manifest), so the first image is held, with
+// its real size in the reason.
+func TestDiskGuardKnowsTheSizeOnAFreshNode(t *testing.T) {
+	t.Parallel()
+	lab.Require(t)
+	// containerd's root on a 64 MiB tmpfs: a small image filesystem whose free space the
+	// test controls.
+	dir, err := os.MkdirTemp("", "cm")
+	require.NoError(t, err)
+	require.NoError(t, unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64m,mode=0700"), "mount a tmpfs for containerd's root")
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+		os.Remove(dir)
+	})
+	cd := lab.NewContainerd(t, lab.ContainerdOptions{Dir: dir + "/cd"})
+	n := node{dir: dir, cd: cd, cri: criClient(t, cd)}
+
+	reg := lab.NewRegistry(t, lab.RegistryOptions{})
+	big := reg.Addr + "/lsst/lab:w_2024_10"
+	_, err = lab.PushRandomImage(t.Context(), reg.Addr, "lsst/lab", []string{"w_2024_10"}, 24*mb, 1, nil)
+	require.NoError(t, err)
+
+	// 70 % must stay free (44.8 MiB of 64): the 24 MiB image would leave about 40 MiB.
+	p := startAgent(t, writeConfig(t, settings{Images: []string{big}, CRI: n.cd.Endpoint(), Dir: n.dir, MinFree: 70}))
+	eventually(t, 30*time.Second, "the pull to be held", func() bool {
+		v, ok := p.pulls(t)
+		return ok && len(v.Held) == 1
+	})
+	v, _ := p.pulls(t)
+	require.Equal(t, big, v.Held[0].Ref)
+	require.Contains(t, v.Held[0].Reason, "pull needs 24.0 MiB", "the reason names the image's real size")
+	require.Empty(t, v.Pulling)
+	time.Sleep(2 * time.Second) // a few resyncs: still nothing pulled
+	require.Equal(t, "", tagDigest(t, n.cri, big))
+	t.Logf("held: %s", v.Held[0].Reason)
+}
