@@ -58,10 +58,12 @@ type Config struct {
 	// RefreshInterval is how often each source is listed (default 5m).
 	RefreshInterval time.Duration
 	// SourceTimeout bounds one listing of one source (default 2m, at most RefreshInterval).
-	// It is also how long a new leader waits for every source's first listing before it
-	// publishes what it has.
 	SourceTimeout time.Duration
-	// ReconcileWait bounds how long Refresh waits for the sources (default 20s).
+	// FirstListingGrace is how long a new leader waits for every source's first listing
+	// before it publishes what the others gave (default 10s, at most SourceTimeout): a hung
+	// source delays the others' images by this much once, not by its timeout.
+	FirstListingGrace time.Duration
+	// ReconcileWait bounds how long Refresh waits for the sources (default 10s).
 	ReconcileWait time.Duration
 }
 
@@ -125,8 +127,12 @@ func New(cfg Config, srcs []Source, cluster Cluster, local Local, logger *slog.L
 		cfg.SourceTimeout = 2 * time.Minute
 	}
 	cfg.SourceTimeout = min(cfg.SourceTimeout, cfg.RefreshInterval)
+	if cfg.FirstListingGrace <= 0 {
+		cfg.FirstListingGrace = 10 * time.Second
+	}
+	cfg.FirstListingGrace = min(cfg.FirstListingGrace, cfg.SourceTimeout)
 	if cfg.ReconcileWait <= 0 {
-		cfg.ReconcileWait = 20 * time.Second
+		cfg.ReconcileWait = 10 * time.Second
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -155,7 +161,7 @@ func (l *Leader) Run(ctx context.Context) error {
 		wg.Go(func() { l.runSource(ctx, i) })
 	}
 	l.leadershipChanged()
-	grace := time.NewTimer(l.cfg.SourceTimeout)
+	grace := time.NewTimer(l.cfg.FirstListingGrace)
 	defer grace.Stop()
 	for {
 		select {
@@ -163,7 +169,7 @@ func (l *Leader) Run(ctx context.Context) error {
 			return nil
 		case <-l.cluster.LeaderChanges():
 			if l.leadershipChanged() {
-				grace.Reset(l.cfg.SourceTimeout)
+				grace.Reset(l.cfg.FirstListingGrace)
 			}
 		case <-l.changed:
 		case <-grace.C:
@@ -306,7 +312,7 @@ func (l *Leader) publish() {
 	l.mu.Unlock()
 	r := l.Result()
 	switch {
-	case !r.Complete && time.Since(since) < l.cfg.SourceTimeout:
+	case !r.Complete && time.Since(since) < l.cfg.FirstListingGrace:
 		return // a source is still on its first listing
 	case !r.Complete && len(r.Desired) == 0:
 		return // nothing listed yet: keep the list in force rather than empty every node

@@ -11,6 +11,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/rubintag"
@@ -114,24 +117,31 @@ type Resolver interface {
 	Resolve(ctx context.Context, ref image.Ref) (image.Image, error)
 }
 
+// LookupTimeout bounds one SimpleRepoMan digest lookup: a registry that accepts connections
+// and never answers costs each listing this much, not the source's whole deadline.
+const LookupTimeout = 15 * time.Second
+
+// lookupParallelism bounds a SimpleRepoMan's lookups in flight.
+const lookupParallelism = 4
+
 // Simple is the SimpleRepoMan source: a fixed list. Digests not given in the config are
-// resolved when the registry answers; when it does not, the last digest resolved stays in
-// force and the failure is reported as the source's error. A fixed list contributes nothing
-// to all_images, as in the Python cachemachine.
+// resolved when the registry answers, each lookup on its own with its own deadline; when one
+// fails, the last digest resolved stays in force and the failure is the source's error. A
+// fixed list contributes nothing to all_images, as in the Python cachemachine.
 type Simple struct {
 	name    string
 	images  []image.Image
 	resolve Resolver // may be nil
 
-	mu    sync.Mutex             // guards known
-	known map[string]image.Image // last resolution of each reference
+	mu    sync.Mutex                // guards known
+	known map[image.Ref]image.Image // last resolution of each reference
 }
 
 // NewSimple builds a fixed-list source over normalised images (config order is priority
 // order). An image with a digest given in the config keeps it; resolve (may be nil) looks up
 // the others and every image's size.
 func NewSimple(name string, images []image.Image, resolve Resolver) *Simple {
-	return &Simple{name: name, images: slices.Clone(images), resolve: resolve, known: map[string]image.Image{}}
+	return &Simple{name: name, images: slices.Clone(images), resolve: resolve, known: map[image.Ref]image.Image{}}
 }
 
 // Name implements Source.
@@ -141,36 +151,44 @@ func (s *Simple) Name() string { return s.name }
 // is Partial (last known digests) and the error names the images.
 func (s *Simple) List(ctx context.Context) (Listing, error) {
 	out := make([]image.Image, len(s.images))
-	var errs []error
+	errs := make([]error, len(s.images))
+	var g errgroup.Group
+	g.SetLimit(lookupParallelism)
 	for i, img := range s.images {
 		if img.Name == "" {
 			img.Name = img.Tag()
 		}
 		img.Priority = i
-		if s.resolve != nil && (img.Digest == "" || img.Size == 0) {
-			key := img.Ref.String()
-			got, err := s.resolve.Resolve(ctx, img.Ref)
+		out[i] = img
+		if s.resolve == nil || img.Digest != "" && img.Size != 0 {
+			continue
+		}
+		g.Go(func() error {
+			lctx, cancel := context.WithTimeout(ctx, LookupTimeout)
+			got, err := s.resolve.Resolve(lctx, img.Ref)
+			cancel()
 			s.mu.Lock()
 			if err == nil {
-				s.known[key] = got
+				s.known[img.Ref] = got
 			} else {
-				errs = append(errs, err)
-				got = s.known[key]
+				errs[i] = err
+				got = s.known[img.Ref]
 			}
 			s.mu.Unlock()
-			if img.Digest == "" {
-				img.Digest = got.Digest
+			if out[i].Digest == "" {
+				out[i].Digest = got.Digest
 			}
-			if img.Size == 0 && (got.Digest == img.Digest || img.Digest == "") {
-				img.Size = got.Size
+			if out[i].Size == 0 && got.Digest == out[i].Digest {
+				out[i].Size = got.Size
 			}
-		}
-		out[i] = img
+			return nil
+		})
 	}
+	_ = g.Wait() // lookups record their errors
 	l := Listing{All: []image.Image{}, Desired: out}
-	if len(errs) > 0 {
+	if err := errors.Join(errs...); err != nil {
 		l.Partial = true
-		return l, fmt.Errorf("resolve digests: %w", errors.Join(errs...))
+		return l, fmt.Errorf("resolve digests: %w", err)
 	}
 	return l, nil
 }

@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
+)
+
+// hungRegistry accepts TCP connections and never answers, as a registry behind a broken load
+// balancer does. Its connections are closed when the test ends.
+func hungRegistry(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var (
+		mu    sync.Mutex // guards conns
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// TestHungRegistryDelaysNobody: a SimpleRepoMan image whose registry accepts connections and
+// never answers once stopped every listing, so no image was ever cached, and `debug
+// reconcile` hung. Now each lookup has a deadline, the healthy image is cached, and reconcile
+// answers within its bound naming the late source.
+func TestHungRegistryDelaysNobody(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	reg := lab.NewRegistry(t, lab.RegistryOptions{})
+	digest, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/lab", []string{"w_2024_07"}, 2*mb, 1, nil)
+	require.NoError(t, err)
+	good := reg.Addr + "/lsst/lab:w_2024_07"
+	hung := hungRegistry(t) + "/lsst/lab:w_2024_08"
+
+	p := startAgent(t, writeConfig(t, settings{Images: []string{hung, good}, CRI: n.cd.Endpoint(), Dir: n.dir}))
+	eventually(t, 60*time.Second, "the healthy image to be cached", func() bool { return tagDigest(t, n.cri, good) == digest })
+
+	start := time.Now()
+	out, err := p.debug(t, "reconcile")
+	took := time.Since(start)
+	require.Error(t, err, "reconcile reports the late source: %s", out)
+	require.Less(t, took, 20*time.Second, "reconcile answers within its bound")
+	require.Contains(t, out, "sources still listing")
+	require.Contains(t, out, "repomen[0] SimpleRepoMan")
+	t.Logf("reconcile answered in %s: %s", took.Round(time.Millisecond), out)
+}
