@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"net"
 	"sync"
 	"testing"
@@ -69,4 +70,45 @@ func TestHungRegistryDelaysNobody(t *testing.T) {
 	require.Contains(t, out, "sources still listing")
 	require.Contains(t, out, "repomen[0] SimpleRepoMan")
 	t.Logf("reconcile answered in %s: %s", took.Round(time.Millisecond), out)
+}
+
+// TestRegistryOutageKeepsTheLastDigest: during a registry outage a SimpleRepoMan's digest
+// lookups fail. The desired list used to lose every image_hash and change version on every
+// refresh; now the last known digest stays, the version stays, and reconcile reports the
+// lookup error as the source's error.
+func TestRegistryOutageKeepsTheLastDigest(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	reg := lab.NewRegistry(t, lab.RegistryOptions{})
+	digest, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/lab", []string{"w_2024_09"}, 1*mb, 1, nil)
+	require.NoError(t, err)
+	ref := reg.Addr + "/lsst/lab:w_2024_09"
+
+	p := startAgent(t, writeConfig(t, settings{Images: []string{ref}, CRI: n.cd.Endpoint(), Dir: n.dir}))
+	type desired struct {
+		Version uint64 `json:"version"`
+		Images  []struct {
+			Ref    string `json:"image_url"`
+			Digest string `json:"image_hash"`
+		} `json:"images"`
+	}
+	get := func() (d desired, ok bool) {
+		out, err := p.debug(t, "-o", "json", "desired")
+		if err != nil {
+			return d, false
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &d), out)
+		return d, len(d.Images) == 1
+	}
+	eventually(t, 30*time.Second, "the digest resolved", func() bool { d, ok := get(); return ok && d.Images[0].Digest == digest })
+	before, _ := get()
+
+	require.NoError(t, reg.Close())
+	out, err := p.debug(t, "reconcile")
+	require.Error(t, err)
+	require.Contains(t, out, "repomen[0] SimpleRepoMan: resolve digests", "the lookup error is the source's error")
+	require.Contains(t, out, reg.Addr)
+	after, ok := get()
+	require.True(t, ok)
+	require.Equal(t, before, after, "the last known digest and the version stay")
 }

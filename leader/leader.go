@@ -324,12 +324,17 @@ func (l *Leader) publish() {
 	}
 }
 
-// ErrLate is wrapped by Refresh's error when a source did not finish in time.
-var ErrLate = errors.New("sources still listing")
+// Refresh's errors wrap one of these.
+var (
+	// ErrLate: a source did not finish in time; its listing goes on.
+	ErrLate = errors.New("sources still listing")
+	// ErrSourceFailed: a source's listing failed; its last good listing stays in force.
+	ErrSourceFailed = errors.New("source listing failed")
+)
 
 // Refresh lists every source now and waits, at most ReconcileWait (or until ctx ends), for
 // the listings to end; the new list is published as they do. On a node that does not lead
-// it does nothing. The error names the sources that are late; their listings go on.
+// it does nothing. The error names the sources that are late, or else those that failed.
 func (l *Leader) Refresh(ctx context.Context) error {
 	if _, _, self := l.cluster.Leader(); !self {
 		return nil
@@ -349,8 +354,17 @@ func (l *Leader) Refresh(ctx context.Context) error {
 			}
 		}
 		wait := l.roundEnd
+		var failed []error
+		for _, st := range l.status {
+			if st.Error != "" {
+				failed = append(failed, fmt.Errorf("%s: %s", st.Name, st.Error))
+			}
+		}
 		l.mu.Unlock()
 		if len(late) == 0 {
+			if len(failed) > 0 {
+				return fmt.Errorf("%w: %w", ErrSourceFailed, errors.Join(failed...))
+			}
 			return nil
 		}
 		select {

@@ -133,7 +133,9 @@ func TestFailingSourceKeepsItsLastGoodListing(t *testing.T) {
 
 	a.set(sources.Listing{}, errors.New("list projects/p/locations/l/repositories/r: permission denied"), false)
 	b.set(sources.Listing{Desired: []image.Image{img("r.example/b:2", "B2", 3)}}, nil, false)
-	require.NoError(t, l.Refresh(t.Context()))
+	err := l.Refresh(t.Context())
+	require.ErrorIs(t, err, leader.ErrSourceFailed)
+	require.ErrorContains(t, err, "a: list projects/p/locations/l/repositories/r: permission denied", "reconcile names the failed source")
 	res = l.Result()
 	require.Equal(t, []string{"r.example/a:1", "r.example/b:2"}, refs(res.Desired), "a keeps its last good list, b moves on")
 	require.Contains(t, res.Sources[0].Error, "permission denied")
