@@ -163,22 +163,46 @@ func New(cfg Config, rt Runtime, creds Credentials, logger *slog.Logger, opts ..
 }
 
 // Run reconciles until ctx ends, then waits for the pulls it started. It takes a full CRI
-// snapshot every ResyncInterval and whenever Trigger is called.
+// snapshot every ResyncInterval, whenever Trigger is called, and when the first failed
+// image's backoff ends, so a retry starts on time rather than at the next resync.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.pulls.Wait()
 
 	tick := time.NewTicker(a.cfg.ResyncInterval)
 	defer tick.Stop()
-	a.pass(ctx)
+	retry := time.NewTimer(0)
+	defer retry.Stop()
 	for {
+		a.pass(ctx)
+		if d, ok := a.untilRetry(); ok {
+			retry.Reset(d)
+		} else {
+			retry.Stop()
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		case <-a.trigger:
+		case <-retry.C:
 		}
-		a.pass(ctx)
 	}
+}
+
+// untilRetry returns how long until the earliest backoff of a failed image ends.
+func (a *Agent) untilRetry() (time.Duration, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var next time.Time
+	for _, st := range a.images {
+		if st.attempts > 0 && !st.pulling && (next.IsZero() || st.nextRetry.Before(next)) {
+			next = st.nextRetry
+		}
+	}
+	if next.IsZero() {
+		return 0, false
+	}
+	return max(0, time.Until(next)), true
 }
 
 // Close releases nothing today; it exists so every component has the same three verbs.
@@ -339,7 +363,7 @@ func (a *Agent) pass(ctx context.Context) {
 			continue
 		}
 		if reason := a.diskGuardLocked(d, disk); reason != "" {
-			if st.held != reason {
+			if st.held == "" { // log when the hold starts, not on every pass (free space moves)
 				a.log.Warn("holding pull", "image", ref, "reason", reason)
 			}
 			st.held = reason

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -302,4 +305,76 @@ func (f *failingList) ListImages(ctx context.Context) ([]cri.Image, error) {
 		return nil, cri.ErrUnavailable
 	}
 	return f.memRuntime.ListImages(ctx)
+}
+
+// TestRetryStartsWhenItsBackoffEnds: retries used to wait for the next resync tick, so their
+// gaps were multiples of the resync interval. Each failed image now has its own deadline.
+func TestRetryStartsWhenItsBackoffEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		const ref = "ghcr.io/lsst/lab:w_2024_02"
+		// No resync within the test: only the backoff's end can start the retry.
+		a, err := New(Config{BackoffInitial: 10 * time.Second, BackoffMax: 40 * time.Second, ResyncInterval: time.Hour}, rt, nil, nil)
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA}}})
+		startAgent(t, a)
+		for attempt := 1; attempt <= 3; attempt++ {
+			st := a.State()
+			require.Len(t, st.Failed, 1)
+			require.Equal(t, attempt, st.Failed[0].Attempts)
+			next := st.Failed[0].NextRetry
+			time.Sleep(time.Until(next) - time.Millisecond)
+			synctest.Wait()
+			require.Equal(t, attempt, rt.pullCount(ref), "attempt %d: no retry before its backoff ends", attempt)
+			time.Sleep(time.Millisecond)
+			synctest.Wait()
+			require.Equal(t, attempt+1, rt.pullCount(ref), "attempt %d: the retry starts when its backoff ends", attempt)
+		}
+	})
+}
+
+// TestHoldIsLoggedWhenItStarts: a held pull used to be logged on every pass, because the
+// reason names the free space, which moves.
+func TestHoldIsLoggedWhenItStarts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newMemRuntime()
+		const ref = "ghcr.io/lsst/lab:w_2024_03"
+		rt.remote[ref] = digestA
+		var logs syncBuffer
+		free := uint64(5000)
+		var mu sync.Mutex
+		statfs := func(string) (uint64, uint64, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			free-- // the free space moves on every pass
+			return 10000, free, nil
+		}
+		a, err := New(Config{MinFreeDiskPercent: 60, ResyncInterval: time.Second, StateDir: t.TempDir()}, rt, nil,
+			slog.New(slog.NewTextHandler(&logs, nil)), WithStatFS(statfs))
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA, Size: 1}}})
+		startAgent(t, a)
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		require.Len(t, a.State().Held, 1)
+		require.Equal(t, 1, strings.Count(logs.String(), "holding pull"), logs.String())
+	})
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

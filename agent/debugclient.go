@@ -162,7 +162,7 @@ func printTable(out io.Writer, cmd string, raw []byte) error {
 			fmt.Fprintf(tw, "%s\theld\t%s\n", h.Ref, h.Reason)
 		}
 		for _, f := range v.Failed {
-			fmt.Fprintf(tw, "%s\tfailed\tattempt %d, retry in %s: %s\n", f.Ref, f.Attempts, time.Until(f.NextRetry).Round(time.Second), f.Error)
+			fmt.Fprintf(tw, "%s\tfailed\tattempt %d, retry in %s: %s\n", f.Ref, f.Attempts, max(0, time.Until(f.NextRetry)).Round(time.Second), f.Error)
 		}
 		for _, c := range v.Cached {
 			fmt.Fprintf(tw, "%s\tcached\t\n", c)
