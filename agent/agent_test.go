@@ -341,13 +341,13 @@ func TestHoldIsLoggedWhenItStarts(t *testing.T) {
 		const ref = "ghcr.io/lsst/lab:w_2024_03"
 		rt.remote[ref] = digestA
 		var logs syncBuffer
-		free := uint64(5000)
+		free := uint64(50 << 30)
 		var mu sync.Mutex
 		statfs := func(string) (uint64, uint64, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			free-- // the free space moves on every pass
-			return 10000, free, nil
+			free -= 100 << 20 // the free space moves on every pass
+			return 100 << 30, free, nil
 		}
 		a, err := New(Config{MinFreeDiskPercent: 60, ResyncInterval: time.Second, StateDir: t.TempDir()}, rt, nil,
 			slog.New(slog.NewTextHandler(&logs, nil)), WithStatFS(statfs))
