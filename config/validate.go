@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cachemachine/cachemachine/image"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -127,9 +128,11 @@ func (c *Config) lineOf(field string) int {
 	return 0
 }
 
-func (v *validator) positive(field string, d Duration) {
-	if d.Duration <= 0 {
-		v.addf(field, "must be > 0, got %s", d.Duration)
+// within checks that d is in [lo, hi]: a setting outside it would hurt the node (a 1ns
+// resync spins a core in the agent and another in containerd) or make the agent useless.
+func (v *validator) within(field string, d Duration, lo, hi time.Duration) {
+	if d.Duration < lo || d.Duration > hi {
+		v.addf(field, "must be between %s and %s, got %s", lo, hi, d.Duration)
 	}
 }
 
@@ -146,7 +149,7 @@ func (c *Config) validateTop(v *validator) {
 	case len(c.Name) > 63 || !dnsLabel.MatchString(c.Name):
 		v.addf("name", "must be a DNS label (lower-case letters, digits and '-', at most 63 characters), got %q", c.Name)
 	}
-	v.positive("refresh_interval", c.RefreshInterval)
+	v.within("refresh_interval", c.RefreshInterval, 10*time.Second, 24*time.Hour)
 }
 
 func (r *Repoman) validate(v *validator, path string) {
@@ -257,6 +260,10 @@ func parseImageRef(s string) (image.Ref, error) {
 	return ref, nil
 }
 
+// maxParallelPulls bounds agent.max_parallel_pulls: every pull holds a download and an
+// unpack in containerd, on a node that runs people's labs.
+const maxParallelPulls = 16
+
 func (a *Agent) validate(v *validator) {
 	switch {
 	case a.CRISocket == "":
@@ -269,13 +276,13 @@ func (a *Agent) validate(v *validator) {
 			v.addf("agent.cri_socket", "socket path must be shorter than 108 bytes, got %d", len(p))
 		}
 	}
-	if a.MaxParallelPulls < 1 {
-		v.addf("agent.max_parallel_pulls", "must be >= 1, got %d", a.MaxParallelPulls)
+	if a.MaxParallelPulls < 1 || a.MaxParallelPulls > maxParallelPulls {
+		v.addf("agent.max_parallel_pulls", "must be between 1 and %d, got %d", maxParallelPulls, a.MaxParallelPulls)
 	}
-	v.positive("agent.pull_timeout", a.PullTimeout)
-	v.positive("agent.backoff_initial", a.BackoffInitial)
-	v.positive("agent.backoff_max", a.BackoffMax)
-	v.positive("agent.resync_interval", a.ResyncInterval)
+	v.within("agent.pull_timeout", a.PullTimeout, 10*time.Second, 6*time.Hour)
+	v.within("agent.backoff_initial", a.BackoffInitial, 100*time.Millisecond, time.Hour)
+	v.within("agent.backoff_max", a.BackoffMax, 100*time.Millisecond, 24*time.Hour)
+	v.within("agent.resync_interval", a.ResyncInterval, time.Second, time.Hour)
 	if a.BackoffInitial.Duration > 0 && a.BackoffMax.Duration > 0 && a.BackoffInitial.Duration > a.BackoffMax.Duration {
 		v.addf("agent.backoff_initial", "must be <= backoff_max (%s), got %s", a.BackoffMax.Duration, a.BackoffInitial.Duration)
 	}
