@@ -80,7 +80,7 @@ func NewDebugServer(path string, a *Agent, opts DebugOptions) (*DebugServer, err
 		return nil, fmt.Errorf("debug socket %s: %w", path, err)
 	}
 	s := &DebugServer{path: path, ln: ln, self: self, log: opts.Logger}
-	s.srv = &http.Server{Handler: debugMux(a, opts), ReadHeaderTimeout: 10 * time.Second}
+	s.srv = NewHTTPServer(debugMux(a, opts), DefaultHTTPLimits)
 	return s, nil
 }
 
@@ -154,7 +154,7 @@ func listenPrivate(path string) (net.Listener, error) {
 
 // Run serves until ctx ends, then shuts down within 5 s.
 func (s *DebugServer) Run(ctx context.Context) error {
-	return Serve(ctx, s.srv, s.ln)
+	return Serve(ctx, s.srv, s.ln, DefaultHTTPLimits)
 }
 
 // Close stops listening and removes the socket file, unless the path is no longer the file this
@@ -169,30 +169,6 @@ func (s *DebugServer) Close() error {
 		return fmt.Errorf("remove debug socket: %w", err)
 	}
 	return nil
-}
-
-// Serve serves srv on ln until ctx ends, then shuts it down gracefully within 5 s.
-func Serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
-	done := make(chan struct{})
-	shutdownErr := make(chan error, 1)
-	go func() {
-		select {
-		case <-ctx.Done():
-		case <-done:
-			shutdownErr <- nil
-			return
-		}
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		shutdownErr <- srv.Shutdown(sctx)
-	}()
-	err := srv.Serve(ln)
-	close(done)
-	serr := <-shutdownErr
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return errors.Join(err, serr)
 }
 
 // NodeView is GET /v1/node.

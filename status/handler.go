@@ -30,6 +30,9 @@ const (
 	// forwarded to. A marked request reaching a non-leader is answered 503, not forwarded
 	// again, so two nodes that disagree about the leader cannot bounce a request forever.
 	ProxiedHeader = "X-Cachemachine-Proxied"
+	// maxProxiedBytes bounds the leader's answer that a non-leader passes on (a dump of
+	// thousands of images is a few MiB).
+	maxProxiedBytes = 32 << 20
 	// DefaultProxyTimeout bounds a request forwarded to the leader, answer included.
 	DefaultProxyTimeout = 3 * time.Second
 	// Prefix is the path the handler serves; mount it with mux.Handle(Prefix, h).
@@ -198,6 +201,7 @@ func (h *handler) proxy(w http.ResponseWriter, r *http.Request, leader, addr str
 		Transport: h.transport,
 		ModifyResponse: func(resp *http.Response) error {
 			resp.Header.Set(LeaderHeader, leader)
+			resp.Body = http.MaxBytesReader(nil, resp.Body, maxProxiedBytes)
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -232,14 +231,14 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	defer debug.Close()
 
 	ready := func() bool { return a.State().Ready && cluster.Ready() }
-	srv := &http.Server{Handler: httpMux(a.Healthy, ready, reg, status.NewHandler(lead, status.WithLogger(logger.With("component", "http")))), ReadHeaderTimeout: 10 * time.Second}
+	srv := agent.NewHTTPServer(httpMux(a.Healthy, ready, reg, status.NewHandler(lead, status.WithLogger(logger.With("component", "http")))), agent.DefaultHTTPLimits)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(ctx) })
 	g.Go(func() error { return cluster.Run(ctx) })
 	g.Go(func() error { return lead.Run(ctx) })
 	g.Go(func() error { return debug.Run(ctx) })
-	g.Go(func() error { return agent.Serve(ctx, srv, ln) })
+	g.Go(func() error { return agent.Serve(ctx, srv, ln, agent.DefaultHTTPLimits) })
 	logger.Info("running", "http", ln.Addr().String(), "debug_socket", cfg.Agent.DebugSocket, "cri_socket", cfg.Agent.CRISocket)
 	err = g.Wait()
 	logger.Info("stopped")
