@@ -73,6 +73,7 @@ type Agent struct {
 	reserved map[string]uint64       // bytes reserved by pulls in flight, by ref
 	largest  uint64                  // largest image size seen, the disk guard's guess
 	lastSeen time.Time               // last successful CRI inventory, or New's time
+	everSeen bool                    // an inventory succeeded
 }
 
 // imageStatus is the agent's memory of one desired reference between passes.
@@ -292,9 +293,7 @@ func (a *Agent) pass(ctx context.Context) {
 		}
 		a.log.Warn("listing images", "err", err)
 		a.mu.Lock()
-		next := a.state.Clone()
-		next.LastError = fmt.Sprintf("list images: %v", err)
-		a.publishLocked(next)
+		a.publishLocked(a.unavailableLocked(err))
 		a.mu.Unlock()
 		return
 	}
@@ -312,7 +311,7 @@ func (a *Agent) pass(ctx context.Context) {
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.lastSeen = time.Now()
+	a.lastSeen, a.everSeen = time.Now(), true
 	inv := newInventory(imgs)
 	a.largest = max(a.largest, inv.largest)
 	next := State{
@@ -396,6 +395,36 @@ func (a *Agent) pass(ctx context.Context) {
 	a.metrics.fsUsed.Set(float64(disk.UsedBytes))
 	a.metrics.fsCapacity.Set(float64(disk.CapacityBytes))
 	a.publishLocked(next)
+}
+
+// unavailableLocked is the state while the runtime does not answer: not ready, the error
+// said, the inventory as last seen (the images are still on disk), and the pulls as they
+// really are: a pull that failed with the runtime is failed, not "pulling". Callers hold a.mu.
+func (a *Agent) unavailableLocked(err error) State {
+	next := a.state.Clone()
+	next.Ready = false
+	next.LastError = fmt.Sprintf("container runtime unavailable: list images: %v", err)
+	next.Pulling, next.Failed, next.Queued, next.Held = nil, nil, nil, nil
+	for _, d := range a.desired.Images {
+		ref := d.Ref.String()
+		switch st := a.images[ref]; {
+		case st == nil:
+		case st.pulling:
+			next.Pulling = append(next.Pulling, Pulling{Ref: ref, Started: st.started})
+		case st.attempts > 0:
+			next.Failed = append(next.Failed, Failed{Ref: ref, Error: st.lastErr, Attempts: st.attempts, NextRetry: st.nextRetry})
+		}
+	}
+	return next
+}
+
+// Ready reports whether a CRI inventory succeeded recently (within 2 resync intervals, at
+// least 30 s): a node whose runtime stopped answering goes unready after a bounded time,
+// not at the first failed call of a containerd restart.
+func (a *Agent) Ready() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.everSeen && time.Since(a.lastSeen) <= max(30*time.Second, 2*a.cfg.ResyncInterval)
 }
 
 // desiredDigest returns the desired digest of ref, "" if unknown. Callers hold a.mu.

@@ -378,3 +378,48 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestRuntimeDownIsShownAsItIs: while containerd was down, a pull that had already failed was
+// shown as "pulling" and the node stayed ready. Now the state says the runtime is
+// unavailable, the pull is failed, and readiness goes after a bounded time.
+func TestRuntimeDownIsShownAsItIs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := &failingList{memRuntime: newMemRuntime()}
+		rt.block = make(chan struct{})
+		const ref = "ghcr.io/lsst/lab:w_2024_04"
+		rt.remote[ref] = digestA
+		a, err := New(Config{ResyncInterval: 5 * time.Second, BackoffInitial: time.Minute}, rt, nil, nil)
+		require.NoError(t, err)
+		require.False(t, a.Ready(), "not ready before the first inventory")
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA}}})
+		startAgent(t, a)
+		require.True(t, a.Ready())
+		require.Len(t, a.State().Pulling, 1)
+
+		// containerd dies mid-pull: the pull fails, and so does every inventory.
+		rt.fail.Store(true)
+		rt.mu.Lock()
+		rt.failing[ref] = cri.ErrUnavailable
+		rt.mu.Unlock()
+		close(rt.block)
+		synctest.Wait()
+		st := a.State()
+		require.False(t, st.Ready)
+		require.Contains(t, st.LastError, "container runtime unavailable")
+		require.Empty(t, st.Pulling, "the failed pull is not shown as pulling")
+		require.Len(t, st.Failed, 1)
+		require.Equal(t, ref, st.Failed[0].Ref)
+		require.True(t, a.Ready(), "a short outage (containerd restarting) keeps the node ready")
+
+		time.Sleep(31 * time.Second)
+		synctest.Wait()
+		require.False(t, a.Ready(), "no inventory for 30 s: not ready")
+
+		rt.fail.Store(false)
+		time.Sleep(6 * time.Second)
+		synctest.Wait()
+		require.True(t, a.Ready())
+		require.True(t, a.State().Ready)
+		require.Empty(t, a.State().LastError)
+	})
+}

@@ -60,8 +60,6 @@ func (m *memRuntime) PullImage(ctx context.Context, ref string, _ *cri.Auth) (st
 	m.mu.Lock()
 	m.pulls = append(m.pulls, ref)
 	block := m.block
-	err := m.failing[ref]
-	d, ok := m.remote[ref]
 	m.mu.Unlock()
 	if block != nil {
 		select {
@@ -70,6 +68,10 @@ func (m *memRuntime) PullImage(ctx context.Context, ref string, _ *cri.Auth) (st
 			return "", cri.ErrDeadline
 		}
 	}
+	m.mu.Lock()
+	err := m.failing[ref]
+	d, ok := m.remote[ref]
+	m.mu.Unlock()
 	if err != nil {
 		return "", err
 	}

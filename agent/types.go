@@ -62,9 +62,10 @@ type State struct {
 	DesiredVersion uint64 `json:"desired_version"`
 	// Runtime is "containerd 1.6.20" or similar; "" until one CRI call succeeded.
 	Runtime string `json:"runtime"`
-	// Ready is true once a CRI inventory succeeded.
+	// Ready is true while the last CRI inventory succeeded.
 	Ready bool `json:"ready"`
-	// LastError is the last inventory error, "" when the last pass succeeded.
+	// LastError is the last inventory error ("container runtime unavailable: …"), "" when
+	// the last pass succeeded.
 	LastError string `json:"last_error,omitempty"`
 	// Images is the whole inventory (every image in the runtime's k8s.io namespace).
 	Images []CachedImage `json:"images"`

@@ -39,10 +39,11 @@ func nodeView(n coordinator.NodeState) status.Node {
 	st := n.State
 	out := status.Node{
 		Name: st.Node, Alive: n.Alive, Version: st.Version,
-		Inventory: map[string]string{},
-		Cached:    slices.Sorted(maps.Keys(st.Cached)),
-		Missing:   slices.Clone(st.Missing),
-		Disk:      status.Disk{UsedBytes: st.Disk.UsedBytes, CapacityBytes: st.Disk.CapacityBytes},
+		RuntimeError: st.LastError,
+		Inventory:    map[string]string{},
+		Cached:       slices.Sorted(maps.Keys(st.Cached)),
+		Missing:      slices.Clone(st.Missing),
+		Disk:         status.Disk{UsedBytes: st.Disk.UsedBytes, CapacityBytes: st.Disk.CapacityBytes},
 	}
 	for _, img := range st.Images {
 		// Each tag takes the digest recorded for its own repository.

@@ -152,8 +152,12 @@ func TestHTML(t *testing.T) {
 	in := representative()
 	in.Desired = append(in.Desired, imgs([]Image{{ImageURL: other + ":evil", Name: `<script>alert("x")</script>`}})...)
 	in.Nodes[0].Held = append(in.Nodes[0].Held, Held{ImageURL: other + ":evil", Reason: `"><img src=x onerror=alert(1)>`})
+	in.Nodes[1].RuntimeError = "container runtime unavailable: list images: connection refused"
 	srv := httptest.NewServer(NewHandler(fakeBackend{in: in, leader: in.Leader, self: true}))
 	t.Cleanup(srv.Close)
+
+	_, nb := do(t, http.MethodGet, srv.URL+"/cachemachine/jupyter/nodes", nil)
+	require.Contains(t, string(nb), `"runtime_error":"container runtime unavailable: list images: connection refused"`, "/nodes says the runtime is down")
 
 	resp, b := do(t, http.MethodGet, srv.URL+"/cachemachine/jupyter", map[string]string{"Accept": browserAccept})
 	body := string(b)
@@ -164,6 +168,7 @@ func TestHTML(t *testing.T) {
 
 	for _, want := range []string{
 		"gke-pool-1-a", "gke-pool-1-b", "gke-pool-1-c", "(down)",
+		`<span class="err" title="container runtime unavailable: list images: connection refused">runtime unavailable</span>`,
 		"Recommended (Weekly 2021_22)", "Daily 2021_06_01",
 		`class="mark cached" title="cached">✓`,
 		`class="mark pulling" title="pulling">↻`,

@@ -239,7 +239,7 @@ JSON: <a href="/cachemachine/{{.Name}}/available">available</a>,
 <tr><th>node</th><th>version</th><th>disk</th>
 {{- range .Columns}}<th class="img" title="{{.Image.ImageURL}} {{.Image.ImageHash}}">{{.Image.Name}}{{if .Available}} <span class="avail">●</span>{{end}}</th>{{end}}</tr>
 {{- range .Rows}}
-<tr{{if not .Node.Alive}} class="down"{{end}}><td>{{.Node.Name}}{{if .Leader}} ★{{end}}{{if not .Node.Alive}} (down){{end}}</td><td>{{.Node.Version}}</td><td>{{.DiskUsed}}</td>
+<tr{{if not .Node.Alive}} class="down"{{end}}><td>{{.Node.Name}}{{if .Leader}} ★{{end}}{{if not .Node.Alive}} (down){{end}}{{if .Node.RuntimeError}} <span class="err" title="{{.Node.RuntimeError}}">runtime unavailable</span>{{end}}</td><td>{{.Node.Version}}</td><td>{{.DiskUsed}}</td>
 {{- range .Cells}}<td class="mark {{.Class}}" title="{{.Title}}">{{.Mark}}</td>{{end}}</tr>
 {{- end}}
 </table>

@@ -80,6 +80,8 @@ type Node struct {
 	// shown but do not count for common_cache.
 	Alive   bool
 	Version uint64
+	// RuntimeError is set while the node's container runtime does not answer.
+	RuntimeError string
 	// Inventory maps "repo:tag" to the manifest digest, for every tagged image on the node.
 	// Keys that carry a digest ("repo@sha256:…") and entries with an empty digest are
 	// ignored.
@@ -143,15 +145,17 @@ type ImageList struct {
 
 // NodeView is one node of the /nodes document.
 type NodeView struct {
-	Name    string   `json:"name"`
-	Alive   bool     `json:"alive"`
-	Cached  []string `json:"cached"`
-	Missing []string `json:"missing"`
-	Pulling []string `json:"pulling"`
-	Held    []Held   `json:"held"`
-	Failed  []Failed `json:"failed"`
-	Disk    Disk     `json:"disk"`
-	Version uint64   `json:"version"`
+	Name  string `json:"name"`
+	Alive bool   `json:"alive"`
+	// RuntimeError is the node's "container runtime unavailable: …", "" while it answers.
+	RuntimeError string   `json:"runtime_error,omitempty"`
+	Cached       []string `json:"cached"`
+	Missing      []string `json:"missing"`
+	Pulling      []string `json:"pulling"`
+	Held         []Held   `json:"held"`
+	Failed       []Failed `json:"failed"`
+	Disk         Disk     `json:"disk"`
+	Version      uint64   `json:"version"`
 }
 
 // Nodes is the document of GET /cachemachine/{name}/nodes.
@@ -266,15 +270,16 @@ func NodesView(in Input) Nodes {
 	out := Nodes{Leader: in.Leader, Nodes: make([]NodeView, 0, len(in.Nodes))}
 	for _, n := range in.Nodes {
 		out.Nodes = append(out.Nodes, NodeView{
-			Name:    n.Name,
-			Alive:   n.Alive,
-			Cached:  clone(n.Cached),
-			Missing: clone(n.Missing),
-			Pulling: clone(n.Pulling),
-			Held:    clone(n.Held),
-			Failed:  clone(n.Failed),
-			Disk:    n.Disk,
-			Version: n.Version,
+			Name:         n.Name,
+			Alive:        n.Alive,
+			RuntimeError: n.RuntimeError,
+			Cached:       clone(n.Cached),
+			Missing:      clone(n.Missing),
+			Pulling:      clone(n.Pulling),
+			Held:         clone(n.Held),
+			Failed:       clone(n.Failed),
+			Disk:         n.Disk,
+			Version:      n.Version,
 		})
 	}
 	slices.SortStableFunc(out.Nodes, func(a, b NodeView) int { return cmp.Compare(a.Name, b.Name) })

@@ -230,7 +230,7 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	}
 	defer debug.Close()
 
-	ready := func() bool { return a.State().Ready && cluster.Ready() }
+	ready := func() bool { return a.Ready() && cluster.Ready() }
 	srv := agent.NewHTTPServer(httpMux(a.Healthy, ready, reg, status.NewHandler(lead, status.WithLogger(logger.With("component", "http")))), agent.DefaultHTTPLimits)
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -329,7 +329,7 @@ func httpMux(healthy func() error, ready func() bool, reg *prometheus.Registry, 
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !ready() {
-			http.Error(w, "not ready: waiting for the first CRI inventory or for the cluster join", http.StatusServiceUnavailable)
+			http.Error(w, "not ready: no recent CRI inventory (container runtime unavailable?) or not joined the cluster", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
