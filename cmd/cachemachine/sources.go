@@ -20,7 +20,7 @@ import (
 func buildSources(ctx context.Context, cfg *config.Config) ([]leader.Source, func(), error) {
 	var keychain authn.Keychain
 	if cfg.Agent.PullAuth == config.PullAuthDockerconfig {
-		dc, err := registry.LoadDockerConfig(cfg.Agent.Dockerconfig)
+		dc, err := registry.LoadDockerConfig(cfg.Agent.Dockerconfig, nil)
 		if err != nil {
 			return nil, nil, fmt.Errorf("agent.dockerconfig: %w", err)
 		}
