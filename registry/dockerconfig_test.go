@@ -90,13 +90,25 @@ func TestLoadDockerConfig(t *testing.T) {
 			body:    `{"auths": {}, "credsStore": "desktop"}`,
 			lookups: map[string]authn.AuthConfig{"index.docker.io": {}},
 		},
+		{
+			// The Docker CLI writes empty entries next to a credsStore; the agent's own parser
+			// skipped them, so one parser must too.
+			name:    "entries without credentials are skipped",
+			body:    `{"auths": {"ghcr.io": {}, "quay.io": {"email": "x@y", "auth": ""}, "https://": {}, "127.0.0.1:5000": {"username": "u", "password": "p"}}, "credsStore": "desktop"}`,
+			lookups: map[string]authn.AuthConfig{"ghcr.io": {}, "quay.io": {}, "127.0.0.1:5000": {Username: "u", Password: "p"}},
+		},
+		{
+			name:    "padded auth with white space",
+			body:    `{"auths": {"ghcr.io": {"auth": " ` + b64("rubin:"+secret) + `\n"}}}`,
+			lookups: map[string]authn.AuthConfig{"ghcr.io": basic},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			path := filepath.Join(t.TempDir(), "config.json")
 			require.NoError(t, os.WriteFile(path, []byte(tt.body), 0o600))
-			dc, err := LoadDockerConfig(path)
+			dc, err := LoadDockerConfig(path, nil)
 			require.NoError(t, err)
 			for host, want := range tt.lookups {
 				got, ok := dc.Lookup(host)
@@ -139,7 +151,6 @@ func TestLoadDockerConfigErrors(t *testing.T) {
 		{name: "auth not a string", body: `{"auths": {"ghcr.io": {"auth": 12345}}}`, wantErr: `auths["ghcr.io"]: auth: want a JSON string, got number`},
 		{name: "bad base64", body: `{"auths": {"ghcr.io": {"auth": "` + secret + `!!"}}}`, wantErr: `auths["ghcr.io"]: "auth" is not valid base64`},
 		{name: "no colon", body: `{"auths": {"ghcr.io": {"auth": "` + b64(secret) + `"}}}`, wantErr: `auths["ghcr.io"]: decoded "auth" has no ':' between username and password`},
-		{name: "empty entry", body: `{"auths": {"ghcr.io": {}}}`, wantErr: `auths["ghcr.io"]: no credentials`},
 		{name: "password only", body: `{"auths": {"ghcr.io": {"password": "` + secret + `"}}}`, wantErr: `auths["ghcr.io"]: password without a username`},
 		{name: "empty key", body: `{"auths": {"https://": {"username": "u", "password": "` + secret + `"}}}`, wantErr: `auths["https://"]: no registry host in the key`},
 		{
@@ -153,7 +164,7 @@ func TestLoadDockerConfigErrors(t *testing.T) {
 			t.Parallel()
 			path := filepath.Join(t.TempDir(), ".dockerconfigjson")
 			require.NoError(t, os.WriteFile(path, []byte(tt.body), 0o600))
-			_, err := LoadDockerConfig(path)
+			_, err := LoadDockerConfig(path, nil)
 			require.ErrorContains(t, err, "dockerconfig "+path+": "+tt.wantErr)
 			require.NotContains(t, err.Error(), secret)
 			require.NotContains(t, err.Error(), strings.TrimRight(b64("a:"+secret), "="))
@@ -163,8 +174,8 @@ func TestLoadDockerConfigErrors(t *testing.T) {
 	t.Run("missing file", func(t *testing.T) {
 		t.Parallel()
 		path := filepath.Join(t.TempDir(), "absent.json")
-		_, err := LoadDockerConfig(path)
+		_, err := LoadDockerConfig(path, nil)
 		require.ErrorIs(t, err, os.ErrNotExist)
-		require.ErrorContains(t, err, path)
+		require.EqualError(t, err, "dockerconfig "+path+": no such file or directory", "the path once, then the reason")
 	})
 }

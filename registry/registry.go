@@ -48,7 +48,10 @@ type Config struct {
 	// 127.0.0.0/8, ::1).
 	Insecure bool
 	// Auth supplies credentials per registry host, typically a *DockerConfig from
-	// LoadDockerConfig. Nil means anonymous.
+	// LoadDockerConfig. Nil means anonymous. When Auth also has a Generation method (a
+	// *DockerConfig has), the Lister checks it before every listing and lookup and, when it
+	// changed, starts over with new transports, so rotated credentials take effect at once
+	// and no token or basic auth obtained with the old ones is sent again.
 	Auth authn.Keychain
 	// Parallelism bounds the digest lookups ResolveDigests keeps in flight. Zero means
 	// DefaultParallelism.
@@ -60,19 +63,31 @@ type Config struct {
 
 // Lister lists tags and resolves digests for one repository. It is safe for concurrent use.
 //
-// A Lister keeps one go-containerregistry Puller for its lifetime, so the auth ping and the
-// bearer token are shared by all calls; an expired token is renewed on the 401 it causes.
-// Credentials are resolved from Config.Auth on the first request.
+// A Lister keeps one go-containerregistry Puller while the credentials stay the same, so the
+// auth ping and the bearer token are shared by all calls; an expired token is renewed on the
+// 401 it causes. Credentials are resolved from Config.Auth on the first request after the
+// Puller was made: go-containerregistry caches them in its per-repository transports, which
+// is why a change of Config.Auth's generation replaces the Puller.
 type Lister struct {
 	repo        name.Repository
 	ref         string    // "registry/repo" as configured, for messages
 	base        image.Ref // the pull reference base, normalised
 	parallelism int
-	puller      *remote.Puller
+	ropts       []remote.Option
+	generation  func() uint64 // the credentials' generation; nil when they never change
 	counter     *countingTransport
+
+	pmu       sync.Mutex // guards puller and pullerGen
+	puller    *remote.Puller
+	pullerGen uint64 // the credentials' generation puller was made for
 
 	mu    sync.Mutex        // guards sizes
 	sizes map[string]uint64 // image size by manifest digest: a digest's size never changes
+}
+
+// generationer is what a keychain whose content changes offers: see Config.Auth.
+type generationer interface {
+	Generation() uint64
 }
 
 // New validates cfg and returns a Lister. It makes no request.
@@ -125,17 +140,41 @@ func New(cfg Config) (*Lister, error) {
 	if l.parallelism == 0 {
 		l.parallelism = DefaultParallelism
 	}
-	ropts := []remote.Option{remote.WithTransport(l.counter), remote.WithUserAgent("cachemachine")}
+	l.ropts = []remote.Option{remote.WithTransport(l.counter), remote.WithUserAgent("cachemachine")}
 	if cfg.Auth != nil {
-		ropts = append(ropts, remote.WithAuthFromKeychain(cfg.Auth))
+		l.ropts = append(l.ropts, remote.WithAuthFromKeychain(cfg.Auth))
+		if g, ok := cfg.Auth.(generationer); ok {
+			l.generation = g.Generation
+			l.pullerGen = g.Generation()
+		}
 	}
 	if cfg.PageSize > 0 {
-		ropts = append(ropts, remote.WithPageSize(cfg.PageSize))
+		l.ropts = append(l.ropts, remote.WithPageSize(cfg.PageSize))
 	}
-	if l.puller, err = remote.NewPuller(ropts...); err != nil {
+	if l.puller, err = remote.NewPuller(l.ropts...); err != nil {
 		return nil, fmt.Errorf("new registry source %s: %w", l.ref, err)
 	}
 	return l, nil
+}
+
+// currentPuller returns the Puller for the credentials in force, replacing the one made for
+// older credentials (and with it every cached transport, token and authenticator).
+func (l *Lister) currentPuller() (*remote.Puller, error) {
+	var gen uint64
+	if l.generation != nil {
+		gen = l.generation() // outside pmu: it may read the credentials file
+	}
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	if gen == l.pullerGen {
+		return l.puller, nil
+	}
+	p, err := remote.NewPuller(l.ropts...)
+	if err != nil {
+		return nil, err
+	}
+	l.puller, l.pullerGen = p, gen
+	return p, nil
 }
 
 // Repository returns the normalised "registry/repo", the base of the pull references
@@ -148,7 +187,11 @@ func (l *Lister) Repository() string { return l.base.Repository() }
 // ResolveDigests and Size fill in the ones needed. A repository the registry does not know is
 // an ErrNotFound error, refused credentials an ErrUnauthorized error.
 func (l *Lister) ListImages(ctx context.Context) ([]image.Image, error) {
-	tags, err := l.puller.List(ctx, l.repo)
+	p, err := l.currentPuller()
+	if err != nil {
+		return nil, fmt.Errorf("list tags of %s: %w", l.ref, err)
+	}
+	tags, err := p.List(ctx, l.repo)
 	if err != nil {
 		return nil, fmt.Errorf("list tags of %s: %w", l.ref, classify(err, true))
 	}
@@ -174,7 +217,10 @@ func (l *Lister) Size(ctx context.Context, digest string) (uint64, error) {
 	if ok {
 		return n, nil
 	}
-	n, err := l.size(ctx, l.repo.Digest(digest))
+	p, err := l.currentPuller()
+	if err == nil {
+		n, err = l.size(ctx, p, l.repo.Digest(digest))
+	}
 	if err != nil {
 		return 0, fmt.Errorf("size of %s@%s: %w", l.ref, digest, classify(err, false))
 	}
@@ -187,8 +233,8 @@ func (l *Lister) Size(ctx context.Context, digest string) (uint64, error) {
 	return n, nil
 }
 
-func (l *Lister) size(ctx context.Context, ref name.Digest) (uint64, error) {
-	desc, err := l.puller.Get(ctx, ref)
+func (l *Lister) size(ctx context.Context, p *remote.Puller, ref name.Digest) (uint64, error) {
+	desc, err := p.Get(ctx, ref)
 	if err != nil {
 		return 0, err
 	}
@@ -214,7 +260,7 @@ func (l *Lister) size(ctx context.Context, ref name.Digest) (uint64, error) {
 		if pick == nil {
 			return 0, errors.New("index has no linux image")
 		}
-		return l.size(ctx, ref.Context().Digest(pick.Digest.String()))
+		return l.size(ctx, p, ref.Context().Digest(pick.Digest.String()))
 	}
 	img, err := desc.Image()
 	if err != nil {
@@ -255,6 +301,10 @@ func (l *Lister) ResolveDigests(ctx context.Context, tags []string) (map[string]
 		refs = append(refs, l.repo.Tag(t))
 	}
 
+	p, err := l.currentPuller()
+	if err != nil {
+		return nil, fmt.Errorf("resolve digests in %s: %w", l.ref, err)
+	}
 	var (
 		mu      sync.Mutex // guards digests
 		digests = make(map[string]string, len(refs))
@@ -263,7 +313,7 @@ func (l *Lister) ResolveDigests(ctx context.Context, tags []string) (map[string]
 	g.SetLimit(l.parallelism)
 	for _, ref := range refs {
 		g.Go(func() error {
-			desc, err := l.puller.Head(ctx, ref)
+			desc, err := p.Head(ctx, ref)
 			if err != nil {
 				if statusCode(err) == http.StatusNotFound {
 					return nil

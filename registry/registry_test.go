@@ -293,7 +293,7 @@ func TestAuthFromDockerConfig(t *testing.T) {
 		auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
 		body := fmt.Sprintf(`{"auths": {"ghcr.io": {"auth": "Zm9vOmJhcg=="}, "http://%s/v2/": {"auth": %q}}}`, reg.Addr, auth)
 		require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
-		dc, err := LoadDockerConfig(path)
+		dc, err := LoadDockerConfig(path, nil)
 		require.NoError(t, err)
 		return dc
 	}
@@ -467,9 +467,12 @@ func paginatingProxy(t *testing.T, backend string) string {
 	return srv.Listener.Addr().String()
 }
 
+// mustParse loads a DockerConfig from body, written to a temporary file.
 func mustParse(t *testing.T, body string) *DockerConfig {
 	t.Helper()
-	dc, err := parseDockerConfig("test.json", []byte(body))
+	path := filepath.Join(t.TempDir(), "config.json")
+	require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
+	dc, err := LoadDockerConfig(path, nil)
 	require.NoError(t, err)
 	return dc
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/gar"
 	"github.com/cachemachine/cachemachine/leader"
+	"github.com/cachemachine/cachemachine/registry"
 	"github.com/cachemachine/cachemachine/status"
 )
 
@@ -157,15 +158,51 @@ func agentMain(ctx context.Context, args []string, stderr io.Writer) int {
 		cfg.Agent.NodeName, _ = os.Hostname()
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})).With("node", cfg.Agent.NodeName)
-	if err := run(ctx, cfg, logger); err != nil {
+	files, err := loadFiles(cfg, logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "cachemachine agent: %v\n", err)
+		return exitUsage
+	}
+	if err := run(ctx, cfg, files, logger); err != nil {
 		logger.Error("agent stopped", "err", err)
 		return exitFailed
 	}
 	return exitOK
 }
 
+// files holds what the files the config names say. They are read before anything starts, so
+// that a missing or malformed one is a configuration error (status 2 and one line naming the
+// file), not the failure of a running agent.
+type files struct {
+	// dockerconfig is the one source of registry credentials, for pulls and for listings;
+	// nil unless pull_auth is dockerconfig.
+	dockerconfig *registry.DockerConfig
+	// gossipKey is nil when the cluster is off or its gossip unencrypted.
+	gossipKey []byte
+}
+
+// loadFiles reads agent.dockerconfig and cluster.gossip_key_file when the config uses them.
+func loadFiles(cfg *config.Config, logger *slog.Logger) (files, error) {
+	var f files
+	if cfg.Agent.PullAuth == config.PullAuthDockerconfig {
+		dc, err := registry.LoadDockerConfig(cfg.Agent.Dockerconfig, logger.With("component", "credentials"))
+		if err != nil {
+			return files{}, fmt.Errorf("agent.dockerconfig: %w", err)
+		}
+		f.dockerconfig = dc
+	}
+	if cfg.Cluster.Enabled && !cfg.Cluster.InsecureGossip {
+		key, err := coordinator.LoadKey(cfg.Cluster.GossipKeyFile)
+		if err != nil {
+			return files{}, fmt.Errorf("cluster.gossip_key_file: %w", err)
+		}
+		f.gossipKey = key
+	}
+	return f, nil
+}
+
 // run builds every component, runs them until ctx ends, and closes them.
-func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
+func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logger) error {
 	logger.Info("starting", "version", version, "config", cfg.File())
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -176,7 +213,7 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	}
 	defer rt.Close()
 
-	creds, err := pullCredentials(ctx, cfg)
+	creds, err := pullCredentials(ctx, cfg, files)
 	if err != nil {
 		return err
 	}
@@ -195,7 +232,7 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	}
 	defer a.Close()
 
-	srcs, closeSources, err := buildSources(ctx, cfg)
+	srcs, closeSources, err := buildSources(ctx, cfg, files.keychain())
 	if err != nil {
 		return err
 	}
@@ -207,7 +244,7 @@ func run(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	}
 	defer ln.Close()
 
-	cluster, err := newCluster(cfg, advertisedHTTP(cfg, ln.Addr()), a, logger.With("component", "cluster"), reg)
+	cluster, err := newCluster(cfg, files.gossipKey, advertisedHTTP(cfg, ln.Addr()), a, logger.With("component", "cluster"), reg)
 	if err != nil {
 		return err
 	}
@@ -260,16 +297,10 @@ var (
 )
 
 // newCluster builds the gossip cluster, or the cluster of one when cluster.enabled is false.
-func newCluster(cfg *config.Config, httpAddr string, a *agent.Agent, logger *slog.Logger, reg prometheus.Registerer) (cluster, error) {
+// key is the gossip key loadFiles read.
+func newCluster(cfg *config.Config, key []byte, httpAddr string, a *agent.Agent, logger *slog.Logger, reg prometheus.Registerer) (cluster, error) {
 	if !cfg.Cluster.Enabled {
 		return coordinator.NewStandalone(cfg.Agent.NodeName, httpAddr, a), nil
-	}
-	var key []byte
-	if !cfg.Cluster.InsecureGossip {
-		var err error
-		if key, err = coordinator.LoadKey(cfg.Cluster.GossipKeyFile); err != nil {
-			return nil, fmt.Errorf("cluster.gossip_key_file: %w", err)
-		}
 	}
 	return coordinator.New(coordinator.Config{
 		Name: cfg.Name, NodeName: cfg.Agent.NodeName,
@@ -279,15 +310,14 @@ func newCluster(cfg *config.Config, httpAddr string, a *agent.Agent, logger *slo
 	}, a, logger, reg)
 }
 
+// The dockerconfig that lists registries also gives the pull credentials.
+var _ agent.Credentials = (*registry.DockerConfig)(nil)
+
 // pullCredentials builds the credential provider pull_auth names.
-func pullCredentials(ctx context.Context, cfg *config.Config) (agent.Credentials, error) {
+func pullCredentials(ctx context.Context, cfg *config.Config, files files) (agent.Credentials, error) {
 	switch cfg.Agent.PullAuth {
 	case config.PullAuthDockerconfig:
-		dc, err := agent.NewDockerConfig(cfg.Agent.Dockerconfig)
-		if err != nil {
-			return nil, fmt.Errorf("agent.dockerconfig: %w", err)
-		}
-		return dc, nil
+		return files.dockerconfig, nil
 	case config.PullAuthGoogle:
 		tc, err := gar.DefaultTokenCredentials(ctx)
 		if err != nil {

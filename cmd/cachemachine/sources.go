@@ -15,17 +15,18 @@ import (
 	"github.com/cachemachine/cachemachine/sources"
 )
 
-// buildSources constructs one source per repoman, in config order. The returned closer
-// releases the API clients.
-func buildSources(ctx context.Context, cfg *config.Config) ([]leader.Source, func(), error) {
-	var keychain authn.Keychain
-	if cfg.Agent.PullAuth == config.PullAuthDockerconfig {
-		dc, err := registry.LoadDockerConfig(cfg.Agent.Dockerconfig)
-		if err != nil {
-			return nil, nil, fmt.Errorf("agent.dockerconfig: %w", err)
-		}
-		keychain = dc
+// keychain is the credentials for listing registries: the dockerconfig the pulls use, or nil
+// (anonymous).
+func (f files) keychain() authn.Keychain {
+	if f.dockerconfig == nil {
+		return nil // not a typed nil in the interface
 	}
+	return f.dockerconfig
+}
+
+// buildSources constructs one source per repoman, in config order, listing registries with
+// keychain (nil: anonymous). The returned closer releases the API clients.
+func buildSources(ctx context.Context, cfg *config.Config, keychain authn.Keychain) ([]leader.Source, func(), error) {
 	var out []leader.Source
 	var closers []func()
 	closeAll := func() {

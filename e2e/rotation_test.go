@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
+	"github.com/cachemachine/cachemachine/registry"
+)
+
+// TestRotatedPasswordListsAndPullsWithoutRestart rotates a registry password the way a
+// Kubernetes Secret rotation does: the registry's htpasswd changes, then the Secret volume's
+// "..data" symlink is swapped to a dockerconfig with the new password. The running agent
+// (standalone, RubinRepoMan source, pull_auth: dockerconfig) must list the registry and pull
+// a weekly pushed after the rotation, without a restart, and never print either password.
+func TestRotatedPasswordListsAndPullsWithoutRestart(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	const user, oldPass, newPass = "robot", "old-pass-3f9a1c", "new-pass-c41e7b"
+	reg := lab.NewRegistry(t, lab.RegistryOptions{Username: user, Password: oldPass})
+	const repo = "lsst/sciplat-lab"
+	base := reg.Addr + "/" + repo
+	w1, err := lab.PushRandomImage(t.Context(), reg.Addr, repo, []string{"w_2024_01"}, 2*mb, 1, &lab.Basic{Username: user, Password: oldPass})
+	require.NoError(t, err)
+
+	secretDir := filepath.Join(n.dir, "secret")
+	require.NoError(t, os.Mkdir(secretDir, 0o755))
+	dockerconfig := filepath.Join(secretDir, ".dockerconfigjson")
+	mountSecret(t, secretDir, 1, reg.Addr, user, oldPass)
+	require.NoError(t, os.Symlink("..data/.dockerconfigjson", dockerconfig))
+
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfgPath := filepath.Join(n.dir, "config.yaml")
+	require.NoError(t, os.WriteFile(cfgPath, fmt.Appendf(nil, `name: jupyter
+refresh_interval: 10s
+repomen:
+  - type: RubinRepoMan
+    registry_url: %s
+    repo: %s
+    num_weeklies: 2
+agent:
+  cri_socket: %s
+  backoff_initial: 500ms
+  backoff_max: 2s
+  resync_interval: 1s
+  min_free_disk_percent: 0
+  pull_auth: dockerconfig
+  dockerconfig: %s
+  state_dir: %s
+  debug_socket: %s
+cluster:
+  enabled: false
+http:
+  listen: %s
+`, reg.Addr, repo, n.cd.Endpoint(), dockerconfig, filepath.Join(n.dir, "state"), filepath.Join(n.dir, "agent.sock"), httpAddr), 0o600))
+	p := startAgent(t, cfgPath)
+	pid := p.Pid()
+
+	available := func(ref, digest string) bool {
+		var v struct {
+			Images []statusImage `json:"images"`
+		}
+		if _, ok := getStatus(t, httpAddr, "/cachemachine/jupyter/available", &v); !ok {
+			return false
+		}
+		return slices.ContainsFunc(v.Images, func(img statusImage) bool {
+			return img.ImageURL == ref && img.ImageHash == digest
+		})
+	}
+	eventually(t, 60*time.Second, "the first weekly on the node and available", func() bool {
+		return tagDigest(t, n.cri, base+":w_2024_01") == w1 && available(base+":w_2024_01", w1)
+	})
+
+	// Rotate: the registry takes only the new password, then the Secret follows.
+	setHtpasswd(t, reg, user, newPass)
+	eventually(t, 10*time.Second, "the registry to refuse the old password", func() bool {
+		return registryStatus(t, reg.Addr, user, oldPass) == http.StatusUnauthorized &&
+			registryStatus(t, reg.Addr, user, newPass) == http.StatusOK
+	})
+	mountSecret(t, secretDir, 2, reg.Addr, user, newPass)
+	w2, err := lab.PushRandomImage(t.Context(), reg.Addr, repo, []string{"w_2024_02"}, 2*mb, 1, &lab.Basic{Username: user, Password: newPass})
+	require.NoError(t, err)
+	time.Sleep(registry.ReloadInterval) // the agent may have read the old file just now
+	out, err := p.debug(t, "reconcile")
+	require.NoError(t, err, out)
+
+	// The reconcile's listing sees the new password; the periodic one (10 s) is the backstop.
+	eventually(t, 60*time.Second, "the weekly pushed after the rotation listed, pulled and available", func() bool {
+		return tagDigest(t, n.cri, base+":w_2024_02") == w2 && available(base+":w_2024_02", w2)
+	})
+	require.False(t, p.Exited(), "the agent was not restarted")
+	require.Equal(t, pid, p.Pid())
+
+	var raw map[string]any
+	_, ok := getStatus(t, httpAddr, "/cachemachine/jupyter", &raw)
+	require.True(t, ok)
+	pulls, err := p.debug(t, "-o", "json", "pulls")
+	require.NoError(t, err)
+	p.stop(t)
+	logs := p.log.String()
+	require.Contains(t, logs, "credentials reloaded", "the agent says it re-read the dockerconfig")
+	for _, secret := range []string{oldPass, newPass, basicAuth(user, oldPass), basicAuth(user, newPass)} {
+		require.NotContains(t, logs, secret)
+		require.NotContains(t, fmt.Sprint(raw), secret)
+		require.NotContains(t, pulls, secret)
+	}
+}
+
+func basicAuth(user, pass string) string {
+	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+}
+
+// mountSecret writes version n of a Secret volume holding a .dockerconfigjson for registry,
+// as the kubelet does: a new timestamped directory, then an atomic swap of the "..data"
+// symlink to it, then removal of the previous version.
+func mountSecret(t *testing.T, dir string, n int, registry, user, pass string) {
+	t.Helper()
+	version := fmt.Sprintf("..2024_01_01_00_00_0%d.000", n)
+	require.NoError(t, os.Mkdir(filepath.Join(dir, version), 0o755))
+	body := fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, registry, basicAuth(user, pass))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, version, ".dockerconfigjson"), []byte(body), 0o644))
+	tmp := filepath.Join(dir, "..data_tmp")
+	require.NoError(t, os.Symlink(version, tmp))
+	old, _ := os.Readlink(filepath.Join(dir, "..data"))
+	require.NoError(t, os.Rename(tmp, filepath.Join(dir, "..data")))
+	if old != "" {
+		require.NoError(t, os.RemoveAll(filepath.Join(dir, old)))
+	}
+}
+
+// setHtpasswd replaces the registry's one htpasswd user (lab.StartRegistry keeps the file in
+// Dir); docker-registry reads the file again when its modification time changes. The caller
+// checks the switch took effect with registryStatus.
+func setHtpasswd(t *testing.T, reg *lab.Registry, user, pass string) {
+	t.Helper()
+	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+	require.NoError(t, err)
+	path := filepath.Join(reg.Dir, "htpasswd")
+	_, err = os.Stat(path)
+	require.NoError(t, err, "the lab registry keeps its htpasswd in Dir")
+	tmp := path + ".tmp"
+	require.NoError(t, os.WriteFile(tmp, []byte(user+":"+string(hash)+"\n"), 0o600))
+	require.NoError(t, os.Rename(tmp, path))
+}
+
+// registryStatus is the status of GET /v2/ with HTTP Basic credentials.
+func registryStatus(t *testing.T, addr, user, pass string) int {
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+addr+"/v2/", nil)
+	require.NoError(t, err)
+	req.SetBasicAuth(user, pass)
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
