@@ -65,12 +65,6 @@ type Config struct {
 	// HTTPAddr is this node's status API address ("ip:port"), carried in node metadata so
 	// other nodes can reach the leader.
 	HTTPAddr string
-	// Fast selects test timings (gossip ~10 ms, probe ~50 ms, push/pull ~100 ms).
-	Fast bool
-	// Tune, when set, adjusts memberlist's configuration after cachemachine's own settings.
-	// It exists for simulations that run hundreds of nodes in one process (bench-cluster);
-	// production leaves it nil.
-	Tune func(*memberlist.Config)
 }
 
 // inboxSize is how many received messages wait for the run loop before more are dropped.
@@ -129,8 +123,9 @@ type Cluster struct {
 
 // New validates cfg and creates the memberlist instance, which binds its UDP and TCP listeners
 // right away (memberlist has no separate start), but joins nobody until Run. logger may be
-// nil; reg may be nil (metrics then are not registered).
-func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Registerer) (*Cluster, error) {
+// nil; reg may be nil (metrics then are not registered). Production passes no opts; they
+// exist for tests and simulations (WithTestTimings, WithMemberlistTuning).
+func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Cluster, error) {
 	if err := validate(cfg); err != nil {
 		return nil, err
 	}
@@ -140,13 +135,17 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: registering metrics: %w", err)
 	}
 	c := &Cluster{
 		cfg:         cfg,
-		t:           timingsFor(cfg.Fast),
+		t:           timingsFor(o.fast),
 		local:       local,
 		log:         logger.With("component", "coordinator"),
 		mlLog:       logger.With("component", "memberlist"),
@@ -171,9 +170,9 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 	}
 	c.highestDesired = max(st.DesiredVersion, local.Desired().Version)
 
-	mlc := memberlistConfig(cfg)
-	if cfg.Tune != nil {
-		cfg.Tune(mlc)
+	mlc := memberlistConfig(cfg, o.fast)
+	if o.tune != nil {
+		o.tune(mlc)
 	}
 	mlc.Delegate = delegate{c}
 	mlc.Events = delegate{c}

@@ -77,7 +77,7 @@ func TestMembershipBookkeeping(t *testing.T) {
 
 func TestNewValidates(t *testing.T) {
 	t.Parallel()
-	ok := Config{Name: "jupyter", NodeName: "n1", BindAddr: "127.0.0.1", Key: testKey, Fast: true}
+	ok := Config{Name: "jupyter", NodeName: "n1", BindAddr: "127.0.0.1", Key: testKey}
 	tests := []struct {
 		name string
 		edit func(*Config)
@@ -97,17 +97,17 @@ func TestNewValidates(t *testing.T) {
 			t.Parallel()
 			cfg := ok
 			tt.edit(&cfg)
-			_, err := New(cfg, newFakeAgent("n1"), nil, nil)
+			_, err := New(cfg, newFakeAgent("n1"), nil, nil, WithTestTimings())
 			require.ErrorContains(t, err, tt.want)
 		})
 	}
-	_, err := New(ok, nil, nil, nil)
+	_, err := New(ok, nil, nil, nil, WithTestTimings())
 	require.ErrorContains(t, err, "local agent is nil")
 }
 
 func TestNewCloseWithoutRun(t *testing.T) {
 	t.Parallel()
-	c, err := New(Config{Name: "jupyter", NodeName: "n1", BindAddr: "127.0.0.1", Key: testKey, Fast: true}, newFakeAgent("n1"), nil, nil)
+	c, err := New(Config{Name: "jupyter", NodeName: "n1", BindAddr: "127.0.0.1", Key: testKey}, newFakeAgent("n1"), nil, nil, WithTestTimings())
 	require.NoError(t, err)
 	require.False(t, c.Ready())
 	name, _, self := c.Leader()

@@ -6,6 +6,28 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
+// Option adjusts a Cluster for tests and simulations; production passes none to New.
+type Option func(*options)
+
+// options are the settings that only tests and simulations change; the zero value is
+// production.
+type options struct {
+	fast bool                     // test timings
+	tune func(*memberlist.Config) // applied to memberlist's configuration last
+}
+
+// WithTestTimings selects timings for loopback tests: memberlist gossips every ~10 ms,
+// probes every ~50 ms and pushes/pulls every ~100 ms, and the coordinator's own intervals
+// (backstop, join retries, reaping, leave) shrink alike. For tests only.
+func WithTestTimings() Option { return func(o *options) { o.fast = true } }
+
+// WithMemberlistTuning makes New call tune on memberlist's configuration after
+// cachemachine's own settings (and WithTestTimings). It exists for simulations that run
+// hundreds of nodes in one process (bench-cluster); a nil tune changes nothing.
+func WithMemberlistTuning(tune func(*memberlist.Config)) Option {
+	return func(o *options) { o.tune = tune }
+}
+
 // timings are the coordinator's own intervals; memberlist's are in memberlistConfig.
 type timings struct {
 	backstop      time.Duration // resend own state to the leader; leader re-checks desired versions
@@ -53,8 +75,9 @@ func timingsFor(fast bool) timings {
 }
 
 // memberlistConfig returns memberlist's configuration: LAN defaults tuned so that a failed
-// leader is declared dead within ~2–3 s at small N (the failover target is ≤ 5 s end to end).
-func memberlistConfig(cfg Config) *memberlist.Config {
+// leader is declared dead within ~2–3 s at small N (the failover target is ≤ 5 s end to end);
+// fast selects test timings (WithTestTimings).
+func memberlistConfig(cfg Config, fast bool) *memberlist.Config {
 	c := memberlist.DefaultLANConfig()
 	c.Name = cfg.NodeName
 	c.Label = cfg.Name
@@ -71,7 +94,7 @@ func memberlistConfig(cfg Config) *memberlist.Config {
 		c.GossipVerifyIncoming = true
 		c.GossipVerifyOutgoing = true
 	}
-	if cfg.Fast {
+	if fast {
 		// Loopback tests: everything 10–20× faster, suspicion still long enough for a busy
 		// -race test process to refute a false suspicion.
 		c.TCPTimeout = time.Second
