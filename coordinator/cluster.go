@@ -341,12 +341,18 @@ func (c *Cluster) handle(b []byte) {
 		c.drop(dropReason(err), err.Error())
 		return
 	}
-	c.metrics.received.WithLabelValues(m.Type.String()).Inc()
 	switch m.Type {
 	case msgState:
-		c.handleState(m.State)
+		c.metrics.received.WithLabelValues(m.Type.String()).Inc()
+		c.handleState(stateFromWire(m.State))
 	case msgDesired:
-		c.handleDesired(m.From, m.Desired)
+		d, err := desiredFromWire(m.Desired)
+		if err != nil { // decodeMessage rejects such lists already
+			c.drop(reasonInvalid, err.Error())
+			return
+		}
+		c.metrics.received.WithLabelValues(m.Type.String()).Inc()
+		c.handleDesired(m.Desired.From, d)
 	}
 }
 

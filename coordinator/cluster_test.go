@@ -240,7 +240,7 @@ func TestCluster(t *testing.T) {
 	require.NoError(t, err)
 	require.Greater(t, dv2, dv)
 	waitFor(t, 3*time.Second, "second desired list at node-b", func() bool { return b.a.Desired().Version == dv2 })
-	old, err := encodeMessage(message{Type: msgDesired, From: "node-c", Desired: agent.Desired{Version: dv2 - 1, Images: images[1:2]}})
+	old, err := encodeMessage(message{Type: msgDesired, Desired: desiredToWire("node-c", agent.Desired{Version: dv2 - 1, Images: images[1:2]})})
 	require.NoError(t, err)
 	before := b.counter(b.c.metrics.received, "desired")
 	c.c.enqueue(memberOf(t, c, "node-b"), msgDesired, old)
@@ -281,7 +281,7 @@ func TestCluster(t *testing.T) {
 	stale := d.a.State()
 	stale.Version = last - 1
 	stale.Missing = []string{"docker.io/stale/image:tag"}
-	msg, err := encodeMessage(message{Type: msgState, State: project("node-d", stale)})
+	msg, err := encodeMessage(message{Type: msgState, State: stateToWire("node-d", stale)})
 	require.NoError(t, err)
 	a.c.handle(msg) // as if a delayed exchange delivered it now
 	s, _ = a.stateOf("node-d")

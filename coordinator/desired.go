@@ -60,7 +60,7 @@ func (c *Cluster) desiredWireLocked(d agent.Desired) ([]byte, error) {
 		return c.desiredWire, nil
 	}
 	clean, _ := cleanDesired(d.Images)
-	b, err := encodeMessage(message{Type: msgDesired, From: c.cfg.NodeName, Desired: agent.Desired{Version: d.Version, Images: clean}})
+	b, err := encodeMessage(message{Type: msgDesired, Desired: desiredToWire(c.cfg.NodeName, agent.Desired{Version: d.Version, Images: clean})})
 	if err != nil {
 		return nil, err
 	}

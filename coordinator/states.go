@@ -10,7 +10,7 @@ import (
 )
 
 // NodeState is the newest known state of one node, in its wire projection (image IDs and the
-// disk path are not carried; see the package's wire format).
+// disk path stay on their node; see stateToWire).
 type NodeState struct {
 	agent.State
 	// Alive is whether the node is an alive member now.
@@ -19,7 +19,7 @@ type NodeState struct {
 
 // encodeLocal encodes this node's state for sending and for LocalState.
 func (c *Cluster) encodeLocal(st agent.State) error {
-	b, err := encodeMessage(message{Type: msgState, State: project(c.cfg.NodeName, st)})
+	b, err := encodeMessage(message{Type: msgState, State: stateToWire(c.cfg.NodeName, st)})
 	if err != nil {
 		return fmt.Errorf("coordinator: encoding own state: %w", err)
 	}
