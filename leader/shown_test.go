@@ -27,7 +27,7 @@ var stateFieldShownIn = map[string][]string{
 	"Version":            {"agent.NodeView.Version", "status.NodeView.Version"},
 	"Runtime":            {"agent.NodeView.Runtime"},
 	"Ready":              {"agent.NodeView.Ready"},
-	"LastError":          {"agent.NodeView.LastError"},
+	"LastError":          {"agent.NodeView.LastError", "status.NodeView.RuntimeError"},
 	"Images":             {"agent.NodeView.Images"},
 	"Images.ID":          {"agent.NodeView.Images.ID"},
 	"Images.Tags":        {"agent.NodeView.Images.Tags"},
