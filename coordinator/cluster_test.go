@@ -77,7 +77,7 @@ func TestMembershipBookkeeping(t *testing.T) {
 
 func TestNewValidates(t *testing.T) {
 	t.Parallel()
-	ok := Config{Name: "jupyter", NodeName: "n1", BindAddr: "127.0.0.1", Key: testKey, Fast: true}
+	ok := Config{Name: "jupyter", NodeName: "n1", BindAddr: "127.0.0.1", Key: testKey}
 	tests := []struct {
 		name string
 		edit func(*Config)
@@ -97,17 +97,17 @@ func TestNewValidates(t *testing.T) {
 			t.Parallel()
 			cfg := ok
 			tt.edit(&cfg)
-			_, err := New(cfg, newFakeAgent("n1"), nil, nil)
+			_, err := New(cfg, newFakeAgent("n1"), nil, nil, WithTestTimings())
 			require.ErrorContains(t, err, tt.want)
 		})
 	}
-	_, err := New(ok, nil, nil, nil)
+	_, err := New(ok, nil, nil, nil, WithTestTimings())
 	require.ErrorContains(t, err, "local agent is nil")
 }
 
 func TestNewCloseWithoutRun(t *testing.T) {
 	t.Parallel()
-	c, err := New(Config{Name: "jupyter", NodeName: "n1", BindAddr: "127.0.0.1", Key: testKey, Fast: true}, newFakeAgent("n1"), nil, nil)
+	c, err := New(Config{Name: "jupyter", NodeName: "n1", BindAddr: "127.0.0.1", Key: testKey}, newFakeAgent("n1"), nil, nil, WithTestTimings())
 	require.NoError(t, err)
 	require.False(t, c.Ready())
 	name, _, self := c.Leader()
@@ -240,7 +240,7 @@ func TestCluster(t *testing.T) {
 	require.NoError(t, err)
 	require.Greater(t, dv2, dv)
 	waitFor(t, 3*time.Second, "second desired list at node-b", func() bool { return b.a.Desired().Version == dv2 })
-	old, err := encodeMessage(message{Type: msgDesired, From: "node-c", Desired: agent.Desired{Version: dv2 - 1, Images: images[1:2]}})
+	old, err := encodeMessage(message{Type: msgDesired, Desired: desiredToWire("node-c", agent.Desired{Version: dv2 - 1, Images: images[1:2]})})
 	require.NoError(t, err)
 	before := b.counter(b.c.metrics.received, "desired")
 	c.c.enqueue(memberOf(t, c, "node-b"), msgDesired, old)
@@ -281,7 +281,7 @@ func TestCluster(t *testing.T) {
 	stale := d.a.State()
 	stale.Version = last - 1
 	stale.Missing = []string{"docker.io/stale/image:tag"}
-	msg, err := encodeMessage(message{Type: msgState, State: project("node-d", stale)})
+	msg, err := encodeMessage(message{Type: msgState, State: stateToWire("node-d", stale)})
 	require.NoError(t, err)
 	a.c.handle(msg) // as if a delayed exchange delivered it now
 	s, _ = a.stateOf("node-d")

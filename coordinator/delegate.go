@@ -2,10 +2,6 @@ package coordinator
 
 import (
 	"encoding/binary"
-	"net"
-	"strconv"
-	"time"
-	"unicode/utf8"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -132,51 +128,6 @@ func (c *Cluster) deliver(b []byte) {
 	default:
 		c.drop(reasonOverflow, "inbox full")
 	}
-}
-
-// memberEvent records a membership change. It runs on memberlist's goroutine with its node
-// lock held: it only copies the node, updates c.members and signals.
-func (c *Cluster) memberEvent(n *memberlist.Node, alive bool) {
-	now := time.Now()
-	mb := member{
-		name:  n.Name,
-		addr:  net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
-		ip:    append(net.IP(nil), n.Addr...),
-		port:  n.Port,
-		alive: alive,
-		since: now,
-	}
-	if len(n.Meta) > 0 {
-		m, err := decodeMeta(n.Meta)
-		if err != nil {
-			c.drop(dropReason(err), err.Error())
-		} else {
-			mb.meta = m
-		}
-	}
-	switch {
-	case alive:
-		mb.state = "alive"
-	case mb.meta.Flags&metaLeaving != 0:
-		mb.state = "left"
-	default:
-		mb.state = "failed"
-	}
-	if !utf8.ValidString(mb.name) || mb.name == "" {
-		return
-	}
-	c.mu.Lock()
-	if old, ok := c.members[mb.name]; ok && old.alive == alive {
-		mb.since = old.since
-	}
-	c.setMemberLocked(mb)
-	if !alive {
-		c.states.depart(mb.name, mb.meta.StateVersion, now)
-	} else {
-		c.states.rejoin(mb.name)
-	}
-	c.mu.Unlock()
-	signal(c.memberCh)
 }
 
 // signal sends on a capacity-1 channel without blocking: bursts coalesce into one wake-up.

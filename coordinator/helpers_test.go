@@ -130,14 +130,13 @@ func startNode(t *testing.T, name string, join []string, edit ...func(*Config)) 
 		Join:     join,
 		Key:      testKey,
 		HTTPAddr: "127.0.0.1:8080",
-		Fast:     true,
 	}
 	for _, e := range edit {
 		e(&cfg)
 	}
 	n := &testNode{name: name, a: newFakeAgent(name), reg: prometheus.NewRegistry(), logs: &logBuffer{}, done: make(chan error, 1)}
 	logger := slog.New(slog.NewTextHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	c, err := New(cfg, n.a, logger, n.reg)
+	c, err := New(cfg, n.a, logger, n.reg, WithTestTimings())
 	require.NoError(t, err)
 	n.c = c
 	ctx, cancel := context.WithCancel(context.Background())

@@ -8,19 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
 	"strings"
 	"sync"
-	"time"
 	"unicode/utf8"
-
-	"github.com/cachemachine/cachemachine/agent"
-	"github.com/cachemachine/cachemachine/image"
 )
 
 // Wire format of the coordinator's own messages (user messages and push/pull state carried
-// by memberlist, which encrypts and labels them):
+// by memberlist, which encrypts and labels them); the messages themselves are in messages.go:
 //
 //	byte 0: message type (msgState, msgDesired)
 //	byte 1: format version (wireVersion)
@@ -42,23 +36,6 @@ const (
 	maxItems        = 4096 // entries of any list
 	maxTagsPerImage = 256
 )
-
-type msgType uint8
-
-const (
-	msgState   msgType = 1 // a node's state, sent to the leader and carried by push/pull
-	msgDesired msgType = 2 // the leader's desired list, sent to every member
-)
-
-func (t msgType) String() string {
-	switch t {
-	case msgState:
-		return "state"
-	case msgDesired:
-		return "desired"
-	}
-	return "unknown"
-}
 
 // Drop reasons, the values of cachemachine_gossip_dropped_total{reason}.
 const (
@@ -94,25 +71,16 @@ func dropReason(err error) string {
 	return reasonDecode
 }
 
-// message is the decoded form of every message kind; Type says which fields are set.
-type message struct {
-	Type msgType
-	// State is set for msgState: a node's state in the wire projection (see project).
-	State agent.State
-	// From and Desired are set for msgDesired: the publishing node and its list.
-	From    string
-	Desired agent.Desired
-}
-
 // encodeMessage encodes m. It fails only when m would not pass decodeMessage's validation;
-// callers pass states through project and desired lists through cleanDesired first.
+// callers build states with stateToWire and desired lists with desiredToWire from images
+// passed through cleanDesired.
 func encodeMessage(m message) ([]byte, error) {
 	var w wbuf
 	switch m.Type {
 	case msgState:
 		encodeState(&w, m.State)
 	case msgDesired:
-		encodeDesired(&w, m.From, m.Desired)
+		encodeDesired(&w, m.Desired)
 	default:
 		return nil, fmt.Errorf("encode: unknown message type %d", m.Type)
 	}
@@ -173,7 +141,7 @@ func decodeBody(typ msgType, body []byte) (message, error) {
 	case msgState:
 		m.State = decodeState(r)
 	case msgDesired:
-		m.From, m.Desired = decodeDesired(r)
+		m.Desired = decodeDesired(r)
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.fail(reasonInvalid, "%d trailing bytes", len(r.b))
@@ -200,163 +168,6 @@ func inflate(b []byte) ([]byte, error) {
 		return nil, wireErr(reasonTooLarge, "body exceeds %d bytes", maxBodyBytes)
 	}
 	return body, nil
-}
-
-func encodeState(w *wbuf, s agent.State) {
-	w.str(s.Node)
-	w.uvarint(s.Version)
-	w.uvarint(s.DesiredVersion)
-	var flags uint64
-	if s.Ready {
-		flags |= 1
-	}
-	w.uvarint(flags)
-	w.str(s.Runtime)
-	w.str(s.LastError)
-	w.uvarint(uint64(len(s.Images)))
-	for _, img := range s.Images {
-		w.strs(img.Tags)
-		w.uvarint(uint64(len(img.Digests)))
-		for _, rd := range img.Digests {
-			repo, digest, _ := strings.Cut(rd, "@")
-			w.str(repo)
-			w.digest(digest)
-		}
-		w.uvarint(img.Size)
-	}
-	refs := slices.Sorted(maps.Keys(s.Cached))
-	w.uvarint(uint64(len(refs)))
-	for _, ref := range refs {
-		w.str(ref)
-		w.digest(s.Cached[ref])
-	}
-	w.strs(s.Missing)
-	w.strs(s.Queued)
-	w.uvarint(uint64(len(s.Pulling)))
-	for _, p := range s.Pulling {
-		w.str(p.Ref)
-		w.time(p.Started)
-	}
-	w.uvarint(uint64(len(s.Held)))
-	for _, h := range s.Held {
-		w.str(h.Ref)
-		w.str(h.Reason)
-	}
-	w.uvarint(uint64(len(s.Failed)))
-	for _, f := range s.Failed {
-		w.str(f.Ref)
-		w.str(f.Error)
-		w.uvarint(uint64(f.Attempts))
-		w.time(f.NextRetry)
-	}
-	w.uvarint(s.Disk.UsedBytes)
-	w.uvarint(s.Disk.CapacityBytes)
-	w.uvarint(s.Disk.FreeBytes)
-}
-
-func decodeState(r *rbuf) agent.State {
-	var s agent.State
-	s.Node = r.nodeName()
-	s.Version = r.uvarint()
-	s.DesiredVersion = r.uvarint()
-	flags := r.uvarint()
-	if flags&^1 != 0 {
-		r.fail(reasonInvalid, "unknown state flags %#x", flags)
-	}
-	s.Ready = flags&1 != 0
-	s.Runtime = r.str(maxTextLen, false)
-	s.LastError = r.str(maxTextLen, false)
-	n := r.count(maxItems)
-	s.Images = make([]agent.CachedImage, 0, n)
-	for range n {
-		var img agent.CachedImage
-		img.Tags = r.refs(maxTagsPerImage)
-		nd := r.count(maxTagsPerImage)
-		for range nd {
-			repo := r.str(maxRefLen, true)
-			d := r.digest()
-			if d == "" || strings.Contains(repo, "@") {
-				r.fail(reasonInvalid, "bad repo digest")
-			}
-			img.Digests = append(img.Digests, repo+"@"+d)
-		}
-		img.Size = r.uvarint()
-		if r.err != nil {
-			break
-		}
-		if len(img.Tags) == 0 && len(img.Digests) == 0 {
-			r.fail(reasonInvalid, "image with neither tag nor digest")
-		}
-		s.Images = append(s.Images, img)
-	}
-	n = r.count(maxItems)
-	s.Cached = make(map[string]string, n)
-	for range n {
-		ref := r.str(maxRefLen, true)
-		d := r.digest()
-		if _, dup := s.Cached[ref]; dup && r.err == nil {
-			r.fail(reasonInvalid, "duplicate cached reference")
-		}
-		s.Cached[ref] = d
-	}
-	s.Missing = r.refs(maxItems)
-	s.Queued = r.refs(maxItems)
-	n = r.count(maxItems)
-	for range n {
-		s.Pulling = append(s.Pulling, agent.Pulling{Ref: r.str(maxRefLen, true), Started: r.time()})
-	}
-	n = r.count(maxItems)
-	for range n {
-		s.Held = append(s.Held, agent.Held{Ref: r.str(maxRefLen, true), Reason: r.str(maxTextLen, false)})
-	}
-	n = r.count(maxItems)
-	for range n {
-		f := agent.Failed{Ref: r.str(maxRefLen, true), Error: r.str(maxTextLen, false)}
-		attempts := r.uvarint()
-		if attempts > 1<<31-1 {
-			r.fail(reasonInvalid, "attempts %d", attempts)
-		}
-		f.Attempts = int(attempts)
-		f.NextRetry = r.time()
-		s.Failed = append(s.Failed, f)
-	}
-	s.Disk.UsedBytes = r.uvarint()
-	s.Disk.CapacityBytes = r.uvarint()
-	s.Disk.FreeBytes = r.uvarint()
-	return s
-}
-
-func encodeDesired(w *wbuf, from string, d agent.Desired) {
-	w.str(from)
-	w.uvarint(d.Version)
-	w.uvarint(uint64(len(d.Images)))
-	for _, img := range d.Images {
-		w.str(img.Ref.String())
-		w.digest(img.Digest)
-		w.str(img.Name)
-		w.uvarint(img.Size)
-	}
-}
-
-func decodeDesired(r *rbuf) (string, agent.Desired) {
-	from := r.nodeName()
-	d := agent.Desired{Version: r.uvarint()}
-	n := r.count(maxItems)
-	d.Images = make([]image.Image, 0, n)
-	for i := range n {
-		ref := r.str(maxRefLen, true)
-		img := image.Image{Digest: r.digest(), Name: r.str(maxNameLen, false), Size: r.uvarint(), Priority: i}
-		if r.err != nil {
-			break
-		}
-		var err error
-		if img.Ref, err = image.ParseRef(ref); err != nil {
-			r.fail(reasonInvalid, "desired image: %v", err)
-			break
-		}
-		d.Images = append(d.Images, img)
-	}
-	return from, d
 }
 
 // wbuf accumulates a message body.
@@ -389,13 +200,7 @@ func (w *wbuf) digest(d string) {
 	w.b = append(w.b, raw...)
 }
 
-func (w *wbuf) time(t time.Time) {
-	var ns int64
-	if !t.IsZero() {
-		ns = t.UnixNano()
-	}
-	w.b = binary.AppendVarint(w.b, ns)
-}
+func (w *wbuf) varint(v int64) { w.b = binary.AppendVarint(w.b, v) }
 
 // rbuf reads a message body. The first error sticks; later reads return zero values, so
 // decoders read straight through and check r.err once.
@@ -502,20 +307,17 @@ func (r *rbuf) digest() string {
 	return ""
 }
 
-func (r *rbuf) time() time.Time {
+func (r *rbuf) varint() int64 {
 	if r.err != nil {
-		return time.Time{}
+		return 0
 	}
 	v, n := binary.Varint(r.b)
 	if n <= 0 {
 		r.fail(reasonDecode, "bad varint")
-		return time.Time{}
+		return 0
 	}
 	r.b = r.b[n:]
-	if v == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, v).UTC()
+	return v
 }
 
 // parseDigest returns the 32 bytes of "sha256:<64 lower-case hex>".
@@ -538,132 +340,3 @@ func validDigest(d string) bool {
 
 // validRef reports whether s can travel as a reference.
 func validRef(s string) bool { return s != "" && len(s) <= maxRefLen && utf8.ValidString(s) }
-
-// clip shortens free text to limit bytes on a rune boundary.
-func clip(s string, limit int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= limit {
-		return s
-	}
-	cut := limit
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut]
-}
-
-// canonTime drops the monotonic reading and location so a time survives the wire unchanged.
-func canonTime(t time.Time) time.Time {
-	if t.IsZero() {
-		return time.Time{}
-	}
-	return time.Unix(0, t.UnixNano()).UTC()
-}
-
-// project returns the part of s that goes on the wire, in the form decodeMessage returns it:
-// image IDs and the disk path are left out (node-local details), images are listed by their
-// tags and repo digests only (images with neither are left out), free text is clipped,
-// entries that cannot travel (bad references or digests) are left out, lists are capped.
-// node overrides s.Node: a node only ever speaks for itself.
-func project(node string, s agent.State) agent.State {
-	p := agent.State{
-		Node:           node,
-		Version:        s.Version,
-		DesiredVersion: s.DesiredVersion,
-		Runtime:        clip(s.Runtime, maxTextLen),
-		Ready:          s.Ready,
-		LastError:      clip(s.LastError, maxTextLen),
-		Images:         make([]agent.CachedImage, 0, min(len(s.Images), maxItems)),
-		Cached:         make(map[string]string, len(s.Cached)),
-		Disk: agent.Disk{
-			UsedBytes:     s.Disk.UsedBytes,
-			CapacityBytes: s.Disk.CapacityBytes,
-			FreeBytes:     s.Disk.FreeBytes,
-		},
-	}
-	for _, img := range s.Images {
-		if len(p.Images) == maxItems {
-			break
-		}
-		var out agent.CachedImage
-		for _, t := range img.Tags {
-			if validRef(t) && len(out.Tags) < maxTagsPerImage {
-				out.Tags = append(out.Tags, t)
-			}
-		}
-		for _, rd := range img.Digests {
-			repo, d, ok := strings.Cut(rd, "@")
-			if ok && validRef(repo) && validDigest(d) && len(out.Digests) < maxTagsPerImage {
-				out.Digests = append(out.Digests, rd)
-			}
-		}
-		if len(out.Tags) == 0 && len(out.Digests) == 0 {
-			continue
-		}
-		out.Size = img.Size
-		p.Images = append(p.Images, out)
-	}
-	for ref, d := range s.Cached {
-		if len(p.Cached) == maxItems {
-			break
-		}
-		if validRef(ref) && (d == "" || validDigest(d)) {
-			p.Cached[ref] = d
-		}
-	}
-	refs := func(in []string) []string {
-		var out []string
-		for _, r := range in {
-			if validRef(r) && len(out) < maxItems {
-				out = append(out, r)
-			}
-		}
-		return out
-	}
-	p.Missing = refs(s.Missing)
-	p.Queued = refs(s.Queued)
-	for _, x := range s.Pulling {
-		if validRef(x.Ref) && len(p.Pulling) < maxItems {
-			p.Pulling = append(p.Pulling, agent.Pulling{Ref: x.Ref, Started: canonTime(x.Started)})
-		}
-	}
-	for _, x := range s.Held {
-		if validRef(x.Ref) && len(p.Held) < maxItems {
-			p.Held = append(p.Held, agent.Held{Ref: x.Ref, Reason: clip(x.Reason, maxTextLen)})
-		}
-	}
-	for _, x := range s.Failed {
-		if validRef(x.Ref) && len(p.Failed) < maxItems {
-			p.Failed = append(p.Failed, agent.Failed{
-				Ref:       x.Ref,
-				Error:     clip(x.Error, maxTextLen),
-				Attempts:  max(0, x.Attempts),
-				NextRetry: canonTime(x.NextRetry),
-			})
-		}
-	}
-	return p
-}
-
-// cleanDesired returns the images of d that can travel, and the reasons for those that cannot.
-func cleanDesired(images []image.Image) ([]image.Image, []error) {
-	out := make([]image.Image, 0, len(images))
-	var errs []error
-	for _, img := range images {
-		switch {
-		case len(out) == maxItems:
-			errs = append(errs, fmt.Errorf("image %q: more than %d images", img.Ref, maxItems))
-			continue
-		case img.Ref.IsZero() || !validRef(img.Ref.String()):
-			errs = append(errs, fmt.Errorf("image %q: invalid reference", img.Ref))
-			continue
-		case img.Digest != "" && !validDigest(img.Digest):
-			errs = append(errs, fmt.Errorf("image %q: digest %q is not sha256:<64 hex>", img.Ref, img.Digest))
-			continue
-		}
-		img.Name = clip(img.Name, maxNameLen)
-		img.Priority = len(out)
-		out = append(out, img)
-	}
-	return out, errs
-}

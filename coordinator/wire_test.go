@@ -57,24 +57,25 @@ func TestStateRoundTrip(t *testing.T) {
 			t.Parallel()
 			s := bigState(n)
 			p := project(s.Node, s)
-			b, err := encodeMessage(message{Type: msgState, State: p})
+			b, err := encodeMessage(message{Type: msgState, State: stateToWire(s.Node, s)})
 			require.NoError(t, err)
 			require.Equal(t, byte(msgState), b[0])
 			require.Equal(t, byte(wireVersion), b[1])
 			m, err := decodeMessage(b)
 			require.NoError(t, err)
 			require.Equal(t, msgState, m.Type)
-			require.Equal(t, p, m.State)
+			got := stateFromWire(m.State)
+			require.Equal(t, p, got)
 			// The projection keeps what the leader needs.
-			require.Len(t, m.State.Images, n)
-			require.Equal(t, s.Cached, m.State.Cached)
-			require.Equal(t, s.Missing, m.State.Missing)
-			require.Equal(t, s.Held, m.State.Held)
-			require.True(t, s.Pulling[0].Started.Equal(m.State.Pulling[0].Started))
+			require.Len(t, got.Images, n)
+			require.Equal(t, s.Cached, got.Cached)
+			require.Equal(t, s.Missing, got.Missing)
+			require.Equal(t, s.Held, got.Held)
+			require.True(t, s.Pulling[0].Started.Equal(got.Pulling[0].Started))
 			if n > 0 {
-				require.Equal(t, s.Images[0].Tags, m.State.Images[0].Tags)
-				require.Equal(t, s.Images[0].Digests, m.State.Images[0].Digests)
-				require.Empty(t, m.State.Images[0].ID, "image IDs stay on the node")
+				require.Equal(t, s.Images[0].Tags, got.Images[0].Tags)
+				require.Equal(t, s.Images[0].Digests, got.Images[0].Digests)
+				require.Empty(t, got.Images[0].ID, "image IDs stay on the node")
 			}
 		})
 	}
@@ -83,10 +84,10 @@ func TestStateRoundTrip(t *testing.T) {
 func TestStateSize(t *testing.T) {
 	t.Parallel()
 	s := bigState(50)
-	b, err := encodeMessage(message{Type: msgState, State: project(s.Node, s)})
+	b, err := encodeMessage(message{Type: msgState, State: stateToWire(s.Node, s)})
 	require.NoError(t, err)
 	var body wbuf
-	encodeState(&body, project(s.Node, s))
+	encodeState(&body, stateToWire(s.Node, s))
 	t.Logf("state with 50 images: %d bytes on the wire (%d uncompressed)", len(b), len(body.b))
 	require.Less(t, len(b), 4096, "50 images stay well under a few KB")
 }
@@ -97,15 +98,17 @@ func TestDesiredRoundTrip(t *testing.T) {
 		{Ref: image.MustParseRef("docker.io/lsstsqre/sciplat-lab:recommended"), Digest: digest("r"), Name: "Recommended (Weekly 2024_10)", Size: 4 << 30},
 		{Ref: image.MustParseRef("docker.io/lsstsqre/sciplat-lab:w_2024_10"), Name: "Weekly 2024_10", Priority: 1},
 	}}
-	b, err := encodeMessage(message{Type: msgDesired, From: "n1", Desired: d})
+	b, err := encodeMessage(message{Type: msgDesired, Desired: desiredToWire("n1", d)})
 	require.NoError(t, err)
 	m, err := decodeMessage(b)
 	require.NoError(t, err)
 	require.Equal(t, msgDesired, m.Type)
-	require.Equal(t, "n1", m.From)
-	require.Equal(t, d, m.Desired)
+	require.Equal(t, "n1", m.Desired.From)
+	got, err := desiredFromWire(m.Desired)
+	require.NoError(t, err)
+	require.Equal(t, d, got)
 
-	empty, err := encodeMessage(message{Type: msgDesired, From: "n1", Desired: agent.Desired{Version: 1, Images: []image.Image{}}})
+	empty, err := encodeMessage(message{Type: msgDesired, Desired: desiredToWire("n1", agent.Desired{Version: 1, Images: []image.Image{}})})
 	require.NoError(t, err)
 	m, err = decodeMessage(empty)
 	require.NoError(t, err)
@@ -135,11 +138,11 @@ func TestProject(t *testing.T) {
 	require.LessOrEqual(t, len(p.LastError), maxTextLen)
 	require.True(t, strings.HasPrefix(s.LastError, p.LastError), "clipped on a rune boundary")
 	require.Zero(t, p.Failed[0].Attempts)
-	b, err := encodeMessage(message{Type: msgState, State: p})
+	b, err := encodeMessage(message{Type: msgState, State: stateToWire("me", s)})
 	require.NoError(t, err)
 	m, err := decodeMessage(b)
 	require.NoError(t, err)
-	require.Equal(t, p, m.State)
+	require.Equal(t, p, stateFromWire(m.State))
 }
 
 // raw builds a message with an arbitrary header and body, compressed like the real ones.
@@ -166,7 +169,7 @@ func desiredBody(from string, ref string, digestPart []byte) []byte {
 
 func TestDecodeRejects(t *testing.T) {
 	t.Parallel()
-	good, err := encodeMessage(message{Type: msgDesired, From: "n1", Desired: agent.Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef("docker.io/a/b:c")}}}})
+	good, err := encodeMessage(message{Type: msgDesired, Desired: desiredToWire("n1", agent.Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef("docker.io/a/b:c")}}})})
 	require.NoError(t, err)
 	sha := append([]byte{1}, bytes.Repeat([]byte{0xab}, 32)...)
 	tests := []struct {
@@ -230,8 +233,8 @@ func TestDecodeCountsDrops(t *testing.T) {
 
 func FuzzDecode(f *testing.F) {
 	s := bigState(3)
-	st, _ := encodeMessage(message{Type: msgState, State: project(s.Node, s)})
-	de, _ := encodeMessage(message{Type: msgDesired, From: "n1", Desired: agent.Desired{Version: 5, Images: []image.Image{{Ref: image.MustParseRef("docker.io/a/b:c"), Digest: digest("x"), Name: "x"}}}})
+	st, _ := encodeMessage(message{Type: msgState, State: stateToWire(s.Node, s)})
+	de, _ := encodeMessage(message{Type: msgDesired, Desired: desiredToWire("n1", agent.Desired{Version: 5, Images: []image.Image{{Ref: image.MustParseRef("docker.io/a/b:c"), Digest: digest("x"), Name: "x"}}})})
 	f.Add(st)
 	f.Add(de)
 	f.Add([]byte{})
@@ -257,7 +260,7 @@ func FuzzDecode(f *testing.F) {
 func FuzzDecodeBody(f *testing.F) {
 	var w wbuf
 	s := bigState(2)
-	encodeState(&w, project(s.Node, s))
+	encodeState(&w, stateToWire(s.Node, s))
 	f.Add(byte(msgState), w.b)
 	f.Add(byte(msgDesired), desiredBody("n1", "docker.io/a/b:c", append([]byte{1}, make([]byte, 32)...)))
 	f.Fuzz(func(t *testing.T, typ byte, body []byte) {

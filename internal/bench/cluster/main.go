@@ -398,7 +398,7 @@ func printTable(o options, rows []row, notes []string, took time.Duration) {
 	if !o.skipConvergence {
 		sim = fmt.Sprintf("; fake pull latency %s-%s", ms(o.pullMin), ms(o.pullMax))
 	}
-	fmt.Printf("\nbench-cluster: machine: %d cores (%s); measured: %s; production gossip timings (Fast=false; scaled above %d simulated nodes, see notes), AES-256-GCM keyed gossip on 127.0.0.1%s; took %s\n\n",
+	fmt.Printf("\nbench-cluster: machine: %d cores (%s); measured: %s; production gossip timings (no WithTestTimings; scaled above %d simulated nodes, see notes), AES-256-GCM keyed gossip on 127.0.0.1%s; took %s\n\n",
 		runtime.NumCPU(), cpuModel(), strings.Join(parts, "; "), scaledTimingsAbove, sim, took.Round(time.Second))
 	header := row{"", "measurement", "runs", "median", "p95 / max", "target", "result"}
 	w := []int{3, 10, 4, 6, 9, 6, 6}

@@ -234,8 +234,7 @@ func (sc *simCluster) add(ctx context.Context, name string, preload []string, de
 		Key:      sc.key,
 		// Never contacted; a pod address of production length keeps the metadata realistic.
 		HTTPAddr: "10.128.12.34:8080",
-		Tune:     sc.tune,
-	}, ag, log.With("component", "cluster"), reg)
+	}, ag, log.With("component", "cluster"), reg, coordinator.WithMemberlistTuning(sc.tune))
 	if err != nil {
 		cancel()
 		return nil, err

@@ -1,0 +1,137 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/image"
+)
+
+// ErrNotLeader is returned by PublishDesired on a node that is not the leader.
+var ErrNotLeader = errors.New("coordinator: not the leader")
+
+// sentMark records the last desired version sent to a node.
+type sentMark struct {
+	version uint64
+	at      time.Time
+}
+
+func (c *Cluster) handleDesired(from string, d agent.Desired) {
+	c.mu.Lock()
+	c.highestDesired = max(c.highestDesired, d.Version)
+	c.mu.Unlock()
+	if c.local.SetDesired(d) {
+		c.log.Info("desired list applied", "version", d.Version, "images", len(d.Images), "peer", from)
+	} else {
+		c.log.Debug("desired list ignored: not newer", "version", d.Version, "peer", from)
+	}
+}
+
+// catchUp sends d to node when node's state shows an older desired version; a node is sent
+// one version at most once per desiredResend.
+func (c *Cluster) catchUp(node string, nodeVersion uint64, d agent.Desired) {
+	if d.Version == 0 || nodeVersion >= d.Version {
+		return
+	}
+	now := time.Now()
+	c.mu.Lock()
+	mb, ok := c.members[node]
+	mark := c.desiredSent[node]
+	if !ok || !mb.alive || (mark.version == d.Version && now.Sub(mark.at) < c.t.desiredResend) {
+		c.mu.Unlock()
+		return
+	}
+	c.desiredSent[node] = sentMark{version: d.Version, at: now}
+	b, err := c.desiredWireLocked(d)
+	c.mu.Unlock()
+	if err != nil {
+		c.log.Error("encoding desired list", "err", err)
+		return
+	}
+	c.log.Debug("sending desired list to catch up", "node", node, "version", d.Version, "node_version", nodeVersion)
+	c.enqueue(mb, msgDesired, b)
+}
+
+// desiredWireLocked returns d encoded, cached per version. Callers hold c.mu.
+func (c *Cluster) desiredWireLocked(d agent.Desired) ([]byte, error) {
+	if c.desiredWire != nil && c.desiredWireVer == d.Version {
+		return c.desiredWire, nil
+	}
+	clean, _ := cleanDesired(d.Images)
+	b, err := encodeMessage(message{Type: msgDesired, Desired: desiredToWire(c.cfg.NodeName, agent.Desired{Version: d.Version, Images: clean})})
+	if err != nil {
+		return nil, err
+	}
+	c.desiredWire, c.desiredWireVer = b, d.Version
+	return b, nil
+}
+
+// PublishDesired makes images the cluster's desired list. It fails with ErrNotLeader unless
+// this node is the leader. The version is max(now in ns, highest desired version seen + 1), so
+// it supersedes every earlier list, including a previous leader's. The list is applied locally
+// (LocalAgent.SetDesired) and queued for a reliable send to every alive member; PublishDesired
+// does not wait for the sends. Images that cannot travel (bad reference or digest) are left
+// out and logged.
+func (c *Cluster) PublishDesired(images []image.Image) (uint64, error) {
+	if _, _, self := c.Leader(); !self {
+		return 0, ErrNotLeader
+	}
+	clean, errs := cleanDesired(images)
+	for _, err := range errs {
+		c.log.Warn("desired image left out", "err", err)
+	}
+	current := c.local.Desired().Version
+	c.mu.Lock()
+	v := max(uint64(time.Now().UnixNano()), c.highestDesired+1, current+1)
+	c.highestDesired = v
+	d := agent.Desired{Version: v, Images: clean}
+	b, err := c.desiredWireLocked(d)
+	var targets []member
+	now := time.Now()
+	if err == nil {
+		for _, mb := range c.members {
+			if mb.alive && mb.name != c.cfg.NodeName {
+				targets = append(targets, mb)
+				c.desiredSent[mb.name] = sentMark{version: v, at: now}
+			}
+		}
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return 0, fmt.Errorf("coordinator: publish desired: %w", err)
+	}
+	c.local.SetDesired(d)
+	for _, mb := range targets {
+		c.enqueue(mb, msgDesired, b)
+	}
+	c.log.Info("desired list published", "version", v, "images", len(clean), "members", len(targets)+1)
+	return v, nil
+}
+
+// catchUpAll, on the leader, sends the desired list to every alive member whose last known
+// state shows an older list, or that has sent no state yet (a member that just joined).
+func (c *Cluster) catchUpAll() {
+	c.mu.Lock()
+	leader, ok := c.leaderLocked()
+	if !ok || leader.name != c.cfg.NodeName {
+		c.mu.Unlock()
+		return
+	}
+	versions := map[string]uint64{}
+	for name, mb := range c.members {
+		if !mb.alive || name == c.cfg.NodeName {
+			continue
+		}
+		versions[name] = 0
+		if e := c.states.entries[name]; e != nil {
+			versions[name] = e.state.DesiredVersion
+		}
+	}
+	c.mu.Unlock()
+	d := c.local.Desired()
+	for name, v := range versions {
+		c.catchUp(name, v, d)
+	}
+}
