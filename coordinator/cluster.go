@@ -78,6 +78,9 @@ type Config struct {
 	// It exists for simulations that run hundreds of nodes in one process (bench-cluster);
 	// production leaves it nil.
 	Tune func(*memberlist.Config)
+
+	// limits overrides the defaults of the inbound stream guard (tests shrink them).
+	limits inboundLimits
 }
 
 // Member is one node of the cluster as this node sees it.
@@ -261,7 +264,8 @@ type Cluster struct {
 	log      *slog.Logger
 	mlLog    *slog.Logger // memberlist's own log lines
 	metrics  *metrics
-	boot     uint64 // New's time in ns, in metadata: tells a restarted node from its predecessor
+	drops    *dropLog // rejected gossip input: counted, logged rate-limited
+	boot     uint64   // New's time in ns, in metadata: tells a restarted node from its predecessor
 	ml       *memberlist.Memberlist
 	advert   string // our gossip "ip:port", excluded from join targets
 	joinPort int    // default port of join entries
@@ -336,6 +340,7 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 		states:      newNodeStore(),
 		desiredSent: map[string]sentMark{},
 	}
+	c.drops = newDropLog(c.log, m.dropped)
 	c.joinPort = cfg.BindPort
 	if c.joinPort == 0 {
 		c.joinPort = 7946
@@ -352,7 +357,7 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 	}
 	mlc.Delegate = delegate{c}
 	mlc.Events = delegate{c}
-	mlc.Logger = memberlistLogger(c.mlLog)
+	mlc.Logger = memberlistLogger(c.mlLog, c.drops)
 	tr, err := c.newTransport(mlc)
 	if err != nil {
 		return nil, err
@@ -432,7 +437,17 @@ func (c *Cluster) newTransport(mlc *memberlist.Config) (*countingTransport, erro
 	if mlc.AdvertisePort == 0 {
 		mlc.AdvertisePort = mlc.BindPort
 	}
-	return newCountingTransport(nt, c.metrics.bytesSent, c.metrics.bytesRecv), nil
+	limits := c.cfg.limits
+	if limits.deadline == 0 {
+		limits.deadline = mlc.TCPTimeout
+	}
+	guard := newInboundGuard(guardConfig{
+		label:       mlc.Label,
+		encrypted:   (len(mlc.SecretKey) > 0 || mlc.Keyring != nil) && mlc.GossipVerifyIncoming,
+		compression: mlc.EnableCompression,
+		limits:      limits,
+	}, c.drops, c.metrics.inboundStreams)
+	return newCountingTransport(nt, c.metrics.bytesSent, c.metrics.bytesRecv, guard), nil
 }
 
 // Run joins the cluster and serves it until ctx ends, then leaves (bounded) and shuts
