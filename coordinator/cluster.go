@@ -76,11 +76,13 @@ const inboxSize = 1024
 type Cluster struct {
 	cfg      Config
 	t        timings
+	limits   inboundLimits // the inbound stream guard's limits (tests shrink them)
 	local    LocalAgent
 	log      *slog.Logger
 	mlLog    *slog.Logger // memberlist's own log lines
 	metrics  *metrics
-	boot     uint64 // New's time in ns, in metadata: tells a restarted node from its predecessor
+	drops    *dropLog // rejected gossip input: counted, logged rate-limited
+	boot     uint64   // New's time in ns, in metadata: tells a restarted node from its predecessor
 	ml       *memberlist.Memberlist
 	advert   string // our gossip "ip:port", excluded from join targets
 	joinPort int    // default port of join entries
@@ -146,6 +148,7 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 	c := &Cluster{
 		cfg:         cfg,
 		t:           timingsFor(o.fast),
+		limits:      o.limits,
 		local:       local,
 		log:         logger.With("component", "coordinator"),
 		mlLog:       logger.With("component", "memberlist"),
@@ -160,6 +163,7 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 		states:      newNodeStore(),
 		desiredSent: map[string]sentMark{},
 	}
+	c.drops = newDropLog(c.log, m.dropped)
 	c.joinPort = cfg.BindPort
 	if c.joinPort == 0 {
 		c.joinPort = 7946
@@ -176,7 +180,7 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 	}
 	mlc.Delegate = delegate{c}
 	mlc.Events = delegate{c}
-	mlc.Logger = memberlistLogger(c.mlLog)
+	mlc.Logger = memberlistLogger(c.mlLog, c.drops)
 	tr, err := c.newTransport(mlc)
 	if err != nil {
 		return nil, err
@@ -256,7 +260,17 @@ func (c *Cluster) newTransport(mlc *memberlist.Config) (*countingTransport, erro
 	if mlc.AdvertisePort == 0 {
 		mlc.AdvertisePort = mlc.BindPort
 	}
-	return newCountingTransport(nt, c.metrics.bytesSent, c.metrics.bytesRecv), nil
+	limits := c.limits
+	if limits.deadline == 0 {
+		limits.deadline = mlc.TCPTimeout
+	}
+	guard := newInboundGuard(guardConfig{
+		label:       mlc.Label,
+		encrypted:   (len(mlc.SecretKey) > 0 || mlc.Keyring != nil) && mlc.GossipVerifyIncoming,
+		compression: mlc.EnableCompression,
+		limits:      limits,
+	}, c.drops, c.metrics.inboundStreams)
+	return newCountingTransport(nt, c.metrics.bytesSent, c.metrics.bytesRecv, guard), nil
 }
 
 // Run joins the cluster and serves it until ctx ends, then leaves (bounded) and shuts

@@ -123,6 +123,12 @@ type testNode struct {
 // startNode creates and runs a node on loopback with fast timings; edit adjusts its config.
 func startNode(t *testing.T, name string, join []string, edit ...func(*Config)) *testNode {
 	t.Helper()
+	return startNodeWith(t, name, join, nil, edit...)
+}
+
+// startNodeWith is startNode with options beyond the test timings.
+func startNodeWith(t *testing.T, name string, join []string, opts []Option, edit ...func(*Config)) *testNode {
+	t.Helper()
 	cfg := Config{
 		Name:     "jupyter",
 		NodeName: name,
@@ -136,7 +142,7 @@ func startNode(t *testing.T, name string, join []string, edit ...func(*Config)) 
 	}
 	n := &testNode{name: name, a: newFakeAgent(name), reg: prometheus.NewRegistry(), logs: &logBuffer{}, done: make(chan error, 1)}
 	logger := slog.New(slog.NewTextHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	c, err := New(cfg, n.a, logger, n.reg, WithTestTimings())
+	c, err := New(cfg, n.a, logger, n.reg, append([]Option{WithTestTimings()}, opts...)...)
 	require.NoError(t, err)
 	n.c = c
 	ctx, cancel := context.WithCancel(context.Background())

@@ -5,13 +5,15 @@ import (
 )
 
 type metrics struct {
-	members   prometheus.Gauge
-	isLeader  prometheus.Gauge
-	sent      *prometheus.CounterVec // messages by type
-	received  *prometheus.CounterVec // messages by type
-	dropped   *prometheus.CounterVec // by reason
-	bytesSent *prometheus.CounterVec // all gossip traffic, by transport
-	bytesRecv *prometheus.CounterVec
+	members  prometheus.Gauge
+	isLeader prometheus.Gauge
+	// inboundStreams is the number of inbound gossip streams held now (see inboundGuard).
+	inboundStreams prometheus.Gauge
+	sent           *prometheus.CounterVec // messages by type
+	received       *prometheus.CounterVec // messages by type
+	dropped        *prometheus.CounterVec // by reason
+	bytesSent      *prometheus.CounterVec // all gossip traffic, by transport
+	bytesRecv      *prometheus.CounterVec
 }
 
 // newMetrics creates the coordinator's metrics and registers them with reg (nil: unregistered).
@@ -25,6 +27,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "cachemachine_is_leader",
 			Help: "1 when this node is the leader, else 0.",
 		}),
+		inboundStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cachemachine_gossip_inbound_streams",
+			Help: "Inbound gossip streams (TCP) open now, from acceptance to close.",
+		}),
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cachemachine_gossip_messages_sent_total",
 			Help: "Coordinator messages sent, by type (state, desired).",
@@ -35,7 +41,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"type"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cachemachine_gossip_dropped_total",
-			Help: "Messages dropped, by reason: short, unknown_type, bad_version, too_large, decode, invalid (bad input); overflow (inbox full); send_failed, send_overflow (outgoing).",
+			Help: "Gossip input and messages dropped, by reason: bad_label, decrypt, unencrypted, malformed, oversized_stream, too_many_streams, stream_budget, stream_timeout (packets and streams refused at the gossip port); short, unknown_type, bad_version, too_large, decode, invalid (bad coordinator messages); overflow (inbox full); send_failed, send_overflow (outgoing).",
 		}, []string{"reason"}),
 		bytesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cachemachine_gossip_bytes_sent_total",
@@ -58,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.bytesRecv.WithLabelValues(t)
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{m.members, m.isLeader, m.sent, m.received, m.dropped, m.bytesSent, m.bytesRecv} {
+		for _, col := range []prometheus.Collector{m.members, m.isLeader, m.inboundStreams, m.sent, m.received, m.dropped, m.bytesSent, m.bytesRecv} {
 			if err := reg.Register(col); err != nil {
 				return nil, err
 			}

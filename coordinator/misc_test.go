@@ -69,7 +69,7 @@ func TestLogWriter(t *testing.T) {
 		t.Run(tt.line, func(t *testing.T) {
 			t.Parallel()
 			var buf bytes.Buffer
-			l := memberlistLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+			l := memberlistLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
 			l.Print(tt.line)
 			out := buf.String()
 			require.Contains(t, out, "level="+tt.level)

@@ -12,9 +12,13 @@ type Option func(*options)
 // options are the settings that only tests and simulations change; the zero value is
 // production.
 type options struct {
-	fast bool                     // test timings
-	tune func(*memberlist.Config) // applied to memberlist's configuration last
+	fast   bool                     // test timings
+	tune   func(*memberlist.Config) // applied to memberlist's configuration last
+	limits inboundLimits            // the inbound stream guard's limits; zero fields: defaults
 }
+
+// withInboundLimits shrinks the inbound stream guard's limits, for tests.
+func withInboundLimits(l inboundLimits) Option { return func(o *options) { o.limits = l } }
 
 // WithTestTimings selects timings for loopback tests: memberlist gossips every ~10 ms,
 // probes every ~50 ms and pushes/pulls every ~100 ms, and the coordinator's own intervals

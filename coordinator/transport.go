@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"net"
 	"sync"
 	"time"
@@ -13,15 +14,25 @@ import (
 // traffic benchmark sees all of memberlist's traffic (probes, alive/suspect gossip, push/pull,
 // our messages) as it leaves and enters the sockets (after encryption and labelling).
 //
+// It is also where hostile input is stopped (see inboundGuard): packets without our label are
+// dropped, and every inbound stream is inspected, bounded and admitted before memberlist
+// reads it.
+//
 // Incoming packets and streams pass through one forwarding goroutine, started by
 // newCountingTransport and stopped and waited for by Shutdown, which memberlist calls from
-// its own Shutdown.
+// its own Shutdown. Each inbound stream is inspected by a goroutine of its own (at most
+// guard.limits.streams at a time), also waited for by Shutdown.
 type countingTransport struct {
 	*memberlist.NetTransport
 	packets chan *memberlist.Packet
 	streams chan net.Conn
 	sent    *prometheus.CounterVec // by transport: packet, stream
 	recv    *prometheus.CounterVec
+	guard   *inboundGuard // nil: packets and streams pass unchecked
+
+	// ctx ends on Shutdown: it cuts short the inspection of streams still being admitted.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// closing is closed first on Shutdown: from then on the forwarder drops what the sockets
 	// still deliver (memberlist may have stopped reading), so the NetTransport's listeners
@@ -32,16 +43,19 @@ type countingTransport struct {
 	wg       sync.WaitGroup
 }
 
-func newCountingTransport(nt *memberlist.NetTransport, sent, recv *prometheus.CounterVec) *countingTransport {
+// newCountingTransport starts forwarding nt's packets and streams; guard may be nil.
+func newCountingTransport(nt *memberlist.NetTransport, sent, recv *prometheus.CounterVec, guard *inboundGuard) *countingTransport {
 	t := &countingTransport{
 		NetTransport: nt,
 		packets:      make(chan *memberlist.Packet),
 		streams:      make(chan net.Conn),
 		sent:         sent,
 		recv:         recv,
+		guard:        guard,
 		closing:      make(chan struct{}),
 		done:         make(chan struct{}),
 	}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.wg.Go(t.forward)
 	return t
 }
@@ -52,6 +66,9 @@ func (t *countingTransport) forward() {
 		select {
 		case p := <-inPackets:
 			t.recv.WithLabelValues("packet").Add(float64(len(p.Buf)))
+			if t.guard != nil && !t.guard.packetOK(p.Buf, p.From) {
+				continue
+			}
 			// NetTransport reads each packet into a fresh 64 KiB buffer, and memberlist's
 			// handler queue keeps sub-slices of it: a burst of queued gossip would pin
 			// 64 KiB per message. Pass on an exact-size copy instead.
@@ -63,14 +80,32 @@ func (t *countingTransport) forward() {
 			case <-t.closing:
 			}
 		case c := <-inStreams:
-			select {
-			case t.streams <- t.wrap(c):
-			case <-t.closing:
+			c = t.wrap(c)
+			switch {
+			case t.guard == nil:
+				t.handOn(c)
+			case t.guard.acquire(c):
+				// This goroutine is counted in t.wg, so the counter is above zero here.
+				t.wg.Go(func() {
+					if c := t.guard.admit(t.ctx, c); c != nil {
+						t.handOn(c)
+					}
+				})
+			default:
 				_ = c.Close()
 			}
 		case <-t.done:
 			return
 		}
+	}
+}
+
+// handOn passes an inbound stream to memberlist, or closes it when shutting down.
+func (t *countingTransport) handOn(c net.Conn) {
+	select {
+	case t.streams <- c:
+	case <-t.closing:
+		_ = c.Close()
 	}
 }
 
@@ -115,6 +150,7 @@ func (t *countingTransport) Shutdown() error {
 	var err error
 	t.stopOnce.Do(func() {
 		close(t.closing)
+		t.cancel()
 		err = t.NetTransport.Shutdown()
 		close(t.done)
 		t.wg.Wait()

@@ -1,0 +1,373 @@
+package coordinator
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Hostile-input tests: a peer without the gossip key talks to a node's gossip port. They do
+// not run in parallel: the heap measurements need the process to themselves.
+
+// memberlist's framing (net.go, label.go), spelled out here so the tests do not depend on
+// our parser.
+const (
+	mlLabelByte  = 244 // hasLabelMsg
+	mlEncryptMsg = 10
+)
+
+// labelHeader is memberlist's label header for label.
+func labelHeader(label string) []byte {
+	return append([]byte{mlLabelByte, byte(len(label))}, label...)
+}
+
+// encryptedHeader is the start of an "encrypted" stream that declares n more bytes.
+func encryptedHeader(label string, n uint32) []byte {
+	b := append(labelHeader(label), mlEncryptMsg)
+	return binary.BigEndian.AppendUint32(b, n)
+}
+
+// heapSampler records the peak HeapInuse while it runs.
+type heapSampler struct {
+	base uint64
+	peak uint64
+	stop chan struct{}
+	done chan struct{}
+}
+
+func startHeapSampler() *heapSampler {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	s := &heapSampler{base: ms.HeapInuse, peak: ms.HeapInuse, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			s.peak = max(s.peak, ms.HeapInuse)
+			select {
+			case <-s.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return s
+}
+
+// growth stops the sampler and returns the peak growth over the baseline, in MiB.
+func (s *heapSampler) growth() float64 {
+	close(s.stop)
+	<-s.done
+	return float64(s.peak-s.base) / (1 << 20)
+}
+
+// rssMiB is this process's resident set size (Linux), for the log only.
+func rssMiB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				kb, _ := strconv.ParseFloat(f[0], 64)
+				return kb / 1024
+			}
+		}
+	}
+	return 0
+}
+
+// closedByPeer waits up to timeout for conn to be closed by the other side: a read that
+// fails with anything but a timeout (EOF, reset). Bytes the node sends first are skipped.
+func closedByPeer(conn net.Conn, timeout time.Duration) bool {
+	_ = conn.SetReadDeadline(time.Now().Add(timeout))
+	_, err := io.Copy(io.Discard, conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return true
+}
+
+// TestHostileOversizedStreams: streams that carry the right label and an "encrypted" type but
+// declare nearly 20 MiB and send random bytes must be closed before the node buffers them.
+// Before the guard, memberlist buffered each one in full (8 streams: ~290 MiB of heap).
+func TestHostileOversizedStreams(t *testing.T) {
+	n1 := startNode(t, "ho-a", nil)
+	waitFor(t, 5*time.Second, "ho-a ready", n1.c.Ready)
+
+	const streams = 8
+	const declared = 20<<20 - 1
+	chunk := make([]byte, 64<<10)
+	_, _ = rand.Read(chunk)
+
+	heap := startHeapSampler()
+	rss0 := rssMiB()
+	conns := make([]net.Conn, streams)
+	written := make([]int, streams)
+	var wg sync.WaitGroup
+	for i := range streams {
+		conn, err := net.Dial("tcp", n1.addr())
+		require.NoError(t, err)
+		defer conn.Close()
+		conns[i] = conn
+		wg.Go(func() {
+			_ = conn.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			if _, err := conn.Write(encryptedHeader("jupyter", declared)); err != nil {
+				return
+			}
+			for written[i] < declared {
+				n, err := conn.Write(chunk[:min(len(chunk), declared-written[i])])
+				written[i] += n
+				if err != nil {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i, conn := range conns {
+		require.True(t, closedByPeer(conn, 10*time.Second), "stream %d is closed by the node", i)
+	}
+	grew := heap.growth()
+	t.Logf("heap in use grew by %.1f MiB at the peak; RSS %.0f -> %.0f MiB; bytes written per stream %v", grew, rss0, rssMiB(), written)
+	for i, w := range written {
+		require.Less(t, w, declared, "stream %d: closed before the declared bytes were read", i)
+	}
+	require.Less(t, grew, 8.0, "heap growth (MiB) under 8 hostile streams")
+	waitFor(t, 5*time.Second, "oversized streams counted", func() bool {
+		return n1.counter(n1.c.metrics.dropped, reasonOversizedStream) == streams
+	})
+
+	// The cluster still works: a legitimate node joins and states travel.
+	n2 := startNode(t, "ho-b", []string{n1.addr()})
+	waitLeader(t, 10*time.Second, "ho-a", n1, n2)
+	waitFor(t, 5*time.Second, "ho-b's state at the leader", func() bool {
+		_, ok := n1.stateOf("ho-b")
+		return ok
+	})
+}
+
+// TestHostileStreamsWithinBound: streams that declare the largest size the guard lets
+// through, with random bytes, are admitted only up to the byte budget, fail to decrypt, and
+// are counted once each; what they make the node hold stays bounded by the budget.
+func TestHostileStreamsWithinBound(t *testing.T) {
+	n1 := startNode(t, "hb-a", nil)
+	waitFor(t, 5*time.Second, "hb-a ready", n1.c.Ready)
+
+	const streams = 16
+	declared := maxStreamBytes
+	chunk := make([]byte, 64<<10)
+	_, _ = rand.Read(chunk)
+	heap := startHeapSampler()
+	var wg sync.WaitGroup
+	conns := make([]net.Conn, streams)
+	for i := range streams {
+		conn, err := net.Dial("tcp", n1.addr())
+		require.NoError(t, err)
+		defer conn.Close()
+		conns[i] = conn
+		wg.Go(func() {
+			_ = conn.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			w := bufio.NewWriter(conn)
+			_, _ = w.Write(encryptedHeader("jupyter", uint32(declared)))
+			for sent := 0; sent < declared; {
+				n, err := w.Write(chunk[:min(len(chunk), declared-sent)])
+				sent += n
+				if err != nil {
+					return
+				}
+			}
+			_ = w.Flush()
+		})
+	}
+	wg.Wait()
+	for i, conn := range conns {
+		require.True(t, closedByPeer(conn, 10*time.Second), "stream %d is closed by the node", i)
+	}
+	grew := heap.growth()
+	t.Logf("heap in use grew by %.1f MiB at the peak (budget %d MiB)", grew, defaultStreamBudget>>20)
+	require.Less(t, grew, float64(4*defaultStreamBudget)/(1<<20), "heap growth (MiB) stays within a few times the budget")
+	// Each stream is counted once: decrypt, stream_budget, or (when the client is slow on a
+	// busy machine) stream_timeout.
+	counted := func() float64 {
+		var sum float64
+		for _, r := range guardReasons {
+			sum += n1.counter(n1.c.metrics.dropped, r)
+		}
+		return sum
+	}
+	waitFor(t, 5*time.Second, "every stream counted", func() bool { return counted() == streams })
+	time.Sleep(100 * time.Millisecond)
+	require.Equal(t, float64(streams), counted(), "no stream counted twice")
+}
+
+// TestHostileTrickle: a peer that sends a byte now and then is cut off at the stream deadline,
+// whether it trickles the header (before memberlist sees the stream) or the body (when
+// memberlist reads it and has set a deadline of its own, TCPTimeout = 1 s with Fast).
+func TestHostileTrickle(t *testing.T) {
+	const deadline = 300 * time.Millisecond
+	n1 := startNodeWith(t, "tr-a", nil, []Option{withInboundLimits(inboundLimits{deadline: deadline})})
+	waitFor(t, 5*time.Second, "tr-a ready", n1.c.Ready)
+	tests := []struct {
+		name  string
+		first []byte // sent at once
+	}{
+		{name: "header", first: []byte{mlLabelByte, 255}}, // a 255-byte label, one byte per 50 ms
+		{name: "body", first: encryptedHeader("jupyter", 1000)},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", n1.addr())
+			require.NoError(t, err)
+			defer conn.Close()
+			start := time.Now()
+			_, err = conn.Write(tt.first)
+			require.NoError(t, err)
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+					if _, err := conn.Write([]byte{7}); err != nil {
+						return
+					}
+				}
+			})
+			closed := closedByPeer(conn, 5*time.Second)
+			took := time.Since(start)
+			close(stop)
+			wg.Wait()
+			require.True(t, closed, "the trickling stream is closed")
+			t.Logf("closed after %v", took)
+			require.GreaterOrEqual(t, took, deadline-50*time.Millisecond)
+			require.Less(t, took, 900*time.Millisecond, "closed at our deadline, before memberlist's own 1 s")
+			waitFor(t, 2*time.Second, "the timeout counted", func() bool {
+				return n1.counter(n1.c.metrics.dropped, reasonStreamTimeout) == float64(i+1)
+			})
+		})
+	}
+}
+
+// TestHostileStreamLimit: streams beyond the cap are closed at once and counted; once the
+// held ones end, legitimate traffic passes again.
+func TestHostileStreamLimit(t *testing.T) {
+	const limit = 4
+	n1 := startNodeWith(t, "sl-a", nil, []Option{withInboundLimits(inboundLimits{streams: limit, deadline: 10 * time.Second})})
+	waitFor(t, 5*time.Second, "sl-a ready", n1.c.Ready)
+
+	// Hold every slot: a label byte, then nothing.
+	var held []net.Conn
+	for range limit {
+		conn, err := net.Dial("tcp", n1.addr())
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = conn.Write([]byte{mlLabelByte})
+		require.NoError(t, err)
+		held = append(held, conn)
+	}
+	waitFor(t, 5*time.Second, "slots taken", func() bool { return value(n1.c.metrics.inboundStreams) == limit })
+
+	const extra = 6
+	for i := range extra {
+		conn, err := net.Dial("tcp", n1.addr())
+		require.NoError(t, err)
+		defer conn.Close()
+		start := time.Now()
+		require.True(t, closedByPeer(conn, 2*time.Second), "extra stream %d is closed", i)
+		require.Less(t, time.Since(start), time.Second, "extra stream %d is closed at once", i)
+	}
+	require.Equal(t, float64(extra), n1.counter(n1.c.metrics.dropped, reasonTooManyStreams))
+	for _, conn := range held {
+		require.NoError(t, conn.Close())
+	}
+	waitFor(t, 5*time.Second, "slots free", func() bool { return value(n1.c.metrics.inboundStreams) == 0 })
+
+	n2 := startNode(t, "sl-b", []string{n1.addr()})
+	waitLeader(t, 10*time.Second, "sl-a", n1, n2)
+	waitFor(t, 5*time.Second, "sl-b's state at the leader", func() bool {
+		_, ok := n1.stateOf("sl-b")
+		return ok
+	})
+}
+
+// TestHostileGarbagePackets: garbage UDP packets (without a label, and with the right label
+// but not encrypted with the key) are each counted, and logged a handful of times at most.
+func TestHostileGarbagePackets(t *testing.T) {
+	n1 := startNode(t, "gp-a", nil)
+	waitFor(t, 5*time.Second, "gp-a ready", n1.c.Ready)
+	recv0 := n1.counter(n1.c.metrics.bytesRecv, "packet")
+	logLines0 := strings.Count(n1.logs.String(), "\n")
+
+	conn, err := net.Dial("udp", n1.addr())
+	require.NoError(t, err)
+	defer conn.Close()
+	const packets, size = 1000, 100
+	for i := range packets {
+		p := make([]byte, size)
+		_, _ = rand.Read(p)
+		if i%2 == 0 {
+			p[0] = 1 // no label header
+		} else {
+			copy(p, labelHeader("jupyter")) // right label, garbage "ciphertext"
+			p[len(labelHeader("jupyter"))] = 1
+		}
+		_, err := conn.Write(p)
+		require.NoError(t, err)
+		if i%50 == 49 {
+			time.Sleep(2 * time.Millisecond) // do not overrun the socket buffer
+		}
+	}
+	reached := func() float64 { return (n1.counter(n1.c.metrics.bytesRecv, "packet") - recv0) / size }
+	waitFor(t, 5*time.Second, "packets received", func() bool { return reached() >= packets*0.9 })
+	dropped := func() float64 {
+		var sum float64
+		for _, r := range []string{reasonBadLabel, reasonDecrypt, reasonMalformed} {
+			sum += n1.counter(n1.c.metrics.dropped, r)
+		}
+		return sum
+	}
+	waitFor(t, 5*time.Second, "every packet that arrived counted", func() bool { return dropped() >= reached() })
+	t.Logf("%.0f packets reached the node; dropped: bad_label %.0f, decrypt %.0f, malformed %.0f", reached(),
+		n1.counter(n1.c.metrics.dropped, reasonBadLabel), n1.counter(n1.c.metrics.dropped, reasonDecrypt), n1.counter(n1.c.metrics.dropped, reasonMalformed))
+	require.Positive(t, n1.counter(n1.c.metrics.dropped, reasonBadLabel))
+	require.Positive(t, n1.counter(n1.c.metrics.dropped, reasonDecrypt))
+
+	lines := strings.Split(n1.logs.String(), "\n")[logLines0:]
+	var loud []string
+	for _, l := range lines {
+		if strings.Contains(l, "level=ERROR") || strings.Contains(l, "level=WARN") {
+			loud = append(loud, l)
+		}
+	}
+	t.Logf("%d warning/error lines, e.g. %q", len(loud), first(loud))
+	require.LessOrEqual(t, len(loud), 4, "at most one line per reason")
+}
+
+func first(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
+}
