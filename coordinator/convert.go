@@ -46,7 +46,7 @@ func stateToWire(node string, s agent.State) wireState {
 			}
 		}
 		for _, rd := range img.Digests {
-			repo, d, ok := strings.Cut(rd, "@")
+			repo, d, ok := image.SplitDigestRef(rd)
 			if ok && validRef(repo) && validDigest(d) && len(out.Digests) < maxTagsPerImage {
 				out.Digests = append(out.Digests, wireRepoDigest{Repo: repo, Digest: d})
 			}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/oauth2/google"
 
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // CloudPlatformScope is the OAuth scope of the access tokens TokenCredentials hands out.
@@ -61,7 +62,11 @@ func DefaultTokenCredentials(ctx context.Context) (*TokenCredentials, error) {
 // registry, so no token is ever sent elsewhere. It may block while a token is fetched (the
 // token source applies its own timeouts; ctx is checked first).
 func (c *TokenCredentials) AuthFor(ctx context.Context, ref string) (*cri.Auth, error) {
-	host := registryHost(ref)
+	r, err := image.ParseRef(ref)
+	if err != nil {
+		return nil, nil // not a reference: certainly no Google registry to send a token to
+	}
+	host := strings.ToLower(r.Registry())
 	if !IsGoogleRegistry(host) {
 		return nil, nil
 	}
@@ -76,17 +81,6 @@ func (c *TokenCredentials) AuthFor(ctx context.Context, ref string) (*cri.Auth, 
 		return nil, fmt.Errorf("credentials for %s: %w: empty access token", host, ErrToken)
 	}
 	return &cri.Auth{Username: TokenUsername, Password: tok.AccessToken}, nil
-}
-
-// registryHost returns the registry host of an image reference, lower-cased, port included
-// (Docker's rule: the first component is a host only if it has a '.' or ':' or is
-// "localhost"; otherwise the reference is on Docker Hub and "" is returned).
-func registryHost(ref string) string {
-	first, _, found := strings.Cut(ref, "/")
-	if !found || !(strings.ContainsAny(first, ".:") || first == "localhost") {
-		return ""
-	}
-	return strings.ToLower(first)
 }
 
 // IsGoogleRegistry reports whether host (optionally with port 443) is an Artifact Registry

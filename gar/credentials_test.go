@@ -58,7 +58,7 @@ func TestAuthForHosts(t *testing.T) {
 		{name: "registry.hub.docker.com", ref: "registry.hub.docker.com/lsstsqre/sciplat-lab:x", want: false},
 		{name: "ghcr.io", ref: "ghcr.io/lsst-sqre/sciplat-lab:x", want: false},
 		{name: "us-central1", ref: "us-central1-docker.pkg.dev/p/sciplat/sciplat-lab:w_2024_01", want: true},
-		{name: "europe-west4", ref: "europe-west4-docker.pkg.dev/p/r/img@sha256:0123", want: true},
+		{name: "europe-west4", ref: "europe-west4-docker.pkg.dev/p/r/img@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", want: true},
 		{name: "us multi-region", ref: "us-docker.pkg.dev/p/r/img:x", want: true},
 		{name: "upper case host", ref: "US-Central1-Docker.PKG.dev/p/r/img:x", want: true},
 		{name: "explicit port 443", ref: "us-central1-docker.pkg.dev:443/p/r/img:x", want: true},

@@ -7,6 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/status"
 )
 
@@ -102,7 +103,8 @@ type display interface {
 
 // tagOf is the tag of a reference, the short name the plain output uses.
 func tagOf(ref string) string {
-	return ref[strings.LastIndexByte(ref, ':')+1:]
+	_, tag := image.SplitTagRef(ref)
+	return tag
 }
 
 // lineDisplay prints one line per change, for logs and pipes.

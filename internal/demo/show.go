@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // show displays the progress until common_cache is complete, then prints where to look and,
@@ -123,7 +125,8 @@ func printSummary(out *console, v view, statusURL, bin string, plans []nodePlan,
 	var repos []string
 	rows := map[string][][]string{} // repository -> its tags' rows
 	for _, c := range v.dump.CommonCache {
-		repo := c.ImageURL[:strings.LastIndexByte(c.ImageURL, ':')+1]
+		repo, _ := image.SplitTagRef(c.ImageURL)
+		repo += ":"
 		if rows[repo] == nil {
 			repos = append(repos, repo)
 		}
