@@ -678,6 +678,28 @@ func TestMarshalRoundTrip(t *testing.T) {
 	})
 }
 
+func TestWriteFile(t *testing.T) {
+	t.Parallel()
+	c := Default()
+	c.RefreshInterval = Duration{time.Minute}
+	c.Agent.PullTimeout = Duration{90 * time.Second}
+	c.Cluster.Join = []string{"127.0.0.1:7000"}
+	gar := DefaultRepoman(TypeRubinRepoGar)
+	gar.ProjectID, gar.Location, gar.GARRepository, gar.GARImage = "p", "us-central1", "sciplat", "sciplat-lab"
+	simple := DefaultRepoman(TypeSimpleRepoMan)
+	simple.Images = []Image{{ImageURL: "ghcr.io/a/b:1", Name: "one", ImageHash: "sha256:" + strings.Repeat("a", 64)}}
+	c.Repomen = []Repoman{gar, simple}
+	path := t.TempDir() + "/config.yaml"
+	require.NoError(t, c.WriteFile(path))
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	back, err := Load(path)
+	require.NoError(t, err)
+	requireSameConfig(t, c, *back)
+	require.ErrorContains(t, c.WriteFile(t.TempDir()+"/missing/config.yaml"), "write config: ")
+}
+
 func TestDuration(t *testing.T) {
 	t.Parallel()
 	var d Duration

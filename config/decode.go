@@ -25,6 +25,20 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data)
 }
 
+// WriteFile writes c to path (mode 0600) as YAML that Load reads back to the same
+// configuration. With Default and DefaultRepoman it is how tests, the demo and the
+// benchmarks make agent configuration files: from values, never from text templates.
+func (c *Config) WriteFile(path string) error {
+	data, err := yaml.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("write config %s: %w", path, err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
 // Parse decodes data (YAML or JSON) over Default. name is the file name used in error
 // messages. It reports every syntax error, type mismatch, unknown field, unknown repoman
 // type and field that does not belong to its repoman type at once, as a *ValidationError.
