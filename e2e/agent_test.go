@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
@@ -28,11 +29,8 @@ func TestAgentCachesDesiredImagesByTagAndDigest(t *testing.T) {
 	require.NoError(t, err)
 
 	want := map[string]string{repo + ":recommended": weekly, repo + ":w_2024_01": weekly, repo + ":d_2024_01_02": daily}
-	p := startAgent(t, writeConfig(t, settings{
-		Images:  []string{repo + ":recommended", repo + ":w_2024_01", repo + ":d_2024_01_02"},
-		Digests: []string{weekly, weekly, ""},
-		CRI:     n.cd.Endpoint(), Dir: n.dir,
-	}))
+	p := startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(),
+		[]string{repo + ":recommended", repo + ":w_2024_01", repo + ":d_2024_01_02"}, weekly, weekly, ""))
 	eventually(t, 60*time.Second, "every desired tag on the node with its digest", func() bool {
 		for ref, digest := range want {
 			if tagDigest(t, n.cri, ref) != digest {
@@ -71,7 +69,7 @@ func TestAgentBacksOffWhileRegistryIsDownThenRecovers(t *testing.T) {
 	ref := reg.Addr + "/lsst/lab:w_2024_02"
 	require.NoError(t, reg.Stop())
 
-	p := startAgent(t, writeConfig(t, settings{Images: []string{ref}, CRI: n.cd.Endpoint(), Dir: n.dir}))
+	p := startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(), []string{ref}))
 	eventually(t, 30*time.Second, "two failed attempts with a retry scheduled", func() bool {
 		v, ok := p.pulls(t)
 		return ok && len(v.Failed) == 1 && v.Failed[0].Attempts >= 2 && v.Failed[0].NextRetry.After(time.Now().Add(-time.Second))
@@ -102,7 +100,7 @@ func TestAgentFinishesAfterContainerdIsKilledMidPull(t *testing.T) {
 	require.NoError(t, err)
 	ref := reg.Addr + "/lsst/big:r27_0_0"
 
-	p := startAgent(t, writeConfig(t, settings{Images: []string{ref}, CRI: n.cd.Endpoint(), Dir: n.dir}))
+	p := startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(), []string{ref}))
 	eventually(t, 30*time.Second, "the pull to start", func() bool {
 		v, ok := p.pulls(t)
 		return ok && len(v.Pulling) == 1
@@ -129,7 +127,7 @@ func TestAgentPullsAgainAnImageRemovedBehindItsBack(t *testing.T) {
 	require.NoError(t, err)
 	ref := reg.Addr + "/lsst/lab:w_2024_03"
 
-	startAgent(t, writeConfig(t, settings{Images: []string{ref}, CRI: n.cd.Endpoint(), Dir: n.dir}))
+	startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(), []string{ref}))
 	eventually(t, 30*time.Second, "the first pull", func() bool { return tagDigest(t, n.cri, ref) == digest })
 
 	require.NoError(t, n.cri.RemoveImage(t.Context(), ref)) // what kubelet image GC does
@@ -146,12 +144,7 @@ func TestDiskGuardHoldsAPullThatWouldNotFit(t *testing.T) {
 	ref := reg.Addr + "/lsst/lab:w_2024_04"
 
 	// No disk keeps 99.99 % free: every pull must be held.
-	p := startAgent(t, writeConfig(t, settings{Images: []string{ref}, CRI: n.cd.Endpoint(), Dir: n.dir, MinFree: 99.99}))
-	eventually(t, 30*time.Second, "the pull to be held", func() bool {
-		v, ok := p.pulls(t)
-		return ok && len(v.Held) == 1
-	})
-	v, _ := p.pulls(t)
+	p, v := startHeld(t, n, ref, 99.99)
 	require.Equal(t, ref, v.Held[0].Ref)
 	require.Contains(t, v.Held[0].Reason, "insufficient disk")
 	out, err := p.debug(t, "pulls")
@@ -176,8 +169,12 @@ func TestWrongRegistryCredentialsGiveAClearErrorWithoutTheSecret(t *testing.T) {
 		require.NoError(t, os.WriteFile(path, fmt.Appendf(nil, `{"auths": {%q: {"auth": %q}}}`, reg.Addr, auth), 0o600))
 		return path
 	}
-	cfg := writeConfig(t, settings{Images: []string{ref}, CRI: n.cd.Endpoint(), Dir: n.dir, PullAuth: "dockerconfig", Dockerconfig: writeDockerconfig(wrong)})
-	p := startAgent(t, cfg)
+	withCredentials := func(pass string) config.Config {
+		cfg := standalone(n.dir, n.cd.Endpoint(), []string{ref})
+		cfg.Agent.PullAuth, cfg.Agent.Dockerconfig = config.PullAuthDockerconfig, writeDockerconfig(pass)
+		return cfg
+	}
+	p := startAgent(t, n.dir, withCredentials(wrong))
 	eventually(t, 30*time.Second, "the pull to fail", func() bool {
 		v, ok := p.pulls(t)
 		return ok && len(v.Failed) == 1
@@ -187,17 +184,16 @@ func TestWrongRegistryCredentialsGiveAClearErrorWithoutTheSecret(t *testing.T) {
 	require.Contains(t, v.Failed[0].Error, ref)
 	p.stop(t)
 	for _, secret := range []string{wrong, base64.StdEncoding.EncodeToString([]byte(user + ":" + wrong))} {
-		require.NotContains(t, p.log.String(), secret)
+		require.NotContains(t, p.Log(), secret)
 		require.NotContains(t, v.Failed[0].Error, secret)
 	}
 	require.Equal(t, "", tagDigest(t, n.cri, ref))
 
 	// The right credentials pull.
-	cfg = writeConfig(t, settings{Images: []string{ref}, CRI: n.cd.Endpoint(), Dir: n.dir, PullAuth: "dockerconfig", Dockerconfig: writeDockerconfig(password)})
-	p = startAgent(t, cfg)
+	p = startAgent(t, n.dir, withCredentials(password))
 	eventually(t, 30*time.Second, "the pull with the right credentials", func() bool { return tagDigest(t, n.cri, ref) == digest })
 	p.stop(t)
-	require.NotContains(t, p.log.String(), password)
+	require.NotContains(t, p.Log(), password)
 }
 
 func TestBadConfigExitsWithStatus2NamingTheField(t *testing.T) {

@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,25 +12,19 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // clusterNode is one simulated node of a cluster: a containerd and an agent process.
 type clusterNode struct {
-	name     string
-	n        node
-	cfgPath  string
-	httpAddr string
-	p        *agentProc
+	name string
+	n    node
+	cfg  config.Config
+	p    *agentProc
 }
+
+func (cn *clusterNode) httpAddr() string { return cn.cfg.HTTP.Listen }
 
 type dump struct {
 	CommonCache []struct {
@@ -69,6 +60,18 @@ func getStatus(t *testing.T, addr, path string, v any) (leader string, ok bool) 
 	return resp.Header.Get("X-Cachemachine-Leader"), true
 }
 
+// clusterConfig is the configuration of an agent on n gossiping over loopback with the key
+// in keyFile, on fresh ports, with a RubinRepoMan source on the registry.
+func clusterConfig(t *testing.T, n node, regAddr, repo, keyFile string) config.Config {
+	c := lab.AgentConfig(n.dir, n.cd.Endpoint())
+	c.RefreshInterval = config.Duration{Duration: time.Minute}
+	c.Repomen = []config.Repoman{rubinRepoMan(regAddr, repo)}
+	fastRetries(&c)
+	c.Agent.ResyncInterval = config.Duration{Duration: time.Second}
+	lab.LoopbackCluster(&c, lab.Port(t), lab.Port(t), keyFile, nil)
+	return c
+}
+
 // startCluster starts n agents gossiping over loopback, each on its own containerd, with a
 // RubinRepoMan source on the registry.
 func startCluster(t *testing.T, n int, regAddr, repo string) []*clusterNode {
@@ -78,55 +81,23 @@ func startCluster(t *testing.T, n int, regAddr, repo string) []*clusterNode {
 		key[i] = byte(i*7 + 3)
 	}
 	var nodes []*clusterNode
-	var gossip []string
 	for i := range n {
 		cn := &clusterNode{name: fmt.Sprintf("n%d", i+1), n: newNode(t)}
-		port := freePort(t)
-		gossip = append(gossip, fmt.Sprintf("127.0.0.1:%d", port))
-		cn.httpAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		keyFile := filepath.Join(cn.n.dir, "gossip.key")
-		require.NoError(t, os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)), 0o600))
-		cn.cfgPath = filepath.Join(cn.n.dir, "config.yaml")
-		require.NoError(t, os.WriteFile(cn.cfgPath, fmt.Appendf(nil, `name: jupyter
-refresh_interval: 1m
-repomen:
-  - type: RubinRepoMan
-    registry_url: %s
-    repo: %s
-    num_weeklies: 2
-agent:
-  cri_socket: %s
-  backoff_initial: 500ms
-  backoff_max: 2s
-  resync_interval: 1s
-  min_free_disk_percent: 0
-  state_dir: %s
-  debug_socket: %s
-cluster:
-  enabled: true
-  bind_addr: 127.0.0.1
-  bind_port: %d
-  gossip_key_file: %s
-http:
-  listen: %s
-`, regAddr, repo, cn.n.cd.Endpoint(), filepath.Join(cn.n.dir, "state"), filepath.Join(cn.n.dir, "agent.sock"), port, keyFile, cn.httpAddr), 0o600))
+		require.NoError(t, lab.WriteGossipKey(keyFile, key))
+		cn.cfg = clusterConfig(t, cn.n, regAddr, repo, keyFile)
 		nodes = append(nodes, cn)
 	}
 	for i, cn := range nodes {
 		var join []string
-		for j, g := range gossip {
+		for j, o := range nodes {
 			if j != i {
-				join = append(join, "--join", g)
+				join = append(join, "--join", joinAddrOf(o))
 			}
 		}
-		cn.p = startAgentNamed(t, cn.cfgPath, cn.name, join...)
+		cn.p = startAgentNamed(t, cn.name, cn.n.dir, cn.cfg, join...)
 	}
 	return nodes
-}
-
-// startAgentNamed is startAgent with a node name of its own.
-func startAgentNamed(t *testing.T, cfgPath, name string, args ...string) *agentProc {
-	return startAgent(t, cfgPath, append([]string{"--node-name", name}, args...)...)
 }
 
 func TestClusterConvergesFailsOverAndTracksNodes(t *testing.T) {
@@ -167,7 +138,7 @@ func TestClusterConvergesFailsOverAndTracksNodes(t *testing.T) {
 	eventually(t, 90*time.Second, "common_cache to hold the desired images on every node", func() bool {
 		var ok bool
 		var leader string
-		d, leader, ok = converged(nodes[2].httpAddr)
+		d, leader, ok = converged(nodes[2].httpAddr())
 		return ok && leader == "n1"
 	})
 	require.Equal(t, "Recommended (Weekly 2024_10)", d.DesiredImages[0].Name)
@@ -193,7 +164,7 @@ func TestClusterConvergesFailsOverAndTracksNodes(t *testing.T) {
 	killed := time.Now()
 	nodes[0].p.Kill()
 	eventually(t, 30*time.Second, "n2 to lead and serve the same common_cache", func() bool {
-		_, leader, ok := converged(nodes[2].httpAddr)
+		_, leader, ok := converged(nodes[2].httpAddr())
 		return ok && leader == "n2"
 	})
 	t.Logf("failover: correct status from the new leader %.1fs after the kill", time.Since(killed).Seconds())
@@ -206,7 +177,7 @@ func TestClusterConvergesFailsOverAndTracksNodes(t *testing.T) {
 		} `json:"nodes"`
 	}
 	eventually(t, 30*time.Second, "n1 to drop out of the aggregation", func() bool {
-		_, ok := getStatus(t, nodes[1].httpAddr, "/cachemachine/jupyter/nodes", &nv)
+		_, ok := getStatus(t, nodes[1].httpAddr(), "/cachemachine/jupyter/nodes", &nv)
 		if !ok {
 			return false
 		}
@@ -219,13 +190,13 @@ func TestClusterConvergesFailsOverAndTracksNodes(t *testing.T) {
 	})
 
 	// n1 comes back on the same containerd and state dir: it leads again, with its images.
-	nodes[0].p = startAgentNamed(t, nodes[0].cfgPath, "n1", "--join", joinAddrOf(t, nodes[1]))
+	nodes[0].p = startAgentNamed(t, "n1", nodes[0].n.dir, nodes[0].cfg, "--join", joinAddrOf(nodes[1]))
 	eventually(t, 60*time.Second, "n1 to rejoin and lead", func() bool {
-		_, leader, ok := converged(nodes[2].httpAddr)
+		_, leader, ok := converged(nodes[2].httpAddr())
 		if !ok || leader != "n1" {
 			return false
 		}
-		_, ok = getStatus(t, nodes[2].httpAddr, "/cachemachine/jupyter/nodes", &nv)
+		_, ok = getStatus(t, nodes[2].httpAddr(), "/cachemachine/jupyter/nodes", &nv)
 		alive := 0
 		for _, n := range nv.Nodes {
 			if n.Alive {
@@ -236,17 +207,9 @@ func TestClusterConvergesFailsOverAndTracksNodes(t *testing.T) {
 	})
 }
 
-// joinAddrOf reads a node's gossip address from its config.
-func joinAddrOf(t *testing.T, cn *clusterNode) string {
-	b, err := os.ReadFile(cn.cfgPath)
-	require.NoError(t, err)
-	for _, line := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(strings.TrimSpace(line), "bind_port: "); ok {
-			return "127.0.0.1:" + p
-		}
-	}
-	t.Fatal("no bind_port in config")
-	return ""
+// joinAddrOf is a node's gossip address.
+func joinAddrOf(cn *clusterNode) string {
+	return fmt.Sprintf("127.0.0.1:%d", cn.cfg.Cluster.BindPort)
 }
 
 func TestWrongGossipKeyDoesNotJoin(t *testing.T) {
@@ -256,48 +219,28 @@ func TestWrongGossipKeyDoesNotJoin(t *testing.T) {
 	nodes := startCluster(t, 1, reg.Addr, "lsst/none")
 	eventually(t, 30*time.Second, "the first node to serve", func() bool {
 		var v []string
-		_, ok := getStatus(t, nodes[0].httpAddr, "/cachemachine/", &v)
+		_, ok := getStatus(t, nodes[0].httpAddr(), "/cachemachine/", &v)
 		return ok && slices.Equal(v, []string{"jupyter"})
 	})
 
 	// A second node with another key tries to join the first.
 	other := &clusterNode{name: "n0", n: newNode(t)}
-	b, err := os.ReadFile(nodes[0].cfgPath)
-	require.NoError(t, err)
-	other.cfgPath = filepath.Join(other.n.dir, "config.yaml")
 	badKey := filepath.Join(other.n.dir, "bad.key")
-	require.NoError(t, os.WriteFile(badKey, []byte(base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))), 0o600))
-	cfg := string(b)
-	cfg = strings.ReplaceAll(cfg, nodes[0].n.dir, other.n.dir)
-	cfg = replaceLine(cfg, "gossip_key_file: ", "gossip_key_file: "+badKey)
-	cfg = replaceLine(cfg, "bind_port: ", fmt.Sprintf("bind_port: %d", freePort(t)))
-	cfg = replaceLine(cfg, "listen: ", fmt.Sprintf("listen: 127.0.0.1:%d", freePort(t)))
-	cfg = replaceLine(cfg, "cri_socket: ", "cri_socket: "+other.n.cd.Endpoint())
-	require.NoError(t, os.WriteFile(other.cfgPath, []byte(cfg), 0o600))
-	p := startAgentNamed(t, other.cfgPath, "n0", "--join", joinAddrOf(t, nodes[0]))
+	require.NoError(t, lab.WriteGossipKey(badKey, []byte("0123456789abcdef0123456789abcdef")))
+	other.cfg = clusterConfig(t, other.n, reg.Addr, "lsst/none", badKey)
+	p := startAgentNamed(t, "n0", other.n.dir, other.cfg, "--join", joinAddrOf(nodes[0]))
 	eventually(t, 30*time.Second, "a log line that says the key is wrong", func() bool {
-		return strings.Contains(p.log.String(), "gossip key")
+		return strings.Contains(p.Log(), "gossip key")
 	})
 	var nv struct {
 		Nodes []struct {
 			Name string `json:"name"`
 		} `json:"nodes"`
 	}
-	_, ok := getStatus(t, nodes[0].httpAddr, "/cachemachine/jupyter/nodes", &nv)
+	_, ok := getStatus(t, nodes[0].httpAddr(), "/cachemachine/jupyter/nodes", &nv)
 	require.True(t, ok)
 	for _, n := range nv.Nodes {
 		require.NotEqual(t, "n0", n.Name, "a node with the wrong key joined")
 	}
-	require.NotContains(t, p.log.String(), "0123456789abcdef", "the key never appears in logs")
-}
-
-func replaceLine(s, prefix, with string) string {
-	lines := strings.Split(s, "\n")
-	for i, l := range lines {
-		trimmed := strings.TrimLeft(l, " ")
-		if strings.HasPrefix(trimmed, prefix) {
-			lines[i] = l[:len(l)-len(trimmed)] + with
-		}
-	}
-	return strings.Join(lines, "\n")
+	require.NotContains(t, p.Log(), "0123456789abcdef", "the key never appears in logs")
 }

@@ -32,7 +32,7 @@ func TestDebugSocketInASharedDirChangesNothingAroundItAndIsNotTakenOver(t *testi
 	// An image nobody serves: the agent has something to work on, the test needs no registry.
 	images := []string{"127.0.0.1:1/lsst/lab:w_2024_01"}
 
-	p := startAgent(t, writeConfig(t, settings{Images: images, CRI: n.cd.Endpoint(), Dir: n.dir}), "--debug-socket", socket)
+	p := startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(), images), "--debug-socket", socket)
 	p.socket = socket
 	eventually(t, 30*time.Second, "the debug socket to answer", func() bool {
 		_, err := p.debug(t, "node")
@@ -47,7 +47,9 @@ func TestDebugSocketInASharedDirChangesNothingAroundItAndIsNotTakenOver(t *testi
 	dir2, err := os.MkdirTemp("", "cm")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir2) })
-	cfg2 := writeConfig(t, settings{Images: images, CRI: n.cd.Endpoint(), Dir: dir2})
+	cfg2 := filepath.Join(dir2, "config.yaml")
+	second := standalone(dir2, n.cd.Endpoint(), images)
+	require.NoError(t, second.WriteFile(cfg2))
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, binary, "agent", "--config", cfg2, "--node-name", "node-b", "--debug-socket", socket).CombinedOutput()

@@ -38,12 +38,7 @@ func TestDiskGuardKnowsTheSizeOnAFreshNode(t *testing.T) {
 	require.NoError(t, err)
 
 	// 70 % must stay free (44.8 MiB of 64): the 24 MiB image would leave about 40 MiB.
-	p := startAgent(t, writeConfig(t, settings{Images: []string{big}, CRI: n.cd.Endpoint(), Dir: n.dir, MinFree: 70}))
-	eventually(t, 30*time.Second, "the pull to be held", func() bool {
-		v, ok := p.pulls(t)
-		return ok && len(v.Held) == 1
-	})
-	v, _ := p.pulls(t)
+	_, v := startHeld(t, n, big, 70)
 	require.Equal(t, big, v.Held[0].Ref)
 	require.Contains(t, v.Held[0].Reason, "pull needs 24.0 MiB", "the reason names the image's real size")
 	require.Empty(t, v.Pulling)

@@ -2,10 +2,8 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -13,6 +11,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/gar"
 	"github.com/cachemachine/cachemachine/gar/gartest"
 	"github.com/cachemachine/cachemachine/image"
@@ -43,33 +42,15 @@ func TestAgentListsArtifactRegistryAndPullsGARNames(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	cd := lab.NewContainerd(t, lab.ContainerdOptions{Mirrors: map[string]string{garHost: reg.Addr}})
 	c := criClient(t, cd)
-	cfg := fmt.Sprintf(`name: jupyter
-refresh_interval: 1m
-repomen:
-  - type: RubinRepoGar
-    project_id: rubin
-    location: us-central1
-    gar_repository: sciplat
-    gar_image: sciplat-lab
-    num_weeklies: 1
-    num_dailies: 1
-    endpoint: %s
-    insecure_endpoint: true
-agent:
-  cri_socket: %s
-  backoff_initial: 500ms
-  backoff_max: 2s
-  min_free_disk_percent: 0
-  state_dir: %s
-  debug_socket: %s
-cluster:
-  enabled: false
-http:
-  listen: 127.0.0.1:0
-`, fake.Addr(), cd.Endpoint(), filepath.Join(dir, "state"), filepath.Join(dir, "agent.sock"))
-	path := filepath.Join(dir, "config.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(cfg), 0o600))
-	p := startAgent(t, path)
+	cfg := lab.AgentConfig(dir, cd.Endpoint())
+	cfg.RefreshInterval = config.Duration{Duration: time.Minute}
+	src := config.DefaultRepoman(config.TypeRubinRepoGar)
+	src.ProjectID, src.Location, src.GARRepository, src.GARImage = "rubin", "us-central1", "sciplat", "sciplat-lab"
+	src.NumWeeklies, src.NumDailies = 1, 1
+	src.Endpoint, src.InsecureEndpoint = fake.Addr(), true
+	cfg.Repomen = []config.Repoman{src}
+	fastRetries(&cfg)
+	p := startAgent(t, dir, cfg)
 
 	base := garHost + "/rubin/sciplat/sciplat-lab"
 	want := map[string]string{base + ":recommended": weekly, base + ":w_2024_10": weekly, base + ":d_2024_03_05": daily}

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,12 +10,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/internal/lab"
 )
@@ -42,108 +41,81 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer is a bytes.Buffer safe for the process's writer and the test's reader.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// agentProc is one running `cachemachine agent` process.
+// agentProc is one running `cachemachine agent` process and its debug socket.
 type agentProc struct {
-	*lab.Process
-	log    *syncBuffer
+	*lab.Agent
 	socket string
 }
 
-// settings are the parts of an agent's config.yaml the tests vary.
-type settings struct {
-	Images       []string // SimpleRepoMan image_url entries
-	Digests      []string // optional image_hash per image
-	CRI          string
-	Dir          string
-	MinFree      float64
-	PullAuth     string
-	Dockerconfig string
-	PullTimeout  string
+// standalone is the configuration of a standalone agent in dir on the runtime at cri that
+// caches images (a SimpleRepoMan, "image i" as names, digests[i] as image_hash when given),
+// with the tests' fast timings and no disk guard.
+func standalone(dir, cri string, images []string, digests ...string) config.Config {
+	c := lab.AgentConfig(dir, cri)
+	fastRetries(&c)
+	c.Agent.PullTimeout = config.Duration{Duration: 60 * time.Second}
+	c.Agent.ResyncInterval = config.Duration{Duration: time.Second}
+	simple := config.DefaultRepoman(config.TypeSimpleRepoMan)
+	for i, img := range images {
+		entry := config.Image{ImageURL: img, Name: fmt.Sprintf("image %d", i)}
+		if i < len(digests) {
+			entry.ImageHash = digests[i]
+		}
+		simple.Images = append(simple.Images, entry)
+	}
+	c.Repomen = []config.Repoman{simple}
+	return c
 }
 
-// writeConfig writes a standalone agent config into s.Dir and returns its path.
-func writeConfig(t *testing.T, s settings) string {
-	t.Helper()
-	var b strings.Builder
-	b.WriteString("name: jupyter\nrepomen:\n  - type: SimpleRepoMan\n    images:\n")
-	for i, img := range s.Images {
-		fmt.Fprintf(&b, "      - image_url: %s\n        name: image %d\n", img, i)
-		if i < len(s.Digests) && s.Digests[i] != "" {
-			fmt.Fprintf(&b, "        image_hash: %q\n", s.Digests[i])
-		}
-	}
-	if s.PullAuth == "" {
-		s.PullAuth = "none"
-	}
-	if s.PullTimeout == "" {
-		s.PullTimeout = "60s"
-	}
-	fmt.Fprintf(&b, `agent:
-  cri_socket: %s
-  max_parallel_pulls: 2
-  pull_timeout: %s
-  backoff_initial: 500ms
-  backoff_max: 2s
-  resync_interval: 1s
-  min_free_disk_percent: %g
-  pull_auth: %s
-`, s.CRI, s.PullTimeout, s.MinFree, s.PullAuth)
-	if s.Dockerconfig != "" {
-		fmt.Fprintf(&b, "  dockerconfig: %s\n", s.Dockerconfig)
-	}
-	fmt.Fprintf(&b, `  state_dir: %s
-  debug_socket: %s
-cluster:
-  enabled: false
-http:
-  listen: 127.0.0.1:0
-`, filepath.Join(s.Dir, "state"), filepath.Join(s.Dir, "agent.sock"))
-	path := filepath.Join(s.Dir, "config.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o600))
-	return path
+// fastRetries sets the tests' short backoff (500 ms, doubling up to 2 s) and turns the disk
+// guard off.
+func fastRetries(c *config.Config) {
+	c.Agent.BackoffInitial = config.Duration{Duration: 500 * time.Millisecond}
+	c.Agent.BackoffMax = config.Duration{Duration: 2 * time.Second}
+	c.Agent.MinFreeDiskPercent = 0
 }
 
-// startAgent runs the binary with the config and stops it (SIGTERM) when the test ends.
-func startAgent(t *testing.T, cfgPath string, args ...string) *agentProc {
+// rubinRepoMan is a RubinRepoMan source on repo in the registry at addr, caching the two
+// newest weeklies.
+func rubinRepoMan(addr, repo string) config.Repoman {
+	rm := config.DefaultRepoman(config.TypeRubinRepoMan)
+	rm.RegistryURL, rm.Repo, rm.NumWeeklies = addr, repo, 2
+	return rm
+}
+
+// startAgent runs the binary as node-a with cfg (written into dir) and stops it (SIGTERM)
+// when the test ends.
+func startAgent(t *testing.T, dir string, cfg config.Config, args ...string) *agentProc {
 	t.Helper()
-	p := &agentProc{log: &syncBuffer{}, socket: filepath.Join(filepath.Dir(cfgPath), "agent.sock")}
-	var err error
-	p.Process, err = lab.StartProcess(binary, append([]string{"agent", "--config", cfgPath, "--node-name", "node-a"}, args...), p.log)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		p.stop(t)
-		if t.Failed() {
-			t.Logf("agent log:\n%s", p.log.String())
-		}
+	return startAgentNamed(t, "node-a", dir, cfg, args...)
+}
+
+// startAgentNamed is startAgent with a node name of its own.
+func startAgentNamed(t *testing.T, name, dir string, cfg config.Config, args ...string) *agentProc {
+	t.Helper()
+	a := lab.NewAgent(t, lab.AgentOptions{Binary: binary, Node: name, Dir: dir, Config: cfg, Args: args})
+	return &agentProc{Agent: a, socket: cfg.Agent.DebugSocket}
+}
+
+// startHeld starts a standalone agent on n that caches ref with a disk guard keeping minFree
+// percent free, and waits until it holds one pull; it returns the agent and its pulls then.
+func startHeld(t *testing.T, n node, ref string, minFree float64) (*agentProc, pullsView) {
+	t.Helper()
+	cfg := standalone(n.dir, n.cd.Endpoint(), []string{ref})
+	cfg.Agent.MinFreeDiskPercent = minFree
+	p := startAgent(t, n.dir, cfg)
+	eventually(t, 30*time.Second, "the pull to be held", func() bool {
+		v, ok := p.pulls(t)
+		return ok && len(v.Held) == 1
 	})
-	return p
+	v, _ := p.pulls(t)
+	return p, v
 }
 
 // stop sends SIGTERM and fails the test when the agent needs SIGKILL.
 func (p *agentProc) stop(t *testing.T) {
-	if p.Exited() {
-		return
-	}
-	if err := p.Stop(15 * time.Second); err != nil {
-		t.Errorf("agent: %v", err)
+	if err := p.Stop(); err != nil {
+		t.Errorf("%v", err)
 	}
 }
 

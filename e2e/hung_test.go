@@ -59,7 +59,7 @@ func TestHungRegistryDelaysNobody(t *testing.T) {
 	good := reg.Addr + "/lsst/lab:w_2024_07"
 	hung := hungRegistry(t) + "/lsst/lab:w_2024_08"
 
-	p := startAgent(t, writeConfig(t, settings{Images: []string{hung, good}, CRI: n.cd.Endpoint(), Dir: n.dir}))
+	p := startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(), []string{hung, good}))
 	eventually(t, 60*time.Second, "the healthy image to be cached", func() bool { return tagDigest(t, n.cri, good) == digest })
 
 	start := time.Now()
@@ -84,7 +84,7 @@ func TestRegistryOutageKeepsTheLastDigest(t *testing.T) {
 	require.NoError(t, err)
 	ref := reg.Addr + "/lsst/lab:w_2024_09"
 
-	p := startAgent(t, writeConfig(t, settings{Images: []string{ref}, CRI: n.cd.Endpoint(), Dir: n.dir}))
+	p := startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(), []string{ref}))
 	type desired struct {
 		Version uint64 `json:"version"`
 		Images  []struct {

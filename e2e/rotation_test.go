@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/registry"
 )
@@ -39,31 +40,15 @@ func TestRotatedPasswordListsAndPullsWithoutRestart(t *testing.T) {
 	mountSecret(t, secretDir, 1, reg.Addr, user, oldPass)
 	require.NoError(t, os.Symlink("..data/.dockerconfigjson", dockerconfig))
 
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cfgPath := filepath.Join(n.dir, "config.yaml")
-	require.NoError(t, os.WriteFile(cfgPath, fmt.Appendf(nil, `name: jupyter
-refresh_interval: 10s
-repomen:
-  - type: RubinRepoMan
-    registry_url: %s
-    repo: %s
-    num_weeklies: 2
-agent:
-  cri_socket: %s
-  backoff_initial: 500ms
-  backoff_max: 2s
-  resync_interval: 1s
-  min_free_disk_percent: 0
-  pull_auth: dockerconfig
-  dockerconfig: %s
-  state_dir: %s
-  debug_socket: %s
-cluster:
-  enabled: false
-http:
-  listen: %s
-`, reg.Addr, repo, n.cd.Endpoint(), dockerconfig, filepath.Join(n.dir, "state"), filepath.Join(n.dir, "agent.sock"), httpAddr), 0o600))
-	p := startAgent(t, cfgPath)
+	cfg := lab.AgentConfig(n.dir, n.cd.Endpoint())
+	cfg.RefreshInterval = config.Duration{Duration: 10 * time.Second}
+	cfg.Repomen = []config.Repoman{rubinRepoMan(reg.Addr, repo)}
+	fastRetries(&cfg)
+	cfg.Agent.ResyncInterval = config.Duration{Duration: time.Second}
+	cfg.Agent.PullAuth, cfg.Agent.Dockerconfig = config.PullAuthDockerconfig, dockerconfig
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", lab.Port(t))
+	cfg.HTTP.Listen = httpAddr
+	p := startAgent(t, n.dir, cfg)
 	pid := p.Pid()
 
 	available := func(ref, digest string) bool {
@@ -107,7 +92,7 @@ http:
 	pulls, err := p.debug(t, "-o", "json", "pulls")
 	require.NoError(t, err)
 	p.stop(t)
-	logs := p.log.String()
+	logs := p.Log()
 	require.Contains(t, logs, "credentials reloaded", "the agent says it re-read the dockerconfig")
 	for _, secret := range []string{oldPass, newPass, basicAuth(user, oldPass), basicAuth(user, newPass)} {
 		require.NotContains(t, logs, secret)

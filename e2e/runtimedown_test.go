@@ -22,8 +22,8 @@ func TestRuntimeDownIsShownAndUnready(t *testing.T) {
 	digest, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/lab", []string{"w_2024_11"}, 1*mb, 1, nil)
 	require.NoError(t, err)
 	ref := reg.Addr + "/lsst/lab:w_2024_11"
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startAgent(t, writeConfig(t, settings{Images: []string{ref}, CRI: n.cd.Endpoint(), Dir: n.dir}), "--http-listen", httpAddr)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", lab.Port(t))
+	p := startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(), []string{ref}), "--http-listen", httpAddr)
 	readyz := func() int {
 		resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + httpAddr + "/readyz")
 		if err != nil {

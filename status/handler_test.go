@@ -2,9 +2,9 @@ package status
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 const browserAccept = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
@@ -271,15 +273,6 @@ func TestProxyToLeader(t *testing.T) {
 	require.Contains(t, via, "gke-pool-1-a", "forwarded requests are marked")
 }
 
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return addr
-}
-
 func TestLeaderUnreachable(t *testing.T) {
 	t.Parallel()
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -297,7 +290,7 @@ func TestLeaderUnreachable(t *testing.T) {
 		wantLeader string
 		wantError  string
 	}{
-		{name: "connection refused", leader: "n1", addr: closedAddr(t), wantLeader: "n1", wantError: "leader n1 unreachable: "},
+		{name: "connection refused", leader: "n1", addr: fmt.Sprintf("127.0.0.1:%d", lab.Port(t)), wantLeader: "n1", wantError: "leader n1 unreachable: "},
 		{name: "address unknown", leader: "n1", addr: "", wantLeader: "n1", wantError: "leader n1 unreachable: its status API address is not known yet"},
 		{name: "no answer in time", leader: "n1", addr: slow.Listener.Addr().String(), wantLeader: "n1", wantError: "leader n1 unreachable: no answer within 200ms"},
 		{name: "no leader", leader: "", addr: "", wantLeader: "", wantError: "no leader known: "},

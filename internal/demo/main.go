@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -194,39 +195,36 @@ func startNodes(ctx context.Context, out *console, dir, regAddr string, cl *clea
 
 // startAgents gives every node its ports, starts the agents and waits until each one joined
 // the cluster.
-func startAgents(ctx context.Context, out *console, bin, dir, garAddr string, plans []nodePlan, cl *cleanups) ([]*agentProc, error) {
-	keyFile, err := writeGossipKey(dir)
-	if err != nil {
+func startAgents(ctx context.Context, out *console, bin, dir, garAddr string, plans []nodePlan, cl *cleanups) ([]*lab.Agent, error) {
+	key := make([]byte, 32)
+	_, _ = rand.Read(key) // never fails since Go 1.24
+	keyFile := filepath.Join(dir, "gossip.key")
+	if err := lab.WriteGossipKey(keyFile, key); err != nil {
 		return nil, err
 	}
 	for i := range plans {
-		want := 0
-		if i == 0 {
-			want = preferredHTTPPort
-		}
-		httpPort, err := freePort(want)
-		if err != nil {
+		var err error
+		if i == 0 && lab.PortFree(preferredHTTPPort) {
+			plans[i].httpPort = preferredHTTPPort
+		} else if plans[i].httpPort, err = lab.FreePort(); err != nil {
 			return nil, err
 		}
-		gossipPort, err := freePort(0)
-		if err != nil {
+		if plans[i].gossipPort, err = lab.FreePort(); err != nil {
 			return nil, err
 		}
-		plans[i].httpAddr = fmt.Sprintf("127.0.0.1:%d", httpPort)
-		plans[i].gossipAddr = fmt.Sprintf("127.0.0.1:%d", gossipPort)
 	}
-	var agents []*agentProc
+	var agents []*lab.Agent
 	for _, p := range plans {
-		a, err := startAgent(bin, p, agentConfig(p, plans, garAddr, keyFile))
+		a, err := lab.StartAgent(lab.AgentOptions{Binary: bin, Node: p.name, Dir: p.dir, Config: agentConfig(p, plans, garAddr, keyFile)})
 		if err != nil {
 			return nil, err
 		}
-		cl.add("stopped agent "+p.name, a.stop)
+		cl.add("stopped agent "+p.name, a.Stop)
 		agents = append(agents, a)
-		out.say("agent %s started: http://%s, log %s", p.name, p.httpAddr, p.logPath())
+		out.say("agent %s started: http://%s, log %s", p.name, p.httpAddr(), a.LogPath())
 	}
 	for _, a := range agents {
-		if err := a.waitReady(ctx); err != nil {
+		if err := a.WaitReady(ctx, agentReadyTimeout); err != nil {
 			return nil, err
 		}
 	}

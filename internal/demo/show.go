@@ -9,12 +9,13 @@ import (
 	"time"
 
 	"github.com/cachemachine/cachemachine/image"
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 // show displays the progress until common_cache is complete, then prints where to look and,
 // unless --until-cached, keeps reporting changes until ctx ends.
-func show(ctx context.Context, o options, out *console, bin string, plans []nodePlan, agents []*agentProc) error {
-	statusURL := "http://" + plans[0].httpAddr + "/cachemachine/jupyter"
+func show(ctx context.Context, o options, out *console, bin string, plans []nodePlan, agents []*lab.Agent) error {
+	statusURL := "http://" + plans[0].httpAddr() + "/cachemachine/jupyter"
 	p := newPoller(statusURL, plans)
 	tr := tracker{}
 	lines := newLineDisplay(out)
@@ -66,13 +67,13 @@ func show(ctx context.Context, o options, out *console, bin string, plans []node
 
 // watch polls and shows every refreshEvery until done holds (returning that view), ctx ends
 // (returning the last complete poll), or an agent exits.
-func watch(ctx context.Context, p *poller, agents []*agentProc, disp display, tr tracker, done func(view) bool) (view, error) {
+func watch(ctx context.Context, p *poller, agents []*lab.Agent, disp display, tr tracker, done func(view) bool) (view, error) {
 	tick := time.NewTicker(refreshEvery)
 	defer tick.Stop()
 	var last view
 	for {
 		for _, a := range agents {
-			if err := a.exitErr(); err != nil {
+			if err := a.ExitErr(); err != nil {
 				return last, err
 			}
 		}
@@ -96,10 +97,10 @@ func watch(ctx context.Context, p *poller, agents []*agentProc, disp display, tr
 
 // printTimeout shows the last nodes view as a table and the agents' recent warnings, since
 // the logs go with the temp dir.
-func printTimeout(out *console, v view, tr tracker, statusURL string, agents []*agentProc) {
+func printTimeout(out *console, v view, tr tracker, statusURL string, agents []*lab.Agent) {
 	var names []string
 	for _, a := range agents {
-		names = append(names, a.plan.name)
+		names = append(names, a.Node())
 	}
 	t := &tableDisplay{start: out.start, statusURL: statusURL, nodes: names}
 	fmt.Fprintf(out.w, "\nnodes view (%s/nodes) when the time ran out:\n", statusURL)
@@ -107,8 +108,8 @@ func printTimeout(out *console, v view, tr tracker, statusURL string, agents []*
 		fmt.Fprintln(out.w, "  "+l)
 	}
 	for _, a := range agents {
-		if warn := warnings(a.plan.logPath(), 3); warn != "" {
-			fmt.Fprintf(out.w, "last warnings of agent %s:\n%s\n", a.plan.name, warn)
+		if warn := warnings(a.Log(), 3); warn != "" {
+			fmt.Fprintf(out.w, "last warnings of agent %s:\n%s\n", a.Node(), warn)
 		}
 	}
 }

@@ -210,18 +210,49 @@ func withTail(err error, t *tailBuffer) error {
 	return fmt.Errorf("%w\n--- last output ---\n%s", err, s)
 }
 
-// freePort returns a loopback TCP port that was free a moment ago. Another process may take it
-// before the caller binds it; callers retry on "address already in use".
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// FreePort returns a loopback port that was free for TCP and UDP a moment ago (memberlist binds
+// both). Another process may take it before the caller binds it; callers that can retry on
+// "address already in use". It is the one free-port helper of the tests, the demo and the
+// benchmarks.
+func FreePort() (int, error) {
+	for range 20 {
+		if port, err := bindBoth(0); err == nil {
+			return port, nil
+		}
+	}
+	return 0, errors.New("free port: no loopback port free for both TCP and UDP")
+}
+
+// PortFree reports whether port is free on 127.0.0.1 for TCP and UDP at this moment.
+func PortFree(port int) bool {
+	_, err := bindBoth(port)
+	return err == nil
+}
+
+// Port is FreePort for tests: it fails t when no port is free.
+func Port(t testing.TB) int {
+	t.Helper()
+	port, err := FreePort()
 	if err != nil {
-		return 0, err
+		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		return 0, err
+	return port
+}
+
+// bindBoth binds port (0: any) on 127.0.0.1 for TCP, then the same port for UDP, releases both
+// and returns the port.
+func bindBoth(port int) (int, error) {
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return 0, fmt.Errorf("free port: %w", err)
 	}
-	return port, nil
+	defer l.Close()
+	port = l.Addr().(*net.TCPAddr).Port
+	u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return 0, fmt.Errorf("free port: %w", err)
+	}
+	return port, u.Close()
 }
 
 // permanentError marks a readiness check failure that retrying cannot fix.

@@ -99,7 +99,7 @@ func StartRegistry(ctx context.Context, opts RegistryOptions) (*Registry, error)
 	secret := make([]byte, 16)
 	_, _ = rand.Read(secret) // never fails since Go 1.24
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return nil, fmt.Errorf("start registry: %w", err)
 		}

@@ -57,56 +57,54 @@ func measureFailover(ctx context.Context, o options) (failoverResult, error) {
 		}
 		cds = append(cds, cd)
 	}
-	var procs []*agentProc
+	var procs []*lab.Agent
 	defer func() {
 		for _, p := range procs {
-			if err := p.stop(); err != nil {
+			if err := p.Stop(); err != nil {
 				progress("  %v", err)
 			}
 		}
 	}()
+	var plans []agentPlan
 	for _, name := range []string{"n1", "n2", "n3"} {
-		p, err := newAgentProc(dir, name)
+		p, err := newAgentPlan(dir, name)
 		if err != nil {
 			return res, err
 		}
-		procs = append(procs, p)
+		plans = append(plans, p)
 	}
-	for i, p := range procs {
+	for i, p := range plans {
 		var join []string
-		for j, q := range procs {
+		for j, q := range plans {
 			if j != i {
-				join = append(join, q.gossip)
+				join = append(join, q.gossipAddr())
 			}
 		}
-		if err := p.writeConfig(agentConfig{criSocket: cds[i].Endpoint(), images: refs, digests: []string{digest, digest}, join: join, keyFile: keyFile}); err != nil {
+		a, err := p.start(o.bin, cds[i].Endpoint(), agentSource{images: refs, digests: []string{digest, digest}}, join, keyFile)
+		if err != nil {
 			return res, err
 		}
+		procs = append(procs, a)
 	}
 	for _, p := range procs {
-		if err := p.start(o.bin); err != nil {
-			return res, err
-		}
-	}
-	for _, p := range procs {
-		if err := p.waitReady(ctx, time.Minute); err != nil {
+		if err := p.WaitReady(ctx, time.Minute); err != nil {
 			return res, err
 		}
 	}
 	n1, n2, n3 := procs[0], procs[1], procs[2]
 	// ledBy waits until both other nodes answer with leader and the expected common_cache,
 	// and the leader sees three alive nodes.
-	ledBy := func(leader *agentProc, others ...*agentProc) error {
+	ledBy := func(leader *lab.Agent, others ...*lab.Agent) error {
 		return waitFor(ctx, 2*time.Minute, 100*time.Millisecond, func() (bool, string) {
 			for _, p := range others {
-				d, l, ok := getDump(p.http, 2*time.Second)
-				if !ok || l != leader.name || !slices.Equal(d.common(), want) {
-					return false, fmt.Sprintf("%s: answered ok=%v leader=%q common_cache=%v, want leader %s and %v", p.name, ok, l, d.common(), leader.name, want)
+				d, l, ok := getDump(p.HTTPAddr(), 2*time.Second)
+				if !ok || l != leader.Node() || !slices.Equal(d.common(), want) {
+					return false, fmt.Sprintf("%s: answered ok=%v leader=%q common_cache=%v, want leader %s and %v", p.Node(), ok, l, d.common(), leader.Node(), want)
 				}
 			}
-			v, ok := getNodes(leader.http, 2*time.Second)
+			v, ok := getNodes(leader.HTTPAddr(), 2*time.Second)
 			alive, done := v.settled(len(refs))
-			return ok && alive == 3 && done == 3, fmt.Sprintf("%s: %d alive nodes, %d with every image", leader.name, alive, done)
+			return ok && alive == 3 && done == 3, fmt.Sprintf("%s: %d alive nodes, %d with every image", leader.Node(), alive, done)
 		})
 	}
 	progress("  3 agents on 3 containerds: waiting for the images and for n1 to lead")
@@ -119,12 +117,12 @@ func measureFailover(ctx context.Context, o options) (failoverResult, error) {
 			return res, ctx.Err()
 		}
 		killed := time.Now()
-		n1.kill()
+		n1.Kill()
 		var took time.Duration
 		err := waitFor(ctx, time.Minute, 20*time.Millisecond, func() (bool, string) {
-			for _, p := range []*agentProc{n2, n3} {
-				d, l, ok := getDump(p.http, time.Second)
-				if ok && l == n2.name && slices.Equal(d.common(), want) {
+			for _, p := range []*lab.Agent{n2, n3} {
+				d, l, ok := getDump(p.HTTPAddr(), time.Second)
+				if ok && l == n2.Node() && slices.Equal(d.common(), want) {
 					took = time.Since(killed)
 					return true, ""
 				}
@@ -136,10 +134,10 @@ func measureFailover(ctx context.Context, o options) (failoverResult, error) {
 		}
 		res.times = append(res.times, took)
 		progress("  failover round %d/%d: %s", r+1, o.failoverRounds, ms(took))
-		if err := n1.start(o.bin); err != nil {
+		if err := n1.Start(); err != nil {
 			return res, err
 		}
-		if err := n1.waitReady(ctx, time.Minute); err != nil {
+		if err := n1.WaitReady(ctx, time.Minute); err != nil {
 			return res, err
 		}
 		if err := ledBy(n1, n2, n3); err != nil {

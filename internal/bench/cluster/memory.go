@@ -80,31 +80,29 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 	if nonLeader {
 		names = append(names, "z999")
 	}
-	var procs []*agentProc
+	var procs []*lab.Agent
 	defer func() {
 		for _, p := range procs {
-			if err := p.stop(); err != nil {
+			if err := p.Stop(); err != nil {
 				progress("  %v", err)
 			}
 		}
 	}()
 	for i, name := range names {
-		p, err := newAgentProc(dir, name)
+		p, err := newAgentPlan(dir, name)
 		if err != nil {
 			return res, err
 		}
 		var join []string
 		if i > 0 {
-			join = []string{procs[0].gossip}
+			join = []string{procs[0].GossipAddr()}
 		}
-		if err := p.writeConfig(agentConfig{criSocket: srv.Endpoint(), images: refs, digests: digests, join: join, keyFile: keyFile}); err != nil {
+		a, err := p.start(o.bin, srv.Endpoint(), agentSource{images: refs, digests: digests}, join, keyFile)
+		if err != nil {
 			return res, err
 		}
-		if err := p.start(o.bin); err != nil {
-			return res, err
-		}
-		procs = append(procs, p)
-		if err := p.waitReady(ctx, time.Minute); err != nil {
+		procs = append(procs, a)
+		if err := a.WaitReady(ctx, time.Minute); err != nil {
 			return res, err
 		}
 	}
@@ -115,7 +113,7 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 	var desired agent.Desired
 	if err := waitFor(ctx, time.Minute, 200*time.Millisecond, func() (bool, string) {
 		var b bytes.Buffer
-		err := agent.RunDebug(ctx, filepath.Join(leader.dir, "agent.sock"), []string{"desired"}, true, &b)
+		err := agent.RunDebug(ctx, leader.Config().Agent.DebugSocket, []string{"desired"}, true, &b)
 		if err == nil {
 			err = json.Unmarshal(b.Bytes(), &desired)
 		}
@@ -129,30 +127,30 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 	if how != "" {
 		res.notes = append(res.notes, how+" (the leader process runs production timings)")
 	}
-	sc := &simCluster{key: o.key, join: []string{leader.gossip}, minLat: o.pullMin, maxLat: o.pullMax, logger: newLogger(log), tune: tune}
+	sc := &simCluster{key: o.key, join: []string{leader.GossipAddr()}, minLat: o.pullMin, maxLat: o.pullMax, logger: newLogger(log), tune: tune}
 	defer sc.stop() // before the agent processes stop: the members leave first
 	var simNames []string
 	for i := 1; len(simNames) < members-len(names); i++ {
 		simNames = append(simNames, nodeName(i))
 	}
 	aliveAtLeader := func() int {
-		v, _ := metricValue(leader.http, "cachemachine_members")
+		v, _ := metricValue(leader.HTTPAddr(), "cachemachine_members")
 		return int(v)
 	}
-	progress("  leader %s (pid %d) up; %d simulated members joining", leader.name, leader.Pid(), len(simNames))
+	progress("  leader %s (pid %d) up; %d simulated members joining", leader.Node(), leader.Pid(), len(simNames))
 	if err := sc.addBatches(ctx, simNames, o.batch, len(names), refs, desired, aliveAtLeader); err != nil {
 		return res, err
 	}
 	if err := waitFor(ctx, 3*time.Minute, time.Second, func() (bool, string) {
-		if !leader.running() {
-			return false, leader.exitErr().Error()
+		if err := leader.ExitErr(); err != nil {
+			return false, err.Error()
 		}
-		v, ok := getNodes(leader.http, 10*time.Second)
+		v, ok := getNodes(leader.HTTPAddr(), 10*time.Second)
 		alive, done := v.settled(images)
-		if !ok || v.Leader != leader.name || alive != members || done != members {
+		if !ok || v.Leader != leader.Node() || alive != members || done != members {
 			return false, fmt.Sprintf("leader %q: %d alive members of %d, %d with all %d images", v.Leader, alive, members, done, images)
 		}
-		d, _, ok := getDump(leader.http, 10*time.Second)
+		d, _, ok := getDump(leader.HTTPAddr(), 10*time.Second)
 		return ok && len(d.CommonCache) == images && len(d.ImagesToCache) == 0, fmt.Sprintf("common_cache %d of %d images", len(d.CommonCache), images)
 	}); err != nil {
 		return res, fmt.Errorf("convergence: %w", err)
@@ -163,8 +161,8 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 	}
 	// A spawner reads the status every few seconds: the leader's RSS includes serving it.
 	for range 5 {
-		if _, _, ok := getDump(leader.http, 10*time.Second); !ok {
-			return res, fmt.Errorf("leader %s does not serve its status", leader.name)
+		if _, _, ok := getDump(leader.HTTPAddr(), 10*time.Second); !ok {
+			return res, fmt.Errorf("leader %s does not serve its status", leader.Node())
 		}
 		if !sleepCtx(ctx, time.Second) {
 			return res, ctx.Err()
@@ -186,7 +184,7 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 			}
 			anon, _ := procStatusKiB(p.Pid(), "RssAnon")
 			file, _ := procStatusKiB(p.Pid(), "RssFile")
-			samples[i] = rssSample{name: p.name, rssKiB: max(samples[i].rssKiB, rss), hwmKiB: hwm, anon: anon, file: file}
+			samples[i] = rssSample{name: p.Node(), rssKiB: max(samples[i].rssKiB, rss), hwmKiB: hwm, anon: anon, file: file}
 		}
 	}
 	res.procs = samples
@@ -196,7 +194,7 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 			mem = "heap profile: " + err.Error()
 		}
 		res.liveHeap = append(res.liveHeap, live)
-		res.notes = append(res.notes, fmt.Sprintf("%s: RSS = anonymous %s + file-backed (binary) %s; Go: %s", p.name, mib(samples[i].anon), mib(samples[i].file), mem))
+		res.notes = append(res.notes, fmt.Sprintf("%s: RSS = anonymous %s + file-backed (binary) %s; Go: %s", p.Node(), mib(samples[i].anon), mib(samples[i].file), mem))
 	}
 	for _, l := range log.take(5) {
 		res.notes = append(res.notes, "simulated members "+l)
@@ -239,11 +237,11 @@ func containerdRSS(ctx context.Context) (int64, string, error) {
 
 // runtimeMemory reads the agent's Go memory statistics from the heap profile its debug socket
 // serves, and saves the profile in dir when dir is set.
-func runtimeMemory(ctx context.Context, p *agentProc, dir string) (string, float64, error) {
+func runtimeMemory(ctx context.Context, p *lab.Agent, dir string) (string, float64, error) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", filepath.Join(p.dir, "agent.sock"))
+			return d.DialContext(ctx, "unix", p.Config().Agent.DebugSocket)
 		},
 	}}
 	get := func(path string) ([]byte, error) {
@@ -275,7 +273,7 @@ func runtimeMemory(ctx context.Context, p *agentProc, dir string) (string, float
 	}
 	if dir != "" {
 		if raw, err := get("/debug/pprof/heap"); err == nil {
-			_ = os.WriteFile(filepath.Join(dir, p.name+".heap.pprof"), raw, 0o644)
+			_ = os.WriteFile(filepath.Join(dir, p.Node()+".heap.pprof"), raw, 0o644)
 		}
 	}
 	m := func(k string) string { return fmt.Sprintf("%.1f", stats[k]/(1<<20)) }
