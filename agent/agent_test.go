@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/cri/critest"
 	"github.com/cachemachine/cachemachine/image"
 )
 
@@ -37,7 +38,7 @@ func startAgent(t *testing.T, a *Agent) {
 
 func TestFailedPullBacksOffAndRecovers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
+		rt := newRuntime()
 		const ref = "ghcr.io/lsst/lab:w_2024_01"
 		a, err := New(Config{BackoffInitial: 10 * time.Second, BackoffMax: 40 * time.Second, ResyncInterval: time.Second}, rt, nil, nil)
 		require.NoError(t, err)
@@ -55,20 +56,18 @@ func TestFailedPullBacksOffAndRecovers(t *testing.T) {
 
 		time.Sleep(wait - time.Second)
 		synctest.Wait()
-		require.Equal(t, 1, rt.pullCount(ref), "no retry before the backoff ends")
+		require.Equal(t, 1, pullCount(rt, ref), "no retry before the backoff ends")
 
 		time.Sleep(2 * time.Second) // past NextRetry, and a resync tick
 		synctest.Wait()
-		require.Equal(t, 2, rt.pullCount(ref))
+		require.Equal(t, 2, pullCount(rt, ref))
 		st = a.State()
 		require.Len(t, st.Failed, 1)
 		require.Equal(t, 2, st.Failed[0].Attempts)
 		wait = time.Until(st.Failed[0].NextRetry)
 		require.True(t, wait >= 10*time.Second-time.Second && wait <= 20*time.Second, "second retry in %s, want 10s..20s", wait)
 
-		rt.mu.Lock()
-		rt.remote[ref] = digestA
-		rt.mu.Unlock()
+		rt.AddRemote(ref, digestA, 100)
 		time.Sleep(21 * time.Second)
 		synctest.Wait()
 		st = a.State()
@@ -80,13 +79,13 @@ func TestFailedPullBacksOffAndRecovers(t *testing.T) {
 
 func TestPullsRespectParallelLimitAndOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
-		rt.block = make(chan struct{})
+		rt := newRuntime()
+		rt.HoldPulls()
 		var want []image.Image
 		for i := range 5 {
-			ref := fmt.Sprintf("ghcr.io/lsst/lab:t%d", i)
-			rt.remote[ref] = fmt.Sprintf("sha256:%064d", i)
-			want = append(want, image.Image{Ref: image.MustParseRef(ref), Digest: rt.remote[ref]})
+			ref, digest := fmt.Sprintf("ghcr.io/lsst/lab:t%d", i), fmt.Sprintf("sha256:%064d", i)
+			rt.AddRemote(ref, digest, 100)
+			want = append(want, image.Image{Ref: image.MustParseRef(ref), Digest: digest})
 		}
 		a, err := New(Config{MaxParallelPulls: 2, ResyncInterval: time.Second}, rt, nil, nil)
 		require.NoError(t, err)
@@ -100,7 +99,7 @@ func TestPullsRespectParallelLimitAndOrder(t *testing.T) {
 		synctest.Wait()
 		require.Len(t, a.State().Pulling, 2)
 
-		close(rt.block)
+		rt.ReleasePulls()
 		synctest.Wait()
 		time.Sleep(time.Second)
 		synctest.Wait()
@@ -108,17 +107,17 @@ func TestPullsRespectParallelLimitAndOrder(t *testing.T) {
 		require.Len(t, st.Cached, 5)
 		require.Empty(t, st.Queued)
 		for _, d := range want {
-			require.Equal(t, 1, rt.pullCount(d.Ref.String()), d.Ref)
+			require.Equal(t, 1, pullCount(rt, d.Ref.String()), d.Ref)
 		}
 	})
 }
 
 func TestPullDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
-		rt.block = make(chan struct{}) // a hung registry
+		rt := newRuntime()
+		rt.HoldPulls() // a hung registry
 		const ref = "ghcr.io/lsst/lab:hang"
-		rt.remote[ref] = digestA
+		rt.AddRemote(ref, digestA, 100)
 		a, err := New(Config{PullTimeout: time.Minute, BackoffInitial: time.Hour, ResyncInterval: time.Second}, rt, nil, nil)
 		require.NoError(t, err)
 		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA}}})
@@ -135,9 +134,9 @@ func TestPullDeadline(t *testing.T) {
 
 func TestTagMovedIsNotCached(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
+		rt := newRuntime()
 		const ref = "ghcr.io/lsst/lab:recommended"
-		rt.remote[ref] = digestB // the registry moved the tag
+		rt.AddRemote(ref, digestB, 100) // the registry moved the tag
 		a, err := New(Config{ResyncInterval: time.Second}, rt, nil, nil)
 		require.NoError(t, err)
 		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA}}})
@@ -152,15 +151,15 @@ func TestTagMovedIsNotCached(t *testing.T) {
 		a.SetDesired(Desired{Version: 2, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestB}}})
 		synctest.Wait()
 		require.Equal(t, map[string]string{ref: digestB}, a.State().Cached)
-		require.Equal(t, 1, rt.pullCount(ref))
+		require.Equal(t, 1, pullCount(rt, ref))
 	})
 }
 
 func TestRemovedImageIsPulledAgain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
+		rt := newRuntime()
 		const ref = "ghcr.io/lsst/lab:w_2024_01"
-		rt.remote[ref] = digestA
+		rt.AddRemote(ref, digestA, 100)
 		a, err := New(Config{ResyncInterval: 10 * time.Second}, rt, nil, nil)
 		require.NoError(t, err)
 		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref), Digest: digestA}}})
@@ -168,12 +167,10 @@ func TestRemovedImageIsPulledAgain(t *testing.T) {
 		require.Contains(t, a.State().Cached, ref)
 		v := a.State().Version
 
-		rt.mu.Lock()
-		delete(rt.images, ref) // kubelet image GC
-		rt.mu.Unlock()
+		require.NoError(t, rt.RemoveImage(t.Context(), ref)) // kubelet image GC
 		time.Sleep(11 * time.Second)
 		synctest.Wait()
-		require.Equal(t, 2, rt.pullCount(ref))
+		require.Equal(t, 2, pullCount(rt, ref))
 		require.Contains(t, a.State().Cached, ref)
 		require.Greater(t, a.State().Version, v)
 	})
@@ -181,9 +178,9 @@ func TestRemovedImageIsPulledAgain(t *testing.T) {
 
 func TestDiskGuardHoldsPulls(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
+		rt := newRuntime()
 		const ref = "ghcr.io/lsst/lab:big"
-		rt.remote[ref] = digestA
+		rt.AddRemote(ref, digestA, 100)
 		var avail atomic.Uint64
 		avail.Store(100 << 20)
 		stat := func(string) (uint64, uint64, error) { return 1 << 30, avail.Load(), nil }
@@ -194,7 +191,7 @@ func TestDiskGuardHoldsPulls(t *testing.T) {
 		st := a.State()
 		require.Len(t, st.Held, 1)
 		require.Contains(t, st.Held[0].Reason, "insufficient disk")
-		require.Zero(t, rt.pullCount(ref))
+		require.Zero(t, pullCount(rt, ref))
 
 		avail.Store(900 << 20) // space was freed
 		time.Sleep(time.Second)
@@ -206,10 +203,11 @@ func TestDiskGuardHoldsPulls(t *testing.T) {
 
 func TestTagsOfOneDigestDownloadOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
-		rt.block = make(chan struct{})
+		rt := newRuntime()
+		rt.HoldPulls()
 		rec, weekly := "ghcr.io/lsst/lab:recommended", "ghcr.io/lsst/lab:w_2024_01"
-		rt.remote[rec], rt.remote[weekly] = digestA, digestA
+		rt.AddRemote(rec, digestA, 100)
+		rt.AddRemote(weekly, digestA, 100)
 		a, err := New(Config{MaxParallelPulls: 4, ResyncInterval: time.Second}, rt, nil, nil)
 		require.NoError(t, err)
 		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(rec), Digest: digestA}, {Ref: image.MustParseRef(weekly), Digest: digestA}}})
@@ -217,7 +215,7 @@ func TestTagsOfOneDigestDownloadOnce(t *testing.T) {
 		st := a.State()
 		require.Equal(t, []string{rec}, refsOf(st.Pulling))
 		require.Equal(t, []string{weekly}, st.Queued)
-		close(rt.block)
+		rt.ReleasePulls()
 		synctest.Wait()
 		require.Equal(t, map[string]string{rec: digestA, weekly: digestA}, a.State().Cached)
 	})
@@ -225,9 +223,9 @@ func TestTagsOfOneDigestDownloadOnce(t *testing.T) {
 
 func TestCredentialErrorIsAFailedPull(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
+		rt := newRuntime()
 		const ref = "ghcr.io/lsst/lab:1"
-		rt.remote[ref] = digestA
+		rt.AddRemote(ref, digestA, 100)
 		a, err := New(Config{ResyncInterval: time.Second}, rt, credsFunc(func(context.Context, string) (*cri.Auth, error) {
 			return nil, errors.New("token source: metadata server unreachable")
 		}), nil)
@@ -237,7 +235,7 @@ func TestCredentialErrorIsAFailedPull(t *testing.T) {
 		st := a.State()
 		require.Len(t, st.Failed, 1)
 		require.Contains(t, st.Failed[0].Error, "credentials for "+ref)
-		require.Zero(t, rt.pullCount(ref))
+		require.Zero(t, pullCount(rt, ref))
 	})
 }
 
@@ -255,12 +253,12 @@ func refsOf(ps []Pulling) []string {
 
 func TestFinishedPullStartsTheNextAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
+		rt := newRuntime()
 		var want []image.Image
 		for i := range 4 {
-			ref := fmt.Sprintf("ghcr.io/lsst/lab:t%d", i)
-			rt.remote[ref] = fmt.Sprintf("sha256:%064d", i)
-			want = append(want, image.Image{Ref: image.MustParseRef(ref), Digest: rt.remote[ref]})
+			ref, digest := fmt.Sprintf("ghcr.io/lsst/lab:t%d", i), fmt.Sprintf("sha256:%064d", i)
+			rt.AddRemote(ref, digest, 100)
+			want = append(want, image.Image{Ref: image.MustParseRef(ref), Digest: digest})
 		}
 		// No resync tick within the test: only the end of a pull can start the next one.
 		a, err := New(Config{MaxParallelPulls: 1, ResyncInterval: time.Hour}, rt, nil, nil)
@@ -275,43 +273,47 @@ func TestFinishedPullStartsTheNextAtOnce(t *testing.T) {
 
 func TestUnhealthyAfterLongWithoutInventory(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &failingList{memRuntime: newMemRuntime()}
+		rt := newRuntime()
 		a, err := New(Config{ResyncInterval: 10 * time.Second}, rt, nil, nil)
 		require.NoError(t, err)
 		startAgent(t, a)
 		require.NoError(t, a.Healthy())
-		rt.fail.Store(true)
+		rt.SetError(critest.MethodListImages, cri.ErrUnavailable)
 		time.Sleep(time.Minute)
 		synctest.Wait()
 		require.NoError(t, a.Healthy(), "a short outage (containerd restarting) is not fatal")
 		time.Sleep(2 * time.Minute)
 		synctest.Wait()
 		require.ErrorContains(t, a.Healthy(), "no CRI inventory")
-		rt.fail.Store(false)
+		rt.SetError(critest.MethodListImages, nil)
 		time.Sleep(10 * time.Second)
 		synctest.Wait()
 		require.NoError(t, a.Healthy())
 	})
 }
 
-// failingList is a memRuntime whose ListImages fails while fail is set.
-type failingList struct {
-	*memRuntime
-	fail atomic.Bool
-}
+// newRuntime is an empty in-memory runtime; made inside a synctest bubble, it runs on the
+// bubble's clock.
+func newRuntime() *critest.Runtime { return critest.NewRuntime(critest.RuntimeOptions{}) }
 
-func (f *failingList) ListImages(ctx context.Context) ([]cri.Image, error) {
-	if f.fail.Load() {
-		return nil, cri.ErrUnavailable
+var _ Runtime = (*critest.Runtime)(nil)
+
+// pullCount is how many times PullImage was called for ref.
+func pullCount(rt *critest.Runtime, ref string) int {
+	n := 0
+	for _, c := range rt.Calls() {
+		if c.Method == critest.MethodPullImage && c.Ref == ref {
+			n++
+		}
 	}
-	return f.memRuntime.ListImages(ctx)
+	return n
 }
 
 // TestRetryStartsWhenItsBackoffEnds: retries used to wait for the next resync tick, so their
 // gaps were multiples of the resync interval. Each failed image now has its own deadline.
 func TestRetryStartsWhenItsBackoffEnds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
+		rt := newRuntime()
 		const ref = "ghcr.io/lsst/lab:w_2024_02"
 		// No resync within the test: only the backoff's end can start the retry.
 		a, err := New(Config{BackoffInitial: 10 * time.Second, BackoffMax: 40 * time.Second, ResyncInterval: time.Hour}, rt, nil, nil)
@@ -325,10 +327,10 @@ func TestRetryStartsWhenItsBackoffEnds(t *testing.T) {
 			next := st.Failed[0].NextRetry
 			time.Sleep(time.Until(next) - time.Millisecond)
 			synctest.Wait()
-			require.Equal(t, attempt, rt.pullCount(ref), "attempt %d: no retry before its backoff ends", attempt)
+			require.Equal(t, attempt, pullCount(rt, ref), "attempt %d: no retry before its backoff ends", attempt)
 			time.Sleep(time.Millisecond)
 			synctest.Wait()
-			require.Equal(t, attempt+1, rt.pullCount(ref), "attempt %d: the retry starts when its backoff ends", attempt)
+			require.Equal(t, attempt+1, pullCount(rt, ref), "attempt %d: the retry starts when its backoff ends", attempt)
 		}
 	})
 }
@@ -337,9 +339,9 @@ func TestRetryStartsWhenItsBackoffEnds(t *testing.T) {
 // reason names the free space, which moves.
 func TestHoldIsLoggedWhenItStarts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
+		rt := newRuntime()
 		const ref = "ghcr.io/lsst/lab:w_2024_03"
-		rt.remote[ref] = digestA
+		rt.AddRemote(ref, digestA, 100)
 		var logs syncBuffer
 		free := uint64(50 << 30)
 		var mu sync.Mutex
@@ -384,10 +386,10 @@ func (s *syncBuffer) String() string {
 // unavailable, the pull is failed, and readiness goes after a bounded time.
 func TestRuntimeDownIsShownAsItIs(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := &failingList{memRuntime: newMemRuntime()}
-		rt.block = make(chan struct{})
+		rt := newRuntime()
+		rt.HoldPulls()
 		const ref = "ghcr.io/lsst/lab:w_2024_04"
-		rt.remote[ref] = digestA
+		rt.AddRemote(ref, digestA, 100)
 		a, err := New(Config{ResyncInterval: 5 * time.Second, BackoffInitial: time.Minute}, rt, nil, nil)
 		require.NoError(t, err)
 		require.False(t, a.Ready(), "not ready before the first inventory")
@@ -397,11 +399,9 @@ func TestRuntimeDownIsShownAsItIs(t *testing.T) {
 		require.Len(t, a.State().Pulling, 1)
 
 		// containerd dies mid-pull: the pull fails, and so does every inventory.
-		rt.fail.Store(true)
-		rt.mu.Lock()
-		rt.failing[ref] = cri.ErrUnavailable
-		rt.mu.Unlock()
-		close(rt.block)
+		rt.SetError(critest.MethodListImages, cri.ErrUnavailable)
+		rt.SetError(critest.MethodPullImage, cri.ErrUnavailable)
+		rt.ReleasePulls()
 		synctest.Wait()
 		st := a.State()
 		require.False(t, st.Ready)
@@ -415,7 +415,8 @@ func TestRuntimeDownIsShownAsItIs(t *testing.T) {
 		synctest.Wait()
 		require.False(t, a.Ready(), "no inventory for 30 s: not ready")
 
-		rt.fail.Store(false)
+		rt.SetError(critest.MethodListImages, nil)
+		rt.SetError(critest.MethodPullImage, nil)
 		time.Sleep(6 * time.Second)
 		synctest.Wait()
 		require.True(t, a.Ready())

@@ -78,7 +78,7 @@ func staleSocket(t *testing.T, path string) {
 
 func TestDebugSocketIsRootOnly(t *testing.T) {
 	t.Parallel()
-	_, path := startDebug(t, newMemRuntime(), DebugOptions{})
+	_, path := startDebug(t, newRuntime(), DebugOptions{})
 	fi, err := os.Stat(path)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
@@ -89,9 +89,9 @@ func TestDebugSocketIsRootOnly(t *testing.T) {
 
 func TestDebugCommands(t *testing.T) {
 	t.Parallel()
-	rt := newMemRuntime()
+	rt := newRuntime()
 	const ref = "ghcr.io/lsst/lab:w_2024_01"
-	rt.remote[ref] = digestA
+	rt.AddRemote(ref, digestA, 100)
 	var refreshed atomic.Int32
 	a, path := startDebug(t, rt, DebugOptions{Refresh: func(context.Context) error { refreshed.Add(1); return nil }})
 	a.SetDesired(Desired{Version: 3, Images: []image.Image{{Ref: image.MustParseRef("ghcr.io/lsst/lab:missing"), Name: "Missing one"}}})
@@ -104,7 +104,7 @@ func TestDebugCommands(t *testing.T) {
 	out, err := run("pull", ref)
 	require.NoError(t, err)
 	require.Contains(t, out, digestA)
-	require.Equal(t, 1, rt.pullCount(ref))
+	require.Equal(t, 1, pullCount(rt, ref))
 
 	out, err = run("pull", "ghcr.io/lsst/lab:nope")
 	require.ErrorContains(t, err, "not found")
@@ -148,7 +148,7 @@ func TestDebugSocketLeavesAnExistingSharedDirAsItIs(t *testing.T) {
 	require.NoError(t, os.Chmod(dir, shared))
 	path := filepath.Join(dir, "agent.sock")
 
-	a, err := New(Config{Node: "n1"}, newMemRuntime(), nil, nil)
+	a, err := New(Config{Node: "n1"}, newRuntime(), nil, nil)
 	require.NoError(t, err)
 	s, err := NewDebugServer(path, a, DebugOptions{})
 	require.NoError(t, err)
@@ -192,7 +192,7 @@ func TestDebugSocketNeverReplacesWhatIsNotASocket(t *testing.T) {
 			before, err := os.Lstat(path)
 			require.NoError(t, err)
 
-			a, err := New(Config{Node: "n1"}, newMemRuntime(), nil, nil)
+			a, err := New(Config{Node: "n1"}, newRuntime(), nil, nil)
 			require.NoError(t, err)
 			_, err = NewDebugServer(path, a, DebugOptions{})
 			require.ErrorContains(t, err, path)
@@ -208,7 +208,7 @@ func TestDebugSocketNeverReplacesWhatIsNotASocket(t *testing.T) {
 		t.Parallel()
 		path := filepath.Join(tempDir(t), "agent.sock")
 		require.NoError(t, os.WriteFile(path, []byte("precious"), 0o644))
-		a, err := New(Config{Node: "n1"}, newMemRuntime(), nil, nil)
+		a, err := New(Config{Node: "n1"}, newRuntime(), nil, nil)
 		require.NoError(t, err)
 		_, err = NewDebugServer(path, a, DebugOptions{})
 		require.Error(t, err)
@@ -221,11 +221,11 @@ func TestDebugSocketNeverReplacesWhatIsNotASocket(t *testing.T) {
 func TestDebugSocketRefusesOneALiveAgentAnswersOn(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(tempDir(t), "agent.sock")
-	startDebugAt(t, newMemRuntime(), path, DebugOptions{})
+	startDebugAt(t, newRuntime(), path, DebugOptions{})
 	first, err := os.Lstat(path)
 	require.NoError(t, err)
 
-	a, err := New(Config{Node: "n2"}, newMemRuntime(), nil, nil)
+	a, err := New(Config{Node: "n2"}, newRuntime(), nil, nil)
 	require.NoError(t, err)
 	_, err = NewDebugServer(path, a, DebugOptions{})
 	require.ErrorIs(t, err, ErrDebugSocketInUse)
@@ -242,14 +242,14 @@ func TestDebugSocketReplacesAStaleSocket(t *testing.T) {
 	path := filepath.Join(tempDir(t), "agent.sock")
 	staleSocket(t, path)
 	require.False(t, answers(t, path))
-	startDebugAt(t, newMemRuntime(), path, DebugOptions{})
+	startDebugAt(t, newRuntime(), path, DebugOptions{})
 	require.True(t, answers(t, path))
 }
 
 func TestDebugServerCloseLeavesASocketItDoesNotOwn(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(tempDir(t), "agent.sock")
-	a, err := New(Config{Node: "n1"}, newMemRuntime(), nil, nil)
+	a, err := New(Config{Node: "n1"}, newRuntime(), nil, nil)
 	require.NoError(t, err)
 	first, err := NewDebugServer(path, a, DebugOptions{})
 	require.NoError(t, err)
@@ -259,7 +259,7 @@ func TestDebugServerCloseLeavesASocketItDoesNotOwn(t *testing.T) {
 
 	// The first agent's socket is removed by hand and a second agent takes the path.
 	require.NoError(t, os.Remove(path))
-	startDebugAt(t, newMemRuntime(), path, DebugOptions{})
+	startDebugAt(t, newRuntime(), path, DebugOptions{})
 	require.True(t, answers(t, path))
 
 	cancel() // the first agent stops

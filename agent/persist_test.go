@@ -12,7 +12,7 @@ import (
 func TestDesiredListSurvivesRestart(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	rt := &nopRuntime{}
+	rt := newRuntime()
 	a, err := New(Config{StateDir: dir}, rt, nil, nil)
 	require.NoError(t, err)
 	require.True(t, a.SetDesired(Desired{Version: 7, Images: []image.Image{{Ref: image.MustParseRef("ghcr.io/a/b:1"), Name: "one"}, {Ref: image.MustParseRef("busybox")}}}))
@@ -30,7 +30,7 @@ func TestDamagedDesiredListIsIgnored(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, desiredFile), []byte("{not json"), 0o600))
-	a, err := New(Config{StateDir: dir}, &nopRuntime{}, nil, nil)
+	a, err := New(Config{StateDir: dir}, newRuntime(), nil, nil)
 	require.NoError(t, err)
 	require.Empty(t, a.Desired().Images)
 }

@@ -30,12 +30,28 @@ type Fixture struct {
 	Auth *cri.Auth
 }
 
+// ImageService is what Conformance checks: the image calls of cri.Client, which Runtime
+// makes too.
+type ImageService interface {
+	Version(ctx context.Context) (cri.Version, error)
+	ListImages(ctx context.Context) ([]cri.Image, error)
+	ImageStatus(ctx context.Context, ref string) (*cri.Image, error)
+	PullImage(ctx context.Context, ref string, auth *cri.Auth) (string, error)
+	RemoveImage(ctx context.Context, ref string) error
+	ImageFsInfo(ctx context.Context) ([]cri.FsUsage, error)
+}
+
+var (
+	_ ImageService = (*cri.Client)(nil)
+	_ ImageService = (*Runtime)(nil)
+)
+
 // Conformance runs subtests, in order, that check c against the behaviour cachemachine
-// relies on (containerd 1.6's). The images of fx must be absent from the runtime at the
+// relies on (containerd 1.6's): a cri.Client connected to a runtime, or a Runtime itself. The images of fx must be absent from the runtime at the
 // start; the suite removes what it pulled, also when it fails, so the node is left as found.
 // It blocks for as long as the pulls take; ImageFsInfo is polled for up to 30s because
 // containerd refreshes used bytes in the background.
-func Conformance(t *testing.T, c *cri.Client, fx Fixture) {
+func Conformance(t *testing.T, c ImageService, fx Fixture) {
 	t.Helper()
 	require.NotEmpty(t, fx.Ref, "fixture Ref")
 	require.NotEmpty(t, fx.Digest, "fixture Digest")

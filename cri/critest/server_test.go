@@ -3,6 +3,7 @@ package critest_test
 import (
 	"context"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -150,4 +151,104 @@ func TestImplicitLatest(t *testing.T) {
 	img, err := c.ImageStatus(t.Context(), repo)
 	require.NoError(t, err)
 	require.Equal(t, []string{repo + ":latest"}, img.Tags)
+}
+
+// TestConformanceRuntime runs the conformance suite against the in-memory runtime itself, as
+// agent tests and simulations use it (cri.TestConformanceFake runs it through the Server).
+func TestConformanceRuntime(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		auth *cri.Auth
+	}{
+		{name: "anonymous"},
+		{name: "auth", auth: &cri.Auth{Username: "oauth2accesstoken", Password: "ya29.token"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rt := critest.NewRuntime(critest.RuntimeOptions{})
+			rt.AddRemote(repo+":v1", digestA, 100)
+			rt.AddRemote(repo+":alias", digestA, 100)
+			if tt.auth != nil {
+				rt.SetPullAuth(tt.auth.Username, tt.auth.Password)
+			}
+			critest.Conformance(t, rt, critest.Fixture{
+				Ref:        repo + ":v1",
+				Digest:     digestA,
+				OtherTag:   "alias",
+				MissingRef: repo + ":missing",
+				Auth:       tt.auth,
+			})
+			require.Empty(t, rt.Images(), "conformance leaves the node as found")
+		})
+	}
+}
+
+// TestRuntimeErrorsReadAsTheClients checks that the runtime, called directly, fails as a
+// cri.Client connected to it through the Server does: same sentinel, same text.
+func TestRuntimeErrorsReadAsTheClients(t *testing.T) {
+	t.Parallel()
+	srv, c := connect(t)
+	srv.AddRemote(repo+":v1", digestA, 100)
+	tests := []struct {
+		name     string
+		setup    func()
+		ref      string
+		sentinel error
+	}{
+		{name: "not found", setup: func() {}, ref: repo + ":missing", sentinel: cri.ErrNotFound},
+		{name: "unauthorized", setup: func() { srv.SetPullAuth("u", "p") }, ref: repo + ":v1", sentinel: cri.ErrUnauthorized},
+	}
+	for _, tt := range tests {
+		tt.setup()
+		_, viaClient := c.PullImage(t.Context(), tt.ref, nil)
+		_, direct := srv.PullImage(t.Context(), tt.ref, nil)
+		require.ErrorIs(t, viaClient, tt.sentinel, tt.name)
+		require.ErrorIs(t, direct, tt.sentinel, tt.name)
+		require.EqualError(t, direct, viaClient.Error(), tt.name)
+	}
+
+	expired, cancel := context.WithTimeout(t.Context(), time.Nanosecond)
+	defer cancel()
+	<-expired.Done()
+	_, err := srv.PullImage(expired, repo+":v1", &cri.Auth{Username: "u", Password: "p"})
+	require.ErrorIs(t, err, cri.ErrDeadline)
+	require.EqualError(t, err, "pull "+repo+":v1: deadline exceeded")
+}
+
+// TestRuntimeRunsOnTheBubbleClock checks that latency and held pulls wait on a synctest
+// bubble's clock, and that the call log records when each pull began and ended.
+func TestRuntimeRunsOnTheBubbleClock(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := critest.NewRuntime(critest.RuntimeOptions{})
+		rt.AddRemote(repo+":v1", digestA, 100)
+		rt.AddRemote(repo+":v2", digestB, 100)
+		rt.SetPullLatency(time.Hour)
+		start := time.Now()
+		_, err := rt.PullImage(t.Context(), repo+":v1", nil)
+		require.NoError(t, err)
+		require.Equal(t, time.Hour, time.Since(start))
+
+		rt.SetPullLatency(0)
+		rt.HoldPulls()
+		done := make(chan error, 1)
+		go func() {
+			_, err := rt.PullImage(t.Context(), repo+":v2", nil)
+			done <- err
+		}()
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		require.Len(t, rt.Images(), 1, "a held pull stores nothing yet")
+		rt.ReleasePulls()
+		require.NoError(t, <-done)
+		require.Len(t, rt.Images(), 2)
+
+		calls := rt.Calls()
+		require.Len(t, calls, 2)
+		require.Equal(t, start, calls[0].Time)
+		require.Equal(t, start.Add(time.Hour), calls[0].End)
+		require.Equal(t, time.Minute, calls[1].End.Sub(calls[1].Time))
+		require.NoError(t, calls[1].Err)
+	})
 }

@@ -174,6 +174,9 @@ func measureConvergence(ctx context.Context, o options, c *inProcCluster, rounds
 		ref := imageRef(fmt.Sprintf("n%d_r", n), r)
 		digest := digestOf(ref)
 		list = append(list, image.Image{Ref: image.MustParseRef(ref), Digest: digest, Name: ref})
+		for _, node := range c.sc.nodes {
+			serve(node.rt, ref)
+		}
 		cpu0 := sampleCPU()
 		published := time.Now()
 		if _, err := c.leader.cl.PublishDesired(list); err != nil {
@@ -205,7 +208,7 @@ func measureConvergence(ctx context.Context, o options, c *inProcCluster, rounds
 		}
 		var last, lastStart time.Time
 		for _, node := range c.sc.nodes {
-			st, t, ok := node.rt.pulledAt(ref)
+			st, t, ok := pulledAt(node.rt, ref)
 			if !ok {
 				return res, fmt.Errorf("round %d: common_cache shows %s but %s never pulled it", r+1, ref, node.name)
 			}

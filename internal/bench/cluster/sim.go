@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"regexp"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,7 +18,6 @@ import (
 
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/coordinator"
-	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/cri/critest"
 )
 
@@ -28,7 +25,7 @@ import (
 // them) have the length they have in production.
 const imageRepo = "us-central1-docker.pkg.dev/rubin-shared-services-71ec/sciplat/sciplat-lab"
 
-// imageSize is what the fake runtime reports for every image (a 4 GB lab image).
+// imageSize is the size of every image of the catalogue (a 4 GB lab image).
 const imageSize = 4 << 30
 
 // imageRef returns the i-th image of the bench's catalogue.
@@ -41,116 +38,49 @@ func digestOf(ref string) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-func repoOf(ref string) string {
-	if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
-		return ref[:i]
-	}
-	return ref
-}
-
-// imageFor is ref as containerd lists it after a pull by tag.
-func imageFor(ref string) cri.Image {
-	d := digestOf(ref)
-	return cri.Image{ID: critest.ImageID(d), Tags: []string{ref}, Digests: []string{repoOf(ref) + "@" + d}, Size: imageSize}
-}
-
 // nodeName is the name of the i-th simulated node: the length of a GKE node name, so that
 // membership gossip has its production size; "a000…" sorts first and so leads.
 func nodeName(i int) string {
 	return fmt.Sprintf("a%03d-gke-rsp-lab-pool-%08x", i, uint32(i)*2654435761)
 }
 
-// fakeRuntime is an in-memory agent.Runtime: a node's image store with a fake registry
-// behind PullImage that serves every reference (digestOf) after a random latency, and a
-// record of when each pull finished.
-type fakeRuntime struct {
-	minLat, maxLat time.Duration
-
-	mu      sync.Mutex           // guards the fields below
-	images  map[string]cri.Image // by tag
-	list    []cri.Image          // ListImages' answer; nil when stale, never modified once built
-	started map[string]time.Time // ref -> when its last pull started
-	pulled  map[string]time.Time // ref -> when its last pull finished
-}
-
-var _ agent.Runtime = (*fakeRuntime)(nil)
-
-func newFakeRuntime(minLat, maxLat time.Duration, preload []string) *fakeRuntime {
-	r := &fakeRuntime{minLat: minLat, maxLat: maxLat, images: map[string]cri.Image{}, started: map[string]time.Time{}, pulled: map[string]time.Time{}}
+// newRuntime is a simulated node's CRI runtime, in memory: ref is served by the registry as
+// digestOf(ref), with imageSize, once serve(ref) was called; pulls take minLat to maxLat; the
+// images of preload are on the node already. Its image filesystem is not visible, so the
+// agent's disk guard stays off, as in a pod without the image filesystem mounted.
+func newRuntime(minLat, maxLat time.Duration, preload []string) (*critest.Runtime, error) {
+	rt := critest.NewRuntime(critest.RuntimeOptions{})
+	rt.SetPullLatency(minLat)
+	rt.SetPullJitter(maxLat - minLat)
 	for _, ref := range preload {
-		r.images[ref] = imageFor(ref)
+		serve(rt, ref)
+		if err := rt.Load(ref); err != nil {
+			return nil, err
+		}
 	}
-	return r
+	return rt, nil
 }
 
-func (r *fakeRuntime) ListImages(context.Context) ([]cri.Image, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.list == nil {
-		r.list = slices.SortedFunc(maps.Values(r.images), func(a, b cri.Image) int { return strings.Compare(a.ID, b.ID) })
+// serve makes the registry behind rt serve ref.
+func serve(rt *critest.Runtime, ref string) { rt.AddRemote(ref, digestOf(ref), imageSize) }
+
+// pulledAt returns when the last successful pull of ref on rt started and finished.
+func pulledAt(rt *critest.Runtime, ref string) (started, done time.Time, ok bool) {
+	calls := rt.Calls()
+	for i := len(calls) - 1; i >= 0; i-- {
+		c := calls[i]
+		if c.Method == critest.MethodPullImage && c.Ref == ref && !c.End.IsZero() && c.Err == nil {
+			return c.Time, c.End, true
+		}
 	}
-	return r.list, nil
+	return time.Time{}, time.Time{}, false
 }
 
-func (r *fakeRuntime) ImageStatus(_ context.Context, ref string) (*cri.Image, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	img, ok := r.images[ref]
-	if !ok {
-		return nil, nil
-	}
-	return &img, nil
-}
-
-func (r *fakeRuntime) PullImage(ctx context.Context, ref string, _ *cri.Auth) (string, error) {
-	r.mu.Lock()
-	r.started[ref] = time.Now()
-	r.mu.Unlock()
-	lat := r.minLat
-	if r.maxLat > r.minLat {
-		lat += rand.N(r.maxLat - r.minLat + 1)
-	}
-	t := time.NewTimer(lat)
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-		t.Stop()
-		return "", cri.ErrDeadline
-	}
-	img := imageFor(ref)
-	r.mu.Lock()
-	r.images[ref] = img
-	r.list = nil
-	r.pulled[ref] = time.Now()
-	r.mu.Unlock()
-	return img.ID, nil
-}
-
-func (r *fakeRuntime) ImageFsInfo(context.Context) ([]cri.FsUsage, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	// No mountpoint: the agent then skips statfs (and its disk guard), as it does when the
-	// image filesystem is not visible from the pod.
-	return []cri.FsUsage{{UsedBytes: uint64(len(r.images)) * imageSize}}, nil
-}
-
-func (r *fakeRuntime) Version(context.Context) (cri.Version, error) {
-	return cri.Version{RuntimeName: "fake", RuntimeVersion: "1", RuntimeAPIVersion: "v1"}, nil
-}
-
-// pulledAt returns when the pull of ref started and finished on this node.
-func (r *fakeRuntime) pulledAt(ref string) (started, done time.Time, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	done, ok = r.pulled[ref]
-	return r.started[ref], done, ok
-}
-
-// simNode is one in-process node: a real agent.Agent on a fakeRuntime and a real
+// simNode is one in-process node: a real agent.Agent on an in-memory runtime and a real
 // coordinator.Cluster (memberlist on 127.0.0.1, production timings), with its own registry.
 type simNode struct {
 	name   string
-	rt     *fakeRuntime
+	rt     *critest.Runtime
 	ag     *agent.Agent
 	cl     *coordinator.Cluster
 	reg    *prometheus.Registry
@@ -199,7 +129,10 @@ type simCluster struct {
 // add creates a node that holds preload and, when desired.Version is set, starts from that
 // desired list; it starts its agent and its cluster membership (which joins sc.join).
 func (sc *simCluster) add(ctx context.Context, name string, preload []string, desired agent.Desired) (*simNode, error) {
-	rt := newFakeRuntime(sc.minLat, sc.maxLat, preload)
+	rt, err := newRuntime(sc.minLat, sc.maxLat, preload)
+	if err != nil {
+		return nil, err
+	}
 	log := sc.logger.With("node", name)
 	ag, err := agent.New(agent.Config{Node: name}, rt, nil, log.With("component", "agent"))
 	if err != nil {
