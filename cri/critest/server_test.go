@@ -155,34 +155,22 @@ func TestImplicitLatest(t *testing.T) {
 
 // TestConformanceRuntime runs the conformance suite against the in-memory runtime itself, as
 // agent tests and simulations use it (cri.TestConformanceFake runs it through the Server).
+// With credentials required, every subtest runs.
 func TestConformanceRuntime(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name string
-		auth *cri.Auth
-	}{
-		{name: "anonymous"},
-		{name: "auth", auth: &cri.Auth{Username: "oauth2accesstoken", Password: "ya29.token"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			rt := critest.NewRuntime(critest.RuntimeOptions{})
-			rt.AddRemote(repo+":v1", digestA, 100)
-			rt.AddRemote(repo+":alias", digestA, 100)
-			if tt.auth != nil {
-				rt.SetPullAuth(tt.auth.Username, tt.auth.Password)
-			}
-			critest.Conformance(t, rt, critest.Fixture{
-				Ref:        repo + ":v1",
-				Digest:     digestA,
-				OtherTag:   "alias",
-				MissingRef: repo + ":missing",
-				Auth:       tt.auth,
-			})
-			require.Empty(t, rt.Images(), "conformance leaves the node as found")
-		})
-	}
+	auth := &cri.Auth{Username: "oauth2accesstoken", Password: "ya29.token"}
+	rt := critest.NewRuntime(critest.RuntimeOptions{})
+	rt.AddRemote(repo+":v1", digestA, 100)
+	rt.AddRemote(repo+":alias", digestA, 100)
+	rt.SetPullAuth(auth.Username, auth.Password)
+	critest.Conformance(t, rt, critest.Fixture{
+		Ref:        repo + ":v1",
+		Digest:     digestA,
+		OtherTag:   "alias",
+		MissingRef: repo + ":missing",
+		Auth:       auth,
+	})
+	require.Empty(t, rt.Images(), "conformance leaves the node as found")
 }
 
 // TestRuntimeErrorsReadAsTheClients checks that the runtime, called directly, fails as a
