@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real components the tests and the demo run (containerd, runc, docker-registry,
-# and kubectl for the manifest checks)
-# when they are missing. Quiet and idempotent: does nothing when all are present.
+# and kubectl for the manifest checks) when they are missing, and builds the pinned containerd
+# releases the lab runs beside Debian's 1.6 (scripts/build-containerd.sh, cached outside the
+# repository). Quiet and idempotent: does nothing when all are present.
 set -euo pipefail
+
+# The containerd releases built from the Go module proxy; internal/lab pins the same ones
+# (lab.Containerd17, lab.Containerd2; a lab test checks that they agree).
+# 1.7: GKE nodes up to 1.32; 2.x: GKE 1.33 and later.
+CONTAINERD_BUILDS=(v1.7.35 v2.4.2)
 
 missing=()
 command -v containerd >/dev/null 2>&1 || missing+=(containerd)
@@ -11,13 +17,22 @@ command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 # kubectl renders the manifests in make manifests-check (and make test); Debian ships it as
 # kubernetes-client when the machine has none.
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
-[ ${#missing[@]} -eq 0 ] && exit 0
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "install-deps: need root to install: ${missing[*]} (apt-get install -y ${missing[*]})" >&2
-  exit 1
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to install: ${missing[*]} (apt-get install -y ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-echo "install-deps: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+cache=${CACHEMACHINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cachemachine}
+for v in "${CONTAINERD_BUILDS[@]}"; do
+  if [ ! -x "$cache/containerd-$v/bin/containerd" ]; then
+    echo "install-deps: building containerd $v into $cache (once, 1-3 minutes)" >&2
+    "$(dirname "$0")/build-containerd.sh" "$v" >/dev/null
+  fi
+done
