@@ -24,8 +24,13 @@ import (
 // maxSocketPath is the longest unix socket path Linux accepts (sun_path is 108 bytes with NUL).
 const maxSocketPath = 107
 
-// ContainerdOptions configures StartContainerd. The zero value is valid.
+// ContainerdOptions configures StartContainerd. The zero value is valid: Debian's containerd 1.6.
 type ContainerdOptions struct {
+	// Version selects the containerd to run (ContainerdVersions). Default Containerd16.
+	Version ContainerdVersion
+	// Binary, when set, is the containerd binary to run instead of Version's. The config format
+	// (version 2 for containerd 1.x, version 3 for 2.x) follows what the binary reports.
+	Binary string
 	// Dir is the state root for this instance (config, root, state, sockets, log). Default: a
 	// fresh os.MkdirTemp("", "cm"), removed by Close. Keep it short: unix socket paths must stay
 	// under 108 bytes.
@@ -50,6 +55,8 @@ type Containerd struct {
 	Socket string
 
 	bin         string
+	version     string // as the binary reports it: "1.6.20~ds1", "v2.4.2"
+	major       int    // of version: picks the config format
 	configPath  string
 	snapshotter string
 	ownDir      bool      // Dir was created by StartContainerd and is removed by Close
@@ -66,11 +73,17 @@ type Containerd struct {
 // and waits (at most ~20 s, and while ctx lasts) until its CRI RuntimeService answers Version. On
 // failure nothing is left running, and the error includes the tail of containerd's log.
 func StartContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, error) {
-	bin, err := lookPath("containerd")
-	if err != nil {
-		return nil, err
+	bin := opts.Binary
+	var err error
+	if bin == "" {
+		if bin, err = opts.Version.Binary(); err != nil {
+			return nil, fmt.Errorf("start containerd: %w", err)
+		}
 	}
 	c := &Containerd{bin: bin, snapshotter: opts.Snapshotter}
+	if c.version, c.major, err = binaryVersion(ctx, bin); err != nil {
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
 	if c.snapshotter == "" {
 		c.snapshotter = "overlayfs"
 	}
@@ -111,11 +124,16 @@ func StartContainerd(ctx context.Context, opts ContainerdOptions) (*Containerd, 
 	return c, nil
 }
 
-// NewContainerd is StartContainerd for tests: it calls Require(t), skips (fails under CI=true)
-// when not running as root, registers Close with t.Cleanup and fails t on error.
+// NewContainerd is StartContainerd for tests: it calls Require(t) (RequireContainerd for
+// opts.Version unless opts.Binary is set), skips (fails under CI=true) when not running as root,
+// registers Close with t.Cleanup and fails t on error.
 func NewContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	t.Helper()
-	Require(t)
+	if opts.Binary == "" {
+		RequireContainerd(t, opts.Version)
+	} else {
+		Require(t)
+	}
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "lab: containerd needs root (overlayfs mounts)")
 	}
@@ -130,6 +148,9 @@ func NewContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	})
 	return c
 }
+
+// Version is the version the containerd binary reports, e.g. "1.6.20~ds1" or "v2.4.2".
+func (c *Containerd) Version() string { return c.version }
 
 // Endpoint returns the CRI endpoint, "unix://" + Socket.
 func (c *Containerd) Endpoint() string { return "unix://" + c.Socket }
@@ -255,9 +276,38 @@ func (c *Containerd) waitReady(ctx context.Context, p *Process) error {
 	})
 }
 
-// writeConfig writes config.toml and one certs.d/<host>/hosts.toml per mirror.
+// writeConfig writes config.toml in the format of the binary's major version and one
+// certs.d/<host>/hosts.toml per mirror.
 func (c *Containerd) writeConfig(mirrors map[string]string) error {
 	certsDir := filepath.Join(c.Dir, "certs.d")
+	if err := writeMirrors(certsDir, mirrors); err != nil {
+		return err
+	}
+	p := configParams{
+		Root:        filepath.Join(c.Dir, "root"),
+		State:       filepath.Join(c.Dir, "state"),
+		Socket:      c.Socket,
+		TTRPC:       c.Socket + ".ttrpc",
+		Opt:         filepath.Join(c.Dir, "opt"),
+		CDI:         filepath.Join(c.Dir, "cdi"),
+		Snapshotter: c.snapshotter,
+		CertsDir:    certsDir,
+	}
+	var cfg string
+	switch c.major {
+	case 1:
+		cfg = p.v2()
+	case 2:
+		cfg = p.v3()
+	default:
+		return fmt.Errorf("containerd %s: no config format for major version %d", c.version, c.major)
+	}
+	return os.WriteFile(c.configPath, []byte(cfg), 0o644)
+}
+
+// writeMirrors writes one certs.d/<host>/hosts.toml per mirror; containerd 1.6, 1.7 and 2.x read
+// the same format.
+func writeMirrors(certsDir string, mirrors map[string]string) error {
 	if err := os.MkdirAll(certsDir, 0o755); err != nil {
 		return err
 	}
@@ -285,7 +335,20 @@ func (c *Containerd) writeConfig(mirrors map[string]string) error {
 			return err
 		}
 	}
-	cfg := fmt.Sprintf(`version = 2
+	return nil
+}
+
+// configParams are the per-instance paths and settings of a containerd config.
+type configParams struct {
+	Root, State, Socket, TTRPC, Opt, CDI, Snapshotter, CertsDir string
+}
+
+// v2 is the config for containerd 1.6 and 1.7 (format version 2, one CRI plugin). Settings that
+// matter: no TCP service and the streaming server on a random loopback port, so instances do not
+// collide; stats_collect_period = 1 because ImageFsInfo's used bytes are refreshed in the
+// background at that period (default 10 s: stale right after a pull).
+func (p configParams) v2() string {
+	return fmt.Sprintf(`version = 2
 root = %q
 state = %q
 
@@ -307,14 +370,42 @@ state = %q
       snapshotter = %q
     [plugins."io.containerd.grpc.v1.cri".registry]
       config_path = %q
-`,
-		filepath.Join(c.Dir, "root"),
-		filepath.Join(c.Dir, "state"),
-		c.Socket,
-		c.Socket+".ttrpc",
-		filepath.Join(c.Dir, "opt"),
-		c.snapshotter,
-		certsDir,
-	)
-	return os.WriteFile(c.configPath, []byte(cfg), 0o644)
+`, p.Root, p.State, p.Socket, p.TTRPC, p.Opt, p.Snapshotter, p.CertsDir)
+}
+
+// v3 is the config for containerd 2.x (format version 3). The CRI plugin is split in three
+// (keys from containerd v2.4.2's internal/cri/config): the gRPC server
+// "io.containerd.grpc.v1.cri" keeps the streaming settings; the image service
+// "io.containerd.cri.v1.images" has the snapshotter, the image filesystem stats period and the
+// registry config_path (for hosts.toml; its transfer-service pulls read the same directory); the
+// runtime "io.containerd.cri.v1.runtime" gets a CDI spec dir of its own. NRI, on by default in
+// 2.x, would create /var/run/nri/nri.sock shared by every instance: it is off.
+func (p configParams) v3() string {
+	return fmt.Sprintf(`version = 3
+root = %q
+state = %q
+
+[grpc]
+  address = %q
+
+[ttrpc]
+  address = %q
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = %q
+  [plugins."io.containerd.grpc.v1.cri"]
+    disable_tcp_service = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = %q
+    stats_collect_period = 1
+    [plugins."io.containerd.cri.v1.images".registry]
+      config_path = %q
+  [plugins."io.containerd.cri.v1.runtime"]
+    cdi_spec_dirs = [%q]
+  [plugins."io.containerd.nri.v1.nri"]
+    disable = true
+`, p.Root, p.State, p.Socket, p.TTRPC, p.Opt, p.Snapshotter, p.CertsDir, p.CDI)
 }
