@@ -266,7 +266,11 @@ func wrapError(ctx context.Context, op string, err error, auth *Auth) error {
 		}
 	default:
 		// containerd reports a registry's refusal as Unknown with the HTTP status in the text.
-		if strings.Contains(msg, "401 Unauthorized") || strings.Contains(msg, "403 Forbidden") {
+		// containerd 1.7 and 2.x answer a Basic challenge they have no credentials for without
+		// a second request, with their own sentinel: "pull access denied, repository does not
+		// exist or may require authorization: authorization failed: no basic auth credentials".
+		if strings.Contains(msg, "401 Unauthorized") || strings.Contains(msg, "403 Forbidden") ||
+			strings.Contains(msg, "authorization failed") {
 			sentinel = ErrUnauthorized
 		} else {
 			sentinel = ErrRuntime

@@ -12,9 +12,10 @@ import (
 	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
-// TestConformanceContainerd runs the conformance suite against a real containerd pulling from a
-// real docker-registry on loopback (plain HTTP, no containerd config needed), anonymously and
-// with htpasswd auth.
+// TestConformanceContainerd runs the conformance suite against every containerd the lab runs
+// (Debian's 1.6, and 1.7 and 2.x built from source: lab.ContainerdVersions) pulling from a real
+// docker-registry on loopback (plain HTTP, no containerd config needed), anonymously and with
+// htpasswd auth.
 func TestConformanceContainerd(t *testing.T) {
 	lab.Require(t)
 	t.Parallel()
@@ -25,35 +26,37 @@ func TestConformanceContainerd(t *testing.T) {
 		{name: "anonymous"},
 		{name: "basic auth", auth: &cri.Auth{Username: "puller", Password: "pa55-conformance"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			var regOpts lab.RegistryOptions
-			var push *lab.Basic
-			if tt.auth != nil {
-				regOpts.Username, regOpts.Password = tt.auth.Username, tt.auth.Password
-				push = &lab.Basic{Username: tt.auth.Username, Password: tt.auth.Password}
-			}
-			reg := lab.NewRegistry(t, regOpts)
-			ctd := lab.NewContainerd(t, lab.ContainerdOptions{})
+	for _, v := range lab.ContainerdVersions() {
+		for _, tt := range tests {
+			t.Run(v.String()+"/"+tt.name, func(t *testing.T) {
+				t.Parallel()
+				var regOpts lab.RegistryOptions
+				var push *lab.Basic
+				if tt.auth != nil {
+					regOpts.Username, regOpts.Password = tt.auth.Username, tt.auth.Password
+					push = &lab.Basic{Username: tt.auth.Username, Password: tt.auth.Password}
+				}
+				ctd := lab.NewContainerd(t, lab.ContainerdOptions{Version: v})
+				reg := lab.NewRegistry(t, regOpts)
 
-			const repo = "cm/conformance"
-			digest, err := lab.PushRandomImage(t.Context(), reg.Addr, repo, []string{"v1", "alias"}, 2<<20, 2, push)
-			require.NoError(t, err)
+				const repo = "cm/conformance"
+				digest, err := lab.PushRandomImage(t.Context(), reg.Addr, repo, []string{"v1", "alias"}, 2<<20, 2, push)
+				require.NoError(t, err)
 
-			c, err := cri.New(t.Context(), ctd.Endpoint(), cri.Options{})
-			require.NoError(t, err)
-			t.Cleanup(func() { _ = c.Close() })
+				c, err := cri.New(t.Context(), ctd.Endpoint(), cri.Options{})
+				require.NoError(t, err)
+				t.Cleanup(func() { _ = c.Close() })
 
-			name := reg.Addr + "/" + repo
-			critest.Conformance(t, c, critest.Fixture{
-				Ref:        name + ":v1",
-				Digest:     digest,
-				OtherTag:   name + ":alias",
-				MissingRef: name + ":missing",
-				Auth:       tt.auth,
+				name := reg.Addr + "/" + repo
+				critest.Conformance(t, c, critest.Fixture{
+					Ref:        name + ":v1",
+					Digest:     digest,
+					OtherTag:   name + ":alias",
+					MissingRef: name + ":missing",
+					Auth:       tt.auth,
+				})
 			})
-		})
+		}
 	}
 }
 

@@ -47,8 +47,14 @@ var (
 )
 
 // Conformance runs subtests, in order, that check c against the behaviour cachemachine
-// relies on (containerd 1.6's): a cri.Client connected to a runtime, or a Runtime itself. The images of fx must be absent from the runtime at the
-// start; the suite removes what it pulled, also when it fails, so the node is left as found.
+// relies on, which containerd 1.6, 1.7 and 2.x share: c is a cri.Client connected to a runtime,
+// or a Runtime itself. (The runtimes' messages differ: 2.x's pulls go through the transfer
+// service and say "failed to resolve image" where 1.x says "failed to resolve reference", and
+// 1.7 and 2.x refuse a pull without credentials before asking the registry again,
+// "authorization failed: no basic auth credentials", where 1.6 reports the registry's "401
+// Unauthorized"; the client maps both to cri.ErrUnauthorized.) The images of fx must be absent
+// from the runtime at the start; the suite removes what it pulled, also when it fails, so the
+// node is left as found.
 // It blocks for as long as the pulls take; ImageFsInfo is polled for up to 30s because
 // containerd refreshes used bytes in the background.
 func Conformance(t *testing.T, c ImageService, fx Fixture) {
