@@ -18,9 +18,9 @@ import (
 
 const mb = 1 << 20
 
-func TestAgentCachesDesiredImagesByTagAndDigest(t *testing.T) {
+func testAgentCachesDesiredImagesByTagAndDigest(t *testing.T, version lab.ContainerdVersion) {
 	t.Parallel()
-	n := newNode(t)
+	n := newNodeOn(t, version)
 	reg := lab.NewRegistry(t, lab.RegistryOptions{})
 	repo := reg.Addr + "/lsst/sciplat-lab"
 	weekly, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/sciplat-lab", []string{"w_2024_01", "recommended"}, 4*mb, 2, nil)
@@ -92,9 +92,9 @@ func TestAgentBacksOffWhileRegistryIsDownThenRecovers(t *testing.T) {
 	})
 }
 
-func TestAgentFinishesAfterContainerdIsKilledMidPull(t *testing.T) {
+func testAgentFinishesAfterContainerdIsKilledMidPull(t *testing.T, version lab.ContainerdVersion) {
 	t.Parallel()
-	n := newNode(t)
+	n := newNodeOn(t, version)
 	reg := lab.NewRegistry(t, lab.RegistryOptions{})
 	digest, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/big", []string{"r27_0_0"}, 400*mb, 4, nil)
 	require.NoError(t, err)
@@ -119,9 +119,9 @@ func TestAgentFinishesAfterContainerdIsKilledMidPull(t *testing.T) {
 	})
 }
 
-func TestAgentPullsAgainAnImageRemovedBehindItsBack(t *testing.T) {
+func testAgentPullsAgainAnImageRemovedBehindItsBack(t *testing.T, version lab.ContainerdVersion) {
 	t.Parallel()
-	n := newNode(t)
+	n := newNodeOn(t, version)
 	reg := lab.NewRegistry(t, lab.RegistryOptions{})
 	digest, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/lab", []string{"w_2024_03"}, 2*mb, 1, nil)
 	require.NoError(t, err)
@@ -135,9 +135,9 @@ func TestAgentPullsAgainAnImageRemovedBehindItsBack(t *testing.T) {
 	eventually(t, 30*time.Second, "the image to come back", func() bool { return tagDigest(t, n.cri, ref) == digest })
 }
 
-func TestDiskGuardHoldsAPullThatWouldNotFit(t *testing.T) {
+func testDiskGuardHoldsAPullThatWouldNotFit(t *testing.T, version lab.ContainerdVersion) {
 	t.Parallel()
-	n := newNode(t)
+	n := newNodeOn(t, version)
 	reg := lab.NewRegistry(t, lab.RegistryOptions{})
 	_, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/lab", []string{"w_2024_04"}, 2*mb, 1, nil)
 	require.NoError(t, err)

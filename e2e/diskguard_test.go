@@ -15,9 +15,9 @@ import (
 // used to guess "the largest image seen" (0 B) and let a pull start that could not fit. The
 // size now comes from the source (the registry's manifest), so the first image is held, with
 // its real size in the reason.
-func TestDiskGuardKnowsTheSizeOnAFreshNode(t *testing.T) {
+func testDiskGuardKnowsTheSizeOnAFreshNode(t *testing.T, version lab.ContainerdVersion) {
 	t.Parallel()
-	lab.Require(t)
+	lab.RequireContainerd(t, version)
 	// containerd's root on a 64 MiB tmpfs: a small image filesystem whose free space the
 	// test controls.
 	dir, err := os.MkdirTemp("", "cm")
@@ -29,7 +29,7 @@ func TestDiskGuardKnowsTheSizeOnAFreshNode(t *testing.T) {
 		}
 		os.Remove(dir)
 	})
-	cd := lab.NewContainerd(t, lab.ContainerdOptions{Dir: dir + "/cd"})
+	cd := lab.NewContainerd(t, lab.ContainerdOptions{Dir: dir + "/cd", Version: version})
 	n := node{dir: dir, cd: cd, cri: criClient(t, cd)}
 
 	reg := lab.NewRegistry(t, lab.RegistryOptions{})

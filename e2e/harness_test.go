@@ -211,10 +211,5 @@ type node struct {
 
 func newNode(t *testing.T) node {
 	t.Helper()
-	lab.Require(t)
-	dir, err := os.MkdirTemp("", "cm")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	cd := lab.NewContainerd(t, lab.ContainerdOptions{})
-	return node{dir: dir, cd: cd, cri: criClient(t, cd)}
+	return newNodeOn(t, lab.Containerd16)
 }

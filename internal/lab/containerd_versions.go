@@ -40,6 +40,17 @@ func ContainerdVersions() []ContainerdVersion {
 	return []ContainerdVersion{Containerd16, Containerd17, Containerd2}
 }
 
+// OnEveryContainerd runs f as one subtest per containerd version, named "containerd-1.6",
+// "containerd-1.7", "containerd-2.4". f calls t.Parallel itself when it may run beside the others,
+// and starts its node with ContainerdOptions{Version: v}, which skips (fails under CI=true) a
+// version that is not installed or built.
+func OnEveryContainerd(t *testing.T, f func(t *testing.T, v ContainerdVersion)) {
+	t.Helper()
+	for _, v := range ContainerdVersions() {
+		t.Run("containerd-"+v.String(), func(t *testing.T) { f(t, v) })
+	}
+}
+
 // String returns the release line, e.g. "2.4"; Debian's is "1.6" (also for the zero value).
 func (v ContainerdVersion) String() string {
 	if v == "" {
