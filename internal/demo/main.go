@@ -179,6 +179,7 @@ func startNodes(ctx context.Context, out *console, dir, regAddr string, cl *clea
 	for i := range numNodes {
 		p := nodePlan{name: fmt.Sprintf("n%d", i+1), dir: filepath.Join(dir, fmt.Sprintf("n%d", i+1))}
 		cd, err := lab.StartContainerd(ctx, lab.ContainerdOptions{
+			Version: lab.Containerd2, // what GKE 1.33+ nodes run; make deps builds it
 			Dir:     filepath.Join(p.dir, "containerd"),
 			Mirrors: map[string]string{garHost: regAddr},
 		})
@@ -187,7 +188,7 @@ func startNodes(ctx context.Context, out *console, dir, regAddr string, cl *clea
 		}
 		cl.add("stopped containerd "+p.name, cd.Close)
 		p.criSocket = cd.Endpoint()
-		out.say("containerd %s ready (socket %s)", p.name, cd.Socket)
+		out.say("containerd %s (%s) ready (socket %s)", p.name, cd.Version(), cd.Socket)
 		plans = append(plans, p)
 	}
 	return plans, nil
