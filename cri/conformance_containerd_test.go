@@ -28,7 +28,7 @@ func TestConformanceContainerd(t *testing.T) {
 	}
 	for _, v := range lab.ContainerdVersions() {
 		for _, tt := range tests {
-			t.Run(v.String()+"/"+tt.name, func(t *testing.T) {
+			t.Run("containerd-"+v.String()+"/"+tt.name, func(t *testing.T) {
 				t.Parallel()
 				var regOpts lab.RegistryOptions
 				var push *lab.Basic
