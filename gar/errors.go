@@ -41,6 +41,11 @@ func (l *Lister) apiError(ctx context.Context, err error) error {
 	if !ok {
 		return fmt.Errorf("list %s: %w: %w", l.parent, ErrAPI, err)
 	}
+	if _, has := ctx.Deadline(); has && st.Code() == codes.DeadlineExceeded {
+		// gRPC derives the call's deadline from ctx and may report it a moment before
+		// ctx's own timer fires.
+		return fmt.Errorf("list %s: %w", l.parent, context.DeadlineExceeded)
+	}
 	var sentinel error
 	switch st.Code() {
 	case codes.PermissionDenied:
