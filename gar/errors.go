@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -41,7 +42,7 @@ func (l *Lister) apiError(ctx context.Context, err error) error {
 	if !ok {
 		return fmt.Errorf("list %s: %w: %w", l.parent, ErrAPI, err)
 	}
-	if _, has := ctx.Deadline(); has && st.Code() == codes.DeadlineExceeded {
+	if dl, has := ctx.Deadline(); has && st.Code() == codes.DeadlineExceeded && time.Until(dl) < 100*time.Millisecond {
 		// gRPC derives the call's deadline from ctx and may report it a moment before
 		// ctx's own timer fires.
 		return fmt.Errorf("list %s: %w", l.parent, context.DeadlineExceeded)
