@@ -17,6 +17,7 @@ import (
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/cri/critest"
 	"github.com/cachemachine/cachemachine/image"
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 const (
@@ -342,7 +343,7 @@ func TestHoldIsLoggedWhenItStarts(t *testing.T) {
 		rt := newRuntime()
 		const ref = "ghcr.io/lsst/lab:w_2024_03"
 		rt.AddRemote(ref, digestA, 100)
-		var logs syncBuffer
+		var logs lab.LogBuffer
 		free := uint64(50 << 30)
 		var mu sync.Mutex
 		statfs := func(string) (uint64, uint64, error) {
@@ -361,24 +362,6 @@ func TestHoldIsLoggedWhenItStarts(t *testing.T) {
 		require.Len(t, a.State().Held, 1)
 		require.Equal(t, 1, strings.Count(logs.String(), "holding pull"), logs.String())
 	})
-}
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestRuntimeDownIsShownAsItIs: while containerd was down, a pull that had already failed was

@@ -15,6 +15,8 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 // Copies of memberlist's unexported wire structs (net.go), encoded the way it encodes them,
@@ -177,7 +179,7 @@ func TestPacketOK(t *testing.T) {
 func TestDropLogRateLimit(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		var buf logBuffer
+		var buf lab.LogBuffer
 		reg := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "d"}, []string{"reason"})
 		d := newDropLog(slog.New(slog.NewTextHandler(&buf, nil)), reg)
 		for range 100 {

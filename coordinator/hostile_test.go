@@ -1,9 +1,8 @@
-package coordinator
+package coordinator_test
 
 import (
 	"bufio"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -15,29 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
+
+	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 )
 
 // Hostile-input tests: a peer without the gossip key talks to a node's gossip port. They do
 // not run in parallel: the heap measurements need the process to themselves.
-
-// memberlist's framing (net.go, label.go), spelled out here so the tests do not depend on
-// our parser.
-const (
-	mlLabelByte  = 244 // hasLabelMsg
-	mlEncryptMsg = 10
-)
-
-// labelHeader is memberlist's label header for label.
-func labelHeader(label string) []byte {
-	return append([]byte{mlLabelByte, byte(len(label))}, label...)
-}
-
-// encryptedHeader is the start of an "encrypted" stream that declares n more bytes.
-func encryptedHeader(label string, n uint32) []byte {
-	b := append(labelHeader(label), mlEncryptMsg)
-	return binary.BigEndian.AppendUint32(b, n)
-}
 
 // heapSampler records the peak HeapInuse while it runs.
 type heapSampler struct {
@@ -110,8 +95,8 @@ func closedByPeer(conn net.Conn, timeout time.Duration) bool {
 // declare nearly 20 MiB and send random bytes must be closed before the node buffers them.
 // Before the guard, memberlist buffered each one in full (8 streams: ~290 MiB of heap).
 func TestHostileOversizedStreams(t *testing.T) {
-	n1 := startNode(t, "ho-a", nil)
-	waitFor(t, 5*time.Second, "ho-a ready", n1.c.Ready)
+	n1 := coordinatortest.StartNode(t, "ho-a", nil)
+	coordinatortest.WaitFor(t, 5*time.Second, "ho-a ready", n1.Cluster.Ready)
 
 	const streams = 8
 	const declared = 20<<20 - 1
@@ -124,13 +109,13 @@ func TestHostileOversizedStreams(t *testing.T) {
 	written := make([]int, streams)
 	var wg sync.WaitGroup
 	for i := range streams {
-		conn, err := net.Dial("tcp", n1.addr())
+		conn, err := net.Dial("tcp", n1.Addr())
 		require.NoError(t, err)
 		defer conn.Close()
 		conns[i] = conn
 		wg.Go(func() {
 			_ = conn.SetWriteDeadline(time.Now().Add(20 * time.Second))
-			if _, err := conn.Write(encryptedHeader("jupyter", declared)); err != nil {
+			if _, err := conn.Write(coordinator.EncryptedHeader("jupyter", declared)); err != nil {
 				return
 			}
 			for written[i] < declared {
@@ -152,15 +137,15 @@ func TestHostileOversizedStreams(t *testing.T) {
 		require.Less(t, w, declared, "stream %d: closed before the declared bytes were read", i)
 	}
 	require.Less(t, grew, 8.0, "heap growth (MiB) under 8 hostile streams")
-	waitFor(t, 5*time.Second, "oversized streams counted", func() bool {
-		return n1.counter(n1.c.metrics.dropped, reasonOversizedStream) == streams
+	coordinatortest.WaitFor(t, 5*time.Second, "oversized streams counted", func() bool {
+		return counter(n1.Cluster.Metrics().Dropped, coordinator.ReasonOversizedStream) == streams
 	})
 
 	// The cluster still works: a legitimate node joins and states travel.
-	n2 := startNode(t, "ho-b", []string{n1.addr()})
-	waitLeader(t, 10*time.Second, "ho-a", n1, n2)
-	waitFor(t, 5*time.Second, "ho-b's state at the leader", func() bool {
-		_, ok := n1.stateOf("ho-b")
+	n2 := coordinatortest.StartNode(t, "ho-b", []string{n1.Addr()})
+	coordinatortest.WaitLeader(t, 10*time.Second, "ho-a", n1, n2)
+	coordinatortest.WaitFor(t, 5*time.Second, "ho-b's state at the leader", func() bool {
+		_, ok := n1.StateOf("ho-b")
 		return ok
 	})
 }
@@ -169,25 +154,25 @@ func TestHostileOversizedStreams(t *testing.T) {
 // through, with random bytes, are admitted only up to the byte budget, fail to decrypt, and
 // are counted once each; what they make the node hold stays bounded by the budget.
 func TestHostileStreamsWithinBound(t *testing.T) {
-	n1 := startNode(t, "hb-a", nil)
-	waitFor(t, 5*time.Second, "hb-a ready", n1.c.Ready)
+	n1 := coordinatortest.StartNode(t, "hb-a", nil)
+	coordinatortest.WaitFor(t, 5*time.Second, "hb-a ready", n1.Cluster.Ready)
 
 	const streams = 16
-	declared := maxStreamBytes
+	declared := coordinator.MaxStreamBytes
 	chunk := make([]byte, 64<<10)
 	_, _ = rand.Read(chunk)
 	heap := startHeapSampler()
 	var wg sync.WaitGroup
 	conns := make([]net.Conn, streams)
 	for i := range streams {
-		conn, err := net.Dial("tcp", n1.addr())
+		conn, err := net.Dial("tcp", n1.Addr())
 		require.NoError(t, err)
 		defer conn.Close()
 		conns[i] = conn
 		wg.Go(func() {
 			_ = conn.SetWriteDeadline(time.Now().Add(20 * time.Second))
 			w := bufio.NewWriter(conn)
-			_, _ = w.Write(encryptedHeader("jupyter", uint32(declared)))
+			_, _ = w.Write(coordinator.EncryptedHeader("jupyter", uint32(declared)))
 			for sent := 0; sent < declared; {
 				n, err := w.Write(chunk[:min(len(chunk), declared-sent)])
 				sent += n
@@ -203,18 +188,18 @@ func TestHostileStreamsWithinBound(t *testing.T) {
 		require.True(t, closedByPeer(conn, 10*time.Second), "stream %d is closed by the node", i)
 	}
 	grew := heap.growth()
-	t.Logf("heap in use grew by %.1f MiB at the peak (budget %d MiB)", grew, defaultStreamBudget>>20)
-	require.Less(t, grew, float64(4*defaultStreamBudget)/(1<<20), "heap growth (MiB) stays within a few times the budget")
+	t.Logf("heap in use grew by %.1f MiB at the peak (budget %d MiB)", grew, coordinator.DefaultStreamBudget>>20)
+	require.Less(t, grew, float64(4*coordinator.DefaultStreamBudget)/(1<<20), "heap growth (MiB) stays within a few times the budget")
 	// Each stream is counted once: decrypt, stream_budget, or (when the client is slow on a
 	// busy machine) stream_timeout.
 	counted := func() float64 {
 		var sum float64
-		for _, r := range guardReasons {
-			sum += n1.counter(n1.c.metrics.dropped, r)
+		for _, r := range coordinator.GuardReasons {
+			sum += counter(n1.Cluster.Metrics().Dropped, r)
 		}
 		return sum
 	}
-	waitFor(t, 5*time.Second, "every stream counted", func() bool { return counted() == streams })
+	coordinatortest.WaitFor(t, 5*time.Second, "every stream counted", func() bool { return counted() == streams })
 	time.Sleep(100 * time.Millisecond)
 	require.Equal(t, float64(streams), counted(), "no stream counted twice")
 }
@@ -224,18 +209,18 @@ func TestHostileStreamsWithinBound(t *testing.T) {
 // memberlist reads it and has set a deadline of its own, TCPTimeout = 1 s with Fast).
 func TestHostileTrickle(t *testing.T) {
 	const deadline = 300 * time.Millisecond
-	n1 := startNodeWith(t, "tr-a", nil, []Option{withInboundLimits(inboundLimits{deadline: deadline})})
-	waitFor(t, 5*time.Second, "tr-a ready", n1.c.Ready)
+	n1 := coordinatortest.NewNode(t, coordinatortest.Options{Name: "tr-a", Options: []coordinator.Option{coordinator.WithInboundLimits(0, deadline)}})
+	coordinatortest.WaitFor(t, 5*time.Second, "tr-a ready", n1.Cluster.Ready)
 	tests := []struct {
 		name  string
 		first []byte // sent at once
 	}{
-		{name: "header", first: []byte{mlLabelByte, 255}}, // a 255-byte label, one byte per 50 ms
-		{name: "body", first: encryptedHeader("jupyter", 1000)},
+		{name: "header", first: []byte{coordinator.MLLabelByte, 255}}, // a 255-byte label, one byte per 50 ms
+		{name: "body", first: coordinator.EncryptedHeader("jupyter", 1000)},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			conn, err := net.Dial("tcp", n1.addr())
+			conn, err := net.Dial("tcp", n1.Addr())
 			require.NoError(t, err)
 			defer conn.Close()
 			start := time.Now()
@@ -263,8 +248,8 @@ func TestHostileTrickle(t *testing.T) {
 			t.Logf("closed after %v", took)
 			require.GreaterOrEqual(t, took, deadline-50*time.Millisecond)
 			require.Less(t, took, 900*time.Millisecond, "closed at our deadline, before memberlist's own 1 s")
-			waitFor(t, 2*time.Second, "the timeout counted", func() bool {
-				return n1.counter(n1.c.metrics.dropped, reasonStreamTimeout) == float64(i+1)
+			coordinatortest.WaitFor(t, 2*time.Second, "the timeout counted", func() bool {
+				return counter(n1.Cluster.Metrics().Dropped, coordinator.ReasonStreamTimeout) == float64(i+1)
 			})
 		})
 	}
@@ -274,40 +259,40 @@ func TestHostileTrickle(t *testing.T) {
 // held ones end, legitimate traffic passes again.
 func TestHostileStreamLimit(t *testing.T) {
 	const limit = 4
-	n1 := startNodeWith(t, "sl-a", nil, []Option{withInboundLimits(inboundLimits{streams: limit, deadline: 10 * time.Second})})
-	waitFor(t, 5*time.Second, "sl-a ready", n1.c.Ready)
+	n1 := coordinatortest.NewNode(t, coordinatortest.Options{Name: "sl-a", Options: []coordinator.Option{coordinator.WithInboundLimits(limit, 10*time.Second)}})
+	coordinatortest.WaitFor(t, 5*time.Second, "sl-a ready", n1.Cluster.Ready)
 
 	// Hold every slot: a label byte, then nothing.
 	var held []net.Conn
 	for range limit {
-		conn, err := net.Dial("tcp", n1.addr())
+		conn, err := net.Dial("tcp", n1.Addr())
 		require.NoError(t, err)
 		defer conn.Close()
-		_, err = conn.Write([]byte{mlLabelByte})
+		_, err = conn.Write([]byte{coordinator.MLLabelByte})
 		require.NoError(t, err)
 		held = append(held, conn)
 	}
-	waitFor(t, 5*time.Second, "slots taken", func() bool { return value(n1.c.metrics.inboundStreams) == limit })
+	coordinatortest.WaitFor(t, 5*time.Second, "slots taken", func() bool { return testutil.ToFloat64(n1.Cluster.Metrics().InboundStreams) == limit })
 
 	const extra = 6
 	for i := range extra {
-		conn, err := net.Dial("tcp", n1.addr())
+		conn, err := net.Dial("tcp", n1.Addr())
 		require.NoError(t, err)
 		defer conn.Close()
 		start := time.Now()
 		require.True(t, closedByPeer(conn, 2*time.Second), "extra stream %d is closed", i)
 		require.Less(t, time.Since(start), time.Second, "extra stream %d is closed at once", i)
 	}
-	require.Equal(t, float64(extra), n1.counter(n1.c.metrics.dropped, reasonTooManyStreams))
+	require.Equal(t, float64(extra), counter(n1.Cluster.Metrics().Dropped, coordinator.ReasonTooManyStreams))
 	for _, conn := range held {
 		require.NoError(t, conn.Close())
 	}
-	waitFor(t, 5*time.Second, "slots free", func() bool { return value(n1.c.metrics.inboundStreams) == 0 })
+	coordinatortest.WaitFor(t, 5*time.Second, "slots free", func() bool { return testutil.ToFloat64(n1.Cluster.Metrics().InboundStreams) == 0 })
 
-	n2 := startNode(t, "sl-b", []string{n1.addr()})
-	waitLeader(t, 10*time.Second, "sl-a", n1, n2)
-	waitFor(t, 5*time.Second, "sl-b's state at the leader", func() bool {
-		_, ok := n1.stateOf("sl-b")
+	n2 := coordinatortest.StartNode(t, "sl-b", []string{n1.Addr()})
+	coordinatortest.WaitLeader(t, 10*time.Second, "sl-a", n1, n2)
+	coordinatortest.WaitFor(t, 5*time.Second, "sl-b's state at the leader", func() bool {
+		_, ok := n1.StateOf("sl-b")
 		return ok
 	})
 }
@@ -315,12 +300,12 @@ func TestHostileStreamLimit(t *testing.T) {
 // TestHostileGarbagePackets: garbage UDP packets (without a label, and with the right label
 // but not encrypted with the key) are each counted, and logged a handful of times at most.
 func TestHostileGarbagePackets(t *testing.T) {
-	n1 := startNode(t, "gp-a", nil)
-	waitFor(t, 5*time.Second, "gp-a ready", n1.c.Ready)
-	recv0 := n1.counter(n1.c.metrics.bytesRecv, "packet")
-	logLines0 := strings.Count(n1.logs.String(), "\n")
+	n1 := coordinatortest.StartNode(t, "gp-a", nil)
+	coordinatortest.WaitFor(t, 5*time.Second, "gp-a ready", n1.Cluster.Ready)
+	recv0 := counter(n1.Cluster.Metrics().BytesRecv, "packet")
+	logLines0 := strings.Count(n1.Logs.String(), "\n")
 
-	conn, err := net.Dial("udp", n1.addr())
+	conn, err := net.Dial("udp", n1.Addr())
 	require.NoError(t, err)
 	defer conn.Close()
 	const packets, size = 1000, 100
@@ -330,8 +315,8 @@ func TestHostileGarbagePackets(t *testing.T) {
 		if i%2 == 0 {
 			p[0] = 1 // no label header
 		} else {
-			copy(p, labelHeader("jupyter")) // right label, garbage "ciphertext"
-			p[len(labelHeader("jupyter"))] = 1
+			copy(p, coordinator.LabelHeader("jupyter")) // right label, garbage "ciphertext"
+			p[len(coordinator.LabelHeader("jupyter"))] = 1
 		}
 		_, err := conn.Write(p)
 		require.NoError(t, err)
@@ -339,22 +324,22 @@ func TestHostileGarbagePackets(t *testing.T) {
 			time.Sleep(2 * time.Millisecond) // do not overrun the socket buffer
 		}
 	}
-	reached := func() float64 { return (n1.counter(n1.c.metrics.bytesRecv, "packet") - recv0) / size }
-	waitFor(t, 5*time.Second, "packets received", func() bool { return reached() >= packets*0.9 })
+	reached := func() float64 { return (counter(n1.Cluster.Metrics().BytesRecv, "packet") - recv0) / size }
+	coordinatortest.WaitFor(t, 5*time.Second, "packets received", func() bool { return reached() >= packets*0.9 })
 	dropped := func() float64 {
 		var sum float64
-		for _, r := range []string{reasonBadLabel, reasonDecrypt, reasonMalformed} {
-			sum += n1.counter(n1.c.metrics.dropped, r)
+		for _, r := range []string{coordinator.ReasonBadLabel, coordinator.ReasonDecrypt, coordinator.ReasonMalformed} {
+			sum += counter(n1.Cluster.Metrics().Dropped, r)
 		}
 		return sum
 	}
-	waitFor(t, 5*time.Second, "every packet that arrived counted", func() bool { return dropped() >= reached() })
+	coordinatortest.WaitFor(t, 5*time.Second, "every packet that arrived counted", func() bool { return dropped() >= reached() })
 	t.Logf("%.0f packets reached the node; dropped: bad_label %.0f, decrypt %.0f, malformed %.0f", reached(),
-		n1.counter(n1.c.metrics.dropped, reasonBadLabel), n1.counter(n1.c.metrics.dropped, reasonDecrypt), n1.counter(n1.c.metrics.dropped, reasonMalformed))
-	require.Positive(t, n1.counter(n1.c.metrics.dropped, reasonBadLabel))
-	require.Positive(t, n1.counter(n1.c.metrics.dropped, reasonDecrypt))
+		counter(n1.Cluster.Metrics().Dropped, coordinator.ReasonBadLabel), counter(n1.Cluster.Metrics().Dropped, coordinator.ReasonDecrypt), counter(n1.Cluster.Metrics().Dropped, coordinator.ReasonMalformed))
+	require.Positive(t, counter(n1.Cluster.Metrics().Dropped, coordinator.ReasonBadLabel))
+	require.Positive(t, counter(n1.Cluster.Metrics().Dropped, coordinator.ReasonDecrypt))
 
-	lines := strings.Split(n1.logs.String(), "\n")[logLines0:]
+	lines := strings.Split(n1.Logs.String(), "\n")[logLines0:]
 	var loud []string
 	for _, l := range lines {
 		if strings.Contains(l, "level=ERROR") || strings.Contains(l, "level=WARN") {

@@ -226,9 +226,9 @@ func TestDecodeCountsDrops(t *testing.T) {
 	for range 2 {
 		c.deliver([]byte{1, 2})
 	}
-	require.Equal(t, 1.0, (&testNode{}).counter(c.metrics.dropped, reasonShort))
-	require.Equal(t, 1.0, (&testNode{}).counter(c.metrics.dropped, reasonUnknownType))
-	require.Equal(t, 2.0, (&testNode{}).counter(c.metrics.dropped, reasonOverflow))
+	require.Equal(t, 1.0, value(c.metrics.dropped.WithLabelValues(reasonShort)))
+	require.Equal(t, 1.0, value(c.metrics.dropped.WithLabelValues(reasonUnknownType)))
+	require.Equal(t, 2.0, value(c.metrics.dropped.WithLabelValues(reasonOverflow)))
 }
 
 func FuzzDecode(f *testing.F) {

@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/image"
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 // dockerconfigFor is a .dockerconfigjson with one "auth" entry for key.
@@ -100,26 +100,6 @@ func TestAuthForMatchesHostsAsListingDoes(t *testing.T) {
 	})
 }
 
-// logBuffer is a slog JSON log in memory, safe for concurrent use.
-type logBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewJSONHandler(l, nil)) }
-
 func TestDockerConfigReloadsWhenTheFileChanges(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
@@ -127,8 +107,8 @@ func TestDockerConfigReloadsWhenTheFileChanges(t *testing.T) {
 		path := filepath.Join(t.TempDir(), ".dockerconfigjson")
 		write := func(body string) { require.NoError(t, os.WriteFile(path, []byte(body), 0o600)) }
 		write(dockerconfigFor("ghcr.io", "robot", old))
-		var logs logBuffer
-		dc, err := LoadDockerConfig(path, logs.logger())
+		var logs lab.LogBuffer
+		dc, err := LoadDockerConfig(path, slog.New(slog.NewJSONHandler(&logs, nil)))
 		require.NoError(t, err)
 		pull := func() string {
 			t.Helper()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/leader"
 	"github.com/cachemachine/cachemachine/status"
@@ -63,31 +64,26 @@ func formInProc(ctx context.Context, o options, n, images int) (*inProcCluster, 
 		return nil, 0, err
 	}
 	c.leader = lead
-	c.backend, err = leader.New(leader.Config{Name: "jupyter"}, nil, lead.cl, lead.ag, nil, nil)
+	c.backend, err = leader.New(leader.Config{Name: "jupyter"}, nil, lead.Cluster, lead.ag, nil, nil)
 	if err != nil {
 		sc.stop()
 		return nil, 0, err
 	}
-	if err := waitFor(ctx, 30*time.Second, 50*time.Millisecond, func() (bool, string) {
-		_, _, self := lead.cl.Leader()
+	if err := coordinatortest.Poll(ctx, 30*time.Second, 50*time.Millisecond, func() (bool, string) {
+		_, _, self := lead.Cluster.Leader()
 		return self, "the first node to lead"
 	}); err != nil {
 		sc.stop()
 		return nil, 0, err
 	}
-	addr, err := gossipAddr(lead)
-	if err != nil {
-		sc.stop()
-		return nil, 0, err
-	}
-	sc.join = []string{addr}
+	sc.join = []string{lead.Addr()}
 	names := make([]string, 0, n-1)
 	for i := 1; i < n; i++ {
 		names = append(names, nodeName(i))
 	}
 	aliveAtLeader := func() int {
 		k := 0
-		for _, m := range lead.cl.Members() {
+		for _, m := range lead.Cluster.Members() {
 			if m.Alive {
 				k++
 			}
@@ -105,7 +101,7 @@ func formInProc(ctx context.Context, o options, n, images int) (*inProcCluster, 
 		sc.stop()
 		return nil, 0, err
 	}
-	if err := waitFor(ctx, time.Minute, 100*time.Millisecond, func() (bool, string) {
+	if err := coordinatortest.Poll(ctx, time.Minute, 100*time.Millisecond, func() (bool, string) {
 		in, _, _, _ := c.backend.Snapshot()
 		d := status.Compute(in)
 		return len(d.CommonCache) == images && aliveNodes(in) == n, fmt.Sprintf("common_cache %d of %d images over %d alive nodes", len(d.CommonCache), images, aliveNodes(in))
@@ -120,16 +116,6 @@ func formInProc(ctx context.Context, o options, n, images int) (*inProcCluster, 
 	return c, formed, nil
 }
 
-// gossipAddr returns n's own gossip address, "ip:port".
-func gossipAddr(n *simNode) (string, error) {
-	for _, m := range n.cl.Members() {
-		if m.Name == n.name {
-			return m.Addr, nil
-		}
-	}
-	return "", fmt.Errorf("%s: own gossip address unknown", n.name)
-}
-
 // quietLimit is the gossip rate per node below which a cluster counts as settled; steady
 // state is well under it (see (c)), formation and convergence storms well above.
 const quietLimit = 4096
@@ -137,15 +123,15 @@ const quietLimit = 4096
 // waitStatesAtLeader waits until the leader holds the newest state of every node, and every
 // node sees the leader.
 func (c *inProcCluster) waitStatesAtLeader(ctx context.Context, timeout time.Duration) error {
-	want := c.leader.name
-	return waitFor(ctx, timeout, 200*time.Millisecond, func() (bool, string) {
+	want := c.leader.Name
+	return coordinatortest.Poll(ctx, timeout, 200*time.Millisecond, func() (bool, string) {
 		have := map[string]uint64{}
-		for _, s := range c.leader.cl.NodeStates() {
+		for _, s := range c.leader.Cluster.NodeStates() {
 			have[s.Node] = s.Version
 		}
 		behind := 0
 		for _, n := range c.sc.nodes {
-			if l, _, _ := n.cl.Leader(); l != want || have[n.name] != n.ag.State().Version {
+			if l, _, _ := n.Cluster.Leader(); l != want || have[n.Name] != n.ag.State().Version {
 				behind++
 			}
 		}
@@ -179,7 +165,7 @@ func measureConvergence(ctx context.Context, o options, c *inProcCluster, rounds
 		}
 		cpu0 := sampleCPU()
 		published := time.Now()
-		if _, err := c.leader.cl.PublishDesired(list); err != nil {
+		if _, err := c.leader.Cluster.PublishDesired(list); err != nil {
 			return res, fmt.Errorf("round %d: publish: %w", r+1, err)
 		}
 		var shown time.Time
@@ -188,7 +174,7 @@ func measureConvergence(ctx context.Context, o options, c *inProcCluster, rounds
 			t0 := time.Now()
 			in, _, _, self := c.backend.Snapshot()
 			if !self {
-				return res, fmt.Errorf("round %d: %s no longer leads", r+1, c.leader.name)
+				return res, fmt.Errorf("round %d: %s no longer leads", r+1, c.leader.Name)
 			}
 			d := status.Compute(in)
 			now := time.Now()
@@ -210,7 +196,7 @@ func measureConvergence(ctx context.Context, o options, c *inProcCluster, rounds
 		for _, node := range c.sc.nodes {
 			st, t, ok := pulledAt(node.rt, ref)
 			if !ok {
-				return res, fmt.Errorf("round %d: common_cache shows %s but %s never pulled it", r+1, ref, node.name)
+				return res, fmt.Errorf("round %d: common_cache shows %s but %s never pulled it", r+1, ref, node.Name)
 			}
 			if t.After(last) {
 				last = t
@@ -248,14 +234,14 @@ func measureGossip(ctx context.Context, c *inProcCluster, images int, window tim
 	sumByTransport := func() map[string]float64 {
 		out := map[string]float64{}
 		for _, node := range c.sc.nodes {
-			for k, v := range counterByLabel(node.reg, "cachemachine_gossip_bytes_sent_total", "transport") {
+			for k, v := range counterByLabel(node.Registry, "cachemachine_gossip_bytes_sent_total", "transport") {
 				out[k] += v
 			}
 		}
 		return out
 	}
-	leaderRecv := func() float64 { return counterSum(c.leader.reg, "cachemachine_gossip_bytes_received_total") }
-	leaderSent := func() float64 { return counterSum(c.leader.reg, "cachemachine_gossip_bytes_sent_total") }
+	leaderRecv := func() float64 { return counterSum(c.leader.Registry, "cachemachine_gossip_bytes_received_total") }
+	leaderSent := func() float64 { return counterSum(c.leader.Registry, "cachemachine_gossip_bytes_sent_total") }
 	versions := func() []uint64 {
 		out := make([]uint64, n)
 		for i, node := range c.sc.nodes {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
@@ -95,7 +96,7 @@ func measureFailover(ctx context.Context, o options) (failoverResult, error) {
 	// ledBy waits until both other nodes answer with leader and the expected common_cache,
 	// and the leader sees three alive nodes.
 	ledBy := func(leader *lab.Agent, others ...*lab.Agent) error {
-		return waitFor(ctx, 2*time.Minute, 100*time.Millisecond, func() (bool, string) {
+		return coordinatortest.Poll(ctx, 2*time.Minute, 100*time.Millisecond, func() (bool, string) {
 			for _, p := range others {
 				d, l, ok := getDump(p.HTTPAddr(), 2*time.Second)
 				if !ok || l != leader.Node() || !slices.Equal(d.common(), want) {
@@ -119,7 +120,7 @@ func measureFailover(ctx context.Context, o options) (failoverResult, error) {
 		killed := time.Now()
 		n1.Kill()
 		var took time.Duration
-		err := waitFor(ctx, time.Minute, 20*time.Millisecond, func() (bool, string) {
+		err := coordinatortest.Poll(ctx, time.Minute, 20*time.Millisecond, func() (bool, string) {
 			for _, p := range []*lab.Agent{n2, n3} {
 				d, l, ok := getDump(p.HTTPAddr(), time.Second)
 				if ok && l == n2.Node() && slices.Equal(d.common(), want) {

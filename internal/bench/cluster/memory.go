@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/cri/critest"
 	"github.com/cachemachine/cachemachine/internal/lab"
@@ -111,7 +112,7 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 	// The members start from the leader's published list (as nodes that were up when it was
 	// published), so convergence costs no metadata broadcast per member.
 	var desired agent.Desired
-	if err := waitFor(ctx, time.Minute, 200*time.Millisecond, func() (bool, string) {
+	if err := coordinatortest.Poll(ctx, time.Minute, 200*time.Millisecond, func() (bool, string) {
 		var b bytes.Buffer
 		err := agent.RunDebug(ctx, leader.Config().Agent.DebugSocket, []string{"desired"}, true, &b)
 		if err == nil {
@@ -141,7 +142,7 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 	if err := sc.addBatches(ctx, simNames, o.batch, len(names), refs, desired, aliveAtLeader); err != nil {
 		return res, err
 	}
-	if err := waitFor(ctx, 3*time.Minute, time.Second, func() (bool, string) {
+	if err := coordinatortest.Poll(ctx, 3*time.Minute, time.Second, func() (bool, string) {
 		if err := leader.ExitErr(); err != nil {
 			return false, err.Error()
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/cri/critest"
 )
 
@@ -76,15 +76,14 @@ func pulledAt(rt *critest.Runtime, ref string) (started, done time.Time, ok bool
 	return time.Time{}, time.Time{}, false
 }
 
-// simNode is one in-process node: a real agent.Agent on an in-memory runtime and a real
-// coordinator.Cluster (memberlist on 127.0.0.1, production timings), with its own registry.
+// simNode is one in-process node of coordinatortest (a real coordinator.Cluster, memberlist on
+// 127.0.0.1 at production timings, with its own registry) over a real agent.Agent on an
+// in-memory runtime.
 type simNode struct {
-	name   string
-	rt     *critest.Runtime
-	ag     *agent.Agent
-	cl     *coordinator.Cluster
-	reg    *prometheus.Registry
-	cancel context.CancelFunc
+	*coordinatortest.Node
+	rt        *critest.Runtime
+	ag        *agent.Agent
+	stopAgent context.CancelFunc
 }
 
 // scaledTimingsAbove is the largest in-process cluster whose nodes run memberlist at
@@ -122,8 +121,8 @@ type simCluster struct {
 	logger *slog.Logger
 	tune   func(*memberlist.Config) // simTimings
 
-	nodes []*simNode
-	wg    sync.WaitGroup // every agent.Run and Cluster.Run
+	nodes  []*simNode
+	agents sync.WaitGroup // every agent.Run; coordinatortest owns each Cluster.Run
 }
 
 // add creates a node that holds preload and, when desired.Version is set, starts from that
@@ -141,42 +140,39 @@ func (sc *simCluster) add(ctx context.Context, name string, preload []string, de
 	if desired.Version != 0 {
 		ag.SetDesired(desired)
 	}
-	nctx, cancel := context.WithCancel(ctx)
-	sc.wg.Go(func() { _ = ag.Run(nctx) })
+	actx, stopAgent := context.WithCancel(ctx)
+	sc.agents.Go(func() { _ = ag.Run(actx) })
 	// Join only after the agent's first inventory, as a node whose CRI answers in
 	// milliseconds does, and without that change pending: otherwise the coordinator's
 	// metadata updater announces the node a second time right after the join (its first
 	// update is unconditional), one more cluster-wide broadcast per node while forming —
 	// which is what formation costs most of on a few cores (see the report).
-	if err := waitFor(ctx, 10*time.Second, time.Millisecond, func() (bool, string) {
+	if err := coordinatortest.Poll(ctx, 10*time.Second, time.Millisecond, func() (bool, string) {
 		return ag.State().Ready, "the agent's first inventory"
 	}); err != nil {
-		cancel()
+		stopAgent()
 		return nil, err
 	}
 	select {
 	case <-ag.Changes():
 	default:
 	}
-	reg := prometheus.NewRegistry()
-	cl, err := coordinator.New(coordinator.Config{
-		Name:     "jupyter",
-		NodeName: name,
-		BindAddr: "127.0.0.1",
-		Join:     sc.join,
-		Key:      sc.key,
+	cn, err := coordinatortest.Start(ctx, coordinatortest.Options{
+		Name: name,
+		Join: sc.join,
+		Key:  sc.key,
 		// Never contacted; a pod address of production length keeps the metadata realistic.
-		HTTPAddr: "10.128.12.34:8080",
-	}, ag, log.With("component", "cluster"), reg, coordinator.WithMemberlistTuning(sc.tune))
+		HTTPAddr:   "10.128.12.34:8080",
+		Local:      ag,
+		Logger:     log.With("component", "cluster"),
+		Production: true,
+		Options:    []coordinator.Option{coordinator.WithMemberlistTuning(sc.tune)},
+	})
 	if err != nil {
-		cancel()
+		stopAgent()
 		return nil, err
 	}
-	n := &simNode{name: name, rt: rt, ag: ag, cl: cl, reg: reg, cancel: cancel}
-	sc.wg.Go(func() {
-		_ = cl.Run(nctx)
-		_ = cl.Close()
-	})
+	n := &simNode{Node: cn, rt: rt, ag: ag, stopAgent: stopAgent}
 	sc.nodes = append(sc.nodes, n)
 	return n, nil
 }
@@ -216,7 +212,7 @@ func (sc *simCluster) addBatches(ctx context.Context, names []string, batch, ext
 		}
 		start = end
 		want := len(sc.nodes) + extra
-		if err := waitFor(ctx, time.Minute, 200*time.Millisecond, func() (bool, string) {
+		if err := coordinatortest.Poll(ctx, time.Minute, 200*time.Millisecond, func() (bool, string) {
 			n := alive()
 			return n == want, fmt.Sprintf("%d of %d members alive", n, want)
 		}); err != nil {
@@ -243,13 +239,16 @@ func (sc *simCluster) addBatches(ctx context.Context, names []string, batch, ext
 	return nil
 }
 
-// stop ends every node (each leaves the cluster, bounded by the product's leave timeouts)
-// and waits for all of them.
+// stop ends every node (each leaves the cluster, bounded by the product's leave timeouts,
+// all at once) and its agent, and waits for all of them.
 func (sc *simCluster) stop() {
+	nodes := make([]*coordinatortest.Node, 0, len(sc.nodes))
 	for _, n := range sc.nodes {
-		n.cancel()
+		n.stopAgent()
+		nodes = append(nodes, n.Node)
 	}
-	sc.wg.Wait()
+	_ = coordinatortest.StopAll(nodes) // Run and Close fail only when leaving does, which the node logs
+	sc.agents.Wait()
 }
 
 // counterSum returns the sum over all label values of the counter family name in reg.
@@ -296,7 +295,7 @@ func counterByLabel(reg prometheus.Gatherer, name, label string) map[string]floa
 func (sc *simCluster) bytesSent() float64 {
 	var sum float64
 	for _, n := range sc.nodes {
-		sum += counterSum(n.reg, "cachemachine_gossip_bytes_sent_total")
+		sum += counterSum(n.Registry, "cachemachine_gossip_bytes_sent_total")
 	}
 	return sum
 }
@@ -305,7 +304,7 @@ func (sc *simCluster) bytesSent() float64 {
 func (sc *simCluster) drops() map[string]float64 {
 	out := map[string]float64{}
 	for _, n := range sc.nodes {
-		for r, v := range counterByLabel(n.reg, "cachemachine_gossip_dropped_total", "reason") {
+		for r, v := range counterByLabel(n.Registry, "cachemachine_gossip_dropped_total", "reason") {
 			if v > 0 {
 				out[r] += v
 			}
@@ -344,24 +343,6 @@ func (sc *simCluster) waitQuiet(ctx context.Context, limit float64, timeout time
 		}
 	}
 	return rate, false
-}
-
-// waitFor polls cond every interval until it holds, ctx ends or timeout passes; the error
-// carries cond's last description.
-func waitFor(ctx context.Context, timeout, interval time.Duration, cond func() (bool, string)) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, what := cond()
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %s: %s", timeout, what)
-		}
-		if !sleepCtx(ctx, interval) {
-			return errors.Join(ctx.Err(), errors.New(what))
-		}
-	}
 }
 
 // sleepCtx sleeps d and reports whether ctx is still alive.
