@@ -42,7 +42,9 @@ func TestConformanceContainerd(t *testing.T) {
 	containerdtest.Conformance(t, c, containerdtest.Fixture{
 		Tag: repo + ":v1", DigestRecord: repo + "@" + md, IDRecord: id,
 		ManifestDigest: md, Layers: 2, ForeignPinned: reg.Addr + "/cm/sandbox:3.9",
-		Labels: func(t *testing.T, name string) map[string]string { return containerdtest.Labels(t, ctd.Endpoint(), name) },
+		Labels: func(t *testing.T, name string) map[string]string {
+			return containerdtest.Labels(t, ctd.Endpoint(), name)
+		},
 	})
 
 	v, err := rt.Version(t.Context())

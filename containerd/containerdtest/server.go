@@ -338,5 +338,3 @@ func (c contentServer) Read(req *contentapi.ReadContentRequest, stream contentap
 
 // ErrInjected is a convenient error for SetError: containerd's answer to a bad request.
 var ErrInjected = status.Error(codes.Internal, "injected failure")
-
-
