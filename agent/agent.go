@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cachemachine/cachemachine/containerd"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/image"
 )
@@ -49,6 +50,29 @@ type Config struct {
 	ResyncInterval     time.Duration // full CRI snapshot at least this often; default 15s
 	// StateDir keeps the last desired list across restarts; "" keeps nothing.
 	StateDir string
+	// PinImages pins the desired images the node holds (WithPins gives the means).
+	PinImages bool
+	// MaxPinnedPercent caps the pins at this share of the image filesystem; default 50.
+	MaxPinnedPercent float64
+	// ProgressInterval is how often a pull's download progress is measured (WithDownloads);
+	// default 1s.
+	ProgressInterval time.Duration
+}
+
+// Pins is the part of containerd's images service the agent pins images with;
+// *containerd.Client implements it.
+type Pins interface {
+	OwnPins(ctx context.Context) ([]containerd.Record, error)
+	Pin(ctx context.Context, name string) (containerd.Record, error)
+	Unpin(ctx context.Context, name string) error
+}
+
+// Downloads is the part of containerd's content service the agent measures pulls with;
+// *containerd.Client implements it.
+type Downloads interface {
+	Downloads(ctx context.Context) ([]containerd.Download, error)
+	ImageBlobs(ctx context.Context, digest string) ([]containerd.Blob, error)
+	BlobSize(ctx context.Context, digest string) (int64, error)
 }
 
 // Agent is the node agent. Create it with New, start it with Run; its other methods are safe
@@ -60,6 +84,8 @@ type Agent struct {
 	log     *slog.Logger
 	statfs  StatFS
 	metrics *metrics
+	pins    Pins      // nil: no pinning (not containerd)
+	dls     Downloads // nil: no byte progress
 
 	trigger chan struct{} // capacity 1: coalesces bursts of requests for a pass
 	changes chan struct{} // capacity 1: signals a new State version
@@ -69,11 +95,14 @@ type Agent struct {
 	mu       sync.Mutex // guards the fields below
 	desired  Desired
 	state    State
-	images   map[string]*imageStatus // by normalized ref
-	reserved map[string]uint64       // bytes reserved by pulls in flight, by ref
-	largest  uint64                  // largest image size seen, the disk guard's guess
-	lastSeen time.Time               // last successful CRI inventory, or New's time
-	everSeen bool                    // an inventory succeeded
+	images   map[string]*imageStatus  // by normalized ref
+	reserved map[string]uint64        // bytes reserved by pulls in flight, by ref
+	largest  uint64                   // largest image size seen, the disk guard's guess
+	lastSeen time.Time                // last successful CRI inventory, or New's time
+	everSeen bool                     // an inventory succeeded
+	live     map[string]*liveProgress // progress of background pulls in flight, by ref
+	ended    uint64                   // background pulls ended so far
+	pin      pinMemory
 }
 
 // imageStatus is the agent's memory of one desired reference between passes.
@@ -84,6 +113,9 @@ type imageStatus struct {
 	lastErr   string
 	nextRetry time.Time
 	held      string
+	// ended is Agent.ended when its last pull ended: a pass whose snapshot is older than
+	// that does not know the pull's outcome yet.
+	ended uint64
 }
 
 // Option changes a default of New.
@@ -91,6 +123,12 @@ type Option func(*Agent)
 
 // WithStatFS replaces the statfs used by the disk guard (tests).
 func WithStatFS(f StatFS) Option { return func(a *Agent) { a.statfs = f } }
+
+// WithPins gives the agent containerd's images service to pin images with (Config.PinImages).
+func WithPins(p Pins) Option { return func(a *Agent) { a.pins = p } }
+
+// WithDownloads gives the agent containerd's content service to measure pulls with.
+func WithDownloads(d Downloads) Option { return func(a *Agent) { a.dls = d } }
 
 // WithRegisterer registers the agent's metrics on r.
 func WithRegisterer(r prometheus.Registerer) Option {
@@ -118,6 +156,15 @@ func New(cfg Config, rt Runtime, creds Credentials, logger *slog.Logger, opts ..
 	if cfg.ResyncInterval <= 0 {
 		cfg.ResyncInterval = 15 * time.Second
 	}
+	if cfg.MaxPinnedPercent == 0 {
+		cfg.MaxPinnedPercent = 50
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = time.Second
+	}
+	if cfg.MaxPinnedPercent < 0 || cfg.MaxPinnedPercent > 100 {
+		return nil, fmt.Errorf("agent: max pinned percent %v: must be in (0, 100]", cfg.MaxPinnedPercent)
+	}
 	if cfg.MinFreeDiskPercent < 0 || cfg.MinFreeDiskPercent >= 100 {
 		return nil, fmt.Errorf("agent: min free disk percent %v: must be in [0, 100)", cfg.MinFreeDiskPercent)
 	}
@@ -135,6 +182,8 @@ func New(cfg Config, rt Runtime, creds Credentials, logger *slog.Logger, opts ..
 		slots:    make(chan struct{}, cfg.MaxParallelPulls),
 		images:   map[string]*imageStatus{},
 		reserved: map[string]uint64{},
+		live:     map[string]*liveProgress{},
+		pin:      newPinMemory(),
 		lastSeen: time.Now(),
 		state: State{
 			Node:    cfg.Node,
@@ -168,6 +217,11 @@ func New(cfg Config, rt Runtime, creds Credentials, logger *slog.Logger, opts ..
 // image's backoff ends, so a retry starts on time rather than at the next resync.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.pulls.Wait()
+	if a.dls != nil {
+		var progress sync.WaitGroup
+		progress.Go(func() { a.progressLoop(ctx) })
+		defer progress.Wait()
+	}
 
 	tick := time.NewTicker(a.cfg.ResyncInterval)
 	defer tick.Stop()
@@ -286,6 +340,9 @@ func (a *Agent) SetDesired(d Desired) bool {
 // pass takes a CRI snapshot, diffs it against the desired list, starts the pulls that may
 // start, and publishes the new state when anything changed.
 func (a *Agent) pass(ctx context.Context) {
+	a.mu.Lock()
+	snapshot := a.ended
+	a.mu.Unlock()
 	imgs, err := a.rt.ListImages(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -310,7 +367,6 @@ func (a *Agent) pass(ctx context.Context) {
 	}
 
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.lastSeen, a.everSeen = time.Now(), true
 	inv := newInventory(imgs)
 	a.largest = max(a.largest, inv.largest)
@@ -355,6 +411,11 @@ func (a *Agent) pass(ctx context.Context) {
 		case st.attempts > 0 && now.Before(st.nextRetry):
 			next.Failed = append(next.Failed, Failed{Ref: ref, Error: st.lastErr, Attempts: st.attempts, NextRetry: st.nextRetry})
 			continue
+		case st.ended > snapshot:
+			// Its pull ended after this pass listed the images: the pass its end triggered
+			// decides, or this one would pull it twice.
+			next.Queued = append(next.Queued, ref)
+			continue
 		case d.Digest != "" && pullDigests[d.Digest]:
 			// Another tag of this digest is being pulled; this one follows in a moment
 			// without downloading anything twice.
@@ -382,6 +443,7 @@ func (a *Agent) pass(ctx context.Context) {
 			pullDigests[d.Digest] = true
 		}
 		next.Pulling = append(next.Pulling, Pulling{Ref: ref, Started: now})
+		a.live[ref] = newLiveProgress(d.WantDigest(), now)
 		a.pulls.Add(1)
 		go a.pullInBackground(ctx, d)
 	}
@@ -394,6 +456,19 @@ func (a *Agent) pass(ctx context.Context) {
 	a.metrics.held.Set(float64(len(next.Held)))
 	a.metrics.fsUsed.Set(float64(disk.UsedBytes))
 	a.metrics.fsCapacity.Set(float64(disk.CapacityBytes))
+	desired := a.desired
+	a.mu.Unlock()
+
+	// Pins after the pulls started: the images service calls must not delay a pull.
+	pins := a.reconcilePins(ctx, desired, inv, disk, runtime)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	next.Pinned, next.Pinning = pins.pinned, pins.pinning
+	for i := range next.Pulling {
+		if lp := a.live[next.Pulling[i].Ref]; lp != nil {
+			next.Pulling[i].Progress = lp.published
+		}
+	}
 	a.publishLocked(next)
 }
 
@@ -410,7 +485,11 @@ func (a *Agent) unavailableLocked(err error) State {
 		switch st := a.images[ref]; {
 		case st == nil:
 		case st.pulling:
-			next.Pulling = append(next.Pulling, Pulling{Ref: ref, Started: st.started})
+			p := Pulling{Ref: ref, Started: st.started}
+			if lp := a.live[ref]; lp != nil {
+				p.Progress = lp.published
+			}
+			next.Pulling = append(next.Pulling, p)
 		case st.attempts > 0:
 			next.Failed = append(next.Failed, Failed{Ref: ref, Error: st.lastErr, Attempts: st.attempts, NextRetry: st.nextRetry})
 		}
@@ -460,8 +539,11 @@ func (a *Agent) pullInBackground(ctx context.Context, d image.Image) {
 	a.mu.Lock()
 	ref := d.Ref.String()
 	delete(a.reserved, ref)
+	delete(a.live, ref)
+	a.ended++
 	if st := a.images[ref]; st != nil {
 		st.pulling = false
+		st.ended = a.ended
 		if err != nil && ctx.Err() == nil {
 			st.attempts++
 			st.lastErr = err.Error()

@@ -180,6 +180,10 @@ type NodeView struct {
 	LastError string        `json:"last_error,omitempty"`
 	Disk      Disk          `json:"disk"`
 	Images    []CachedImage `json:"images"`
+	// Pinning says whether and how the node pins its desired images; Pinned are the desired
+	// references whose image the runtime reports pinned.
+	Pinning Pinning  `json:"pinning"`
+	Pinned  []string `json:"pinned"`
 }
 
 // PullsView is GET /v1/pulls.
@@ -191,27 +195,41 @@ type PullsView struct {
 	Cached  []string      `json:"cached"`
 }
 
-// PullingView is a pull in flight with its elapsed time.
+// PullingView is a pull in flight with its elapsed time; its Progress is as measured (finer
+// than the coarse steps gossip carries) and ETASeconds estimates the rest of the download.
 type PullingView struct {
 	Pulling
-	ElapsedSeconds float64 `json:"elapsed_seconds"`
+	ElapsedSeconds float64  `json:"elapsed_seconds"`
+	ETASeconds     *float64 `json:"eta_seconds,omitempty"`
 }
 
 func debugMux(a *Agent, opts DebugOptions) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/node", func(w http.ResponseWriter, r *http.Request) {
 		st := a.State()
+		pinning := st.Pinning
+		pinning.OverBudget = nonNil(pinning.OverBudget)
 		writeJSON(w, http.StatusOK, NodeView{
 			Node: st.Node, Runtime: st.Runtime, Ready: st.Ready, Version: st.Version,
 			LastError: st.LastError, Disk: st.Disk, Images: nonNil(st.Images),
+			Pinning: pinning, Pinned: nonNil(st.Pinned),
 		})
 	})
 	mux.HandleFunc("GET /v1/pulls", func(w http.ResponseWriter, r *http.Request) {
 		st := a.State()
 		v := PullsView{Queued: nonNil(st.Queued), Held: nonNil(st.Held), Failed: nonNil(st.Failed), Cached: []string{}}
 		v.Pulling = []PullingView{}
+		now := time.Now()
 		for _, p := range st.Pulling {
-			v.Pulling = append(v.Pulling, PullingView{Pulling: p, ElapsedSeconds: time.Since(p.Started).Seconds()})
+			if live, ok := a.LiveProgress(p.Ref); ok {
+				p.Progress = live
+			}
+			pv := PullingView{Pulling: p, ElapsedSeconds: now.Sub(p.Started).Seconds()}
+			if eta, ok := p.Progress.ETA(now); ok {
+				secs := eta.Seconds()
+				pv.ETASeconds = &secs
+			}
+			v.Pulling = append(v.Pulling, pv)
 		}
 		for _, d := range a.Desired().Images {
 			if _, ok := st.Cached[d.Ref.String()]; ok {

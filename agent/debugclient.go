@@ -133,8 +133,17 @@ func printTable(out io.Writer, cmd string, raw []byte) error {
 		if v.LastError != "" {
 			fmt.Fprintf(tw, "last error:\t%s\n", v.LastError)
 		}
-		fmt.Fprintf(tw, "image fs:\t%s used, %s free of %s (%s)\n\n", bytesString(v.Disk.UsedBytes), bytesString(v.Disk.FreeBytes), bytesString(v.Disk.CapacityBytes), v.Disk.Path)
-		fmt.Fprintln(tw, "TAGS\tDIGEST\tSIZE\tID")
+		fmt.Fprintf(tw, "image fs:\t%s used, %s free of %s (%s)\n", bytesString(v.Disk.UsedBytes), bytesString(v.Disk.FreeBytes), bytesString(v.Disk.CapacityBytes), v.Disk.Path)
+		fmt.Fprintf(tw, "pinning:\t%s\n", pinningLine(v.Pinning))
+		if v.Pinning.Detail != "" {
+			fmt.Fprintf(tw, "\t%s\n", v.Pinning.Detail)
+		}
+		fmt.Fprintf(tw, "pinned desired images:\t%d\n", len(v.Pinned))
+		for _, ref := range v.Pinning.OverBudget {
+			fmt.Fprintf(tw, "over the pin budget:\t%s\n", ref)
+		}
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "TAGS\tDIGEST\tSIZE\tPINNED\tID")
 		for _, img := range v.Images {
 			digest := "-"
 			if ds := digestsOf(img.Digests); len(ds) > 0 {
@@ -144,7 +153,11 @@ func printTable(out io.Writer, cmd string, raw []byte) error {
 			if tags == "" {
 				tags = "<none>"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", tags, digest, bytesString(img.Size), short(img.ID))
+			pinned := "-"
+			if img.Pinned {
+				pinned = "pinned"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", tags, digest, bytesString(img.Size), pinned, short(img.ID))
 		}
 	case "pulls":
 		var v PullsView
@@ -153,7 +166,7 @@ func printTable(out io.Writer, cmd string, raw []byte) error {
 		}
 		fmt.Fprintln(tw, "IMAGE\tSTATE\tDETAIL")
 		for _, p := range v.Pulling {
-			fmt.Fprintf(tw, "%s\tpulling\t%s elapsed\n", p.Ref, (time.Duration(p.ElapsedSeconds * float64(time.Second))).Round(100*time.Millisecond))
+			fmt.Fprintf(tw, "%s\tpulling\t%s elapsed%s\n", p.Ref, (time.Duration(p.ElapsedSeconds * float64(time.Second))).Round(100*time.Millisecond), progressText(p.Progress, p.ETASeconds))
 		}
 		for _, q := range v.Queued {
 			fmt.Fprintf(tw, "%s\tqueued\t\n", q)
@@ -231,6 +244,43 @@ func printTable(out io.Writer, cmd string, raw []byte) error {
 		printMap(tw, "", v)
 	}
 	return nil
+}
+
+// pinningLine is Pinning's status and budget on one line.
+func pinningLine(p Pinning) string {
+	if p.Status == "" {
+		return "not reported"
+	}
+	if p.Status == PinOff || p.Status == PinError {
+		return p.Status
+	}
+	budget := "no budget (image filesystem not measured)"
+	if p.BudgetBytes > 0 {
+		budget = "budget " + bytesString(p.BudgetBytes)
+	}
+	return fmt.Sprintf("%s, %s pinned, %s", p.Status, bytesString(p.PinnedBytes), budget)
+}
+
+// progressText is ", downloading 45% (90.0 MiB of 200.0 MiB), 80.0 MiB/s, 1s left", or ""
+// without a measurement.
+func progressText(p Progress, eta *float64) string {
+	if p.Phase == "" {
+		return ""
+	}
+	out := ", " + p.Phase
+	switch {
+	case p.BytesTotal > 0:
+		out += fmt.Sprintf(" %d%% (%s of %s)", min(p.BytesDone, p.BytesTotal)*100/p.BytesTotal, bytesString(p.BytesDone), bytesString(p.BytesTotal))
+	case p.BytesDone > 0:
+		out += " " + bytesString(p.BytesDone)
+	}
+	if p.BytesPerSecond > 0 {
+		out += ", " + bytesString(p.BytesPerSecond) + "/s"
+	}
+	if eta != nil && p.Phase == PhaseDownloading {
+		out += ", " + time.Duration(*eta*float64(time.Second)).Round(time.Second).String() + " left"
+	}
+	return out
 }
 
 func printMap(w io.Writer, indent string, v map[string]any) {

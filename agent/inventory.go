@@ -23,6 +23,7 @@ func newInventory(imgs []cri.Image) inventory {
 			Tags:    slices.Sorted(slices.Values(img.Tags)),
 			Digests: slices.Sorted(slices.Values(img.Digests)),
 			Size:    img.Size,
+			Pinned:  img.Pinned,
 		})
 		inv.largest = max(inv.largest, img.Size)
 	}
@@ -59,6 +60,34 @@ func (inv inventory) has(d image.Image) (string, bool) {
 		return "", false
 	}
 	return digestFor(img.Digests, d.Ref.Repository()), true
+}
+
+// imageOf returns the image that holds d on the node (as has decides), nil if none.
+func (inv inventory) imageOf(d image.Image) *CachedImage {
+	if _, ok := inv.has(d); !ok {
+		return nil
+	}
+	if d.Tag() == "" {
+		want := d.Ref.Repository() + "@" + d.WantDigest()
+		for i := range inv.images {
+			if slices.Contains(inv.images[i].Digests, want) {
+				return &inv.images[i]
+			}
+		}
+		return nil
+	}
+	return inv.byTag[d.Ref.WithTag(d.Tag()).String()]
+}
+
+// imageOfRecord returns the image a containerd image record names: by its ID ("sha256:…")
+// or one of its repo digests ("repo@sha256:…"); nil if none.
+func (inv inventory) imageOfRecord(name string) *CachedImage {
+	for i := range inv.images {
+		if inv.images[i].ID == name || slices.Contains(inv.images[i].Digests, name) {
+			return &inv.images[i]
+		}
+	}
+	return nil
 }
 
 // digestsOf returns the digests of repo@digest references.

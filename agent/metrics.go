@@ -11,6 +11,7 @@ type metrics struct {
 	held        prometheus.Gauge
 	fsUsed      prometheus.Gauge
 	fsCapacity  prometheus.Gauge
+	pullBytes   prometheus.Counter
 }
 
 // newMetrics builds the metrics and registers them on r when r is not nil.
@@ -30,9 +31,10 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		held:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachemachine_pulls_held", Help: "Pulls held back by the disk guard."}),
 		fsUsed:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachemachine_image_fs_used_bytes", Help: "Bytes used on the image filesystem, as the runtime reports."}),
 		fsCapacity: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachemachine_image_fs_capacity_bytes", Help: "Capacity of the image filesystem."}),
+		pullBytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "cachemachine_pull_bytes_total", Help: "Bytes the runtime downloaded for the agent's pulls, as containerd's content store shows them (blobs already present are not counted)."}),
 	}
 	if r != nil {
-		r.MustRegister(m.pulls, m.pullSeconds, m.cached, m.desired, m.held, m.fsUsed, m.fsCapacity)
+		r.MustRegister(m.pulls, m.pullSeconds, m.cached, m.desired, m.held, m.fsUsed, m.fsCapacity, m.pullBytes)
 	}
 	for _, res := range []string{"success", "error", "timeout", "canceled"} {
 		m.pulls.WithLabelValues(res)
