@@ -109,8 +109,10 @@ type Cluster struct {
 	alive  int
 	leader string
 	states nodeStore
-	// localWire is this node's encoded state, returned by LocalState.
-	localWire []byte
+	// localWire is this node's encoded state, returned by LocalState, in format version
+	// localVersion (see stateVersion).
+	localWire    []byte
+	localVersion byte
 	// leaderID is the leader as the run loop last saw it: name + "/" + boot, "" before ready.
 	leaderID string
 	// highestDesired is the highest desired version seen anywhere (own list, received lists,
@@ -358,7 +360,7 @@ func (c *Cluster) handle(b []byte) {
 	switch m.Type {
 	case msgState:
 		c.metrics.received.WithLabelValues(m.Type.String()).Inc()
-		c.handleState(stateFromWire(m.State))
+		c.handleState(stateFromWire(m.State), m.Version)
 	case msgDesired:
 		d, err := desiredFromWire(m.Desired)
 		if err != nil { // decodeMessage rejects such lists already

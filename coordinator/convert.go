@@ -15,6 +15,21 @@ import (
 // wire messages (messages.go) and back. TestWireCarriesEveryField checks that every field of
 // the in-memory types survives a trip through here and the wire, or is listed as node-local.
 
+// pinStatusCodes and phaseCodes are the wire codes of agent.Pinning.Status and
+// agent.Progress.Phase: an index into the list, 0 for "". New values go at the end.
+var (
+	pinStatusCodes = []string{"", agent.PinOff, agent.PinPending, agent.PinHonoured, agent.PinUnsupported, agent.PinError}
+	phaseCodes     = []string{"", agent.PhaseResolving, agent.PhaseDownloading, agent.PhaseUnpacking}
+)
+
+// code returns the index of v in codes; an unknown value travels as 0 ("").
+func code(codes []string, v string) uint64 {
+	if i := slices.Index(codes, v); i > 0 {
+		return uint64(i)
+	}
+	return 0
+}
+
 // stateToWire returns the part of s that goes on the wire: image IDs and the disk path are
 // left out (node-local details), images are listed by their tags and repo digests only
 // (images with neither are left out), free text is clipped, entries that cannot travel (bad
@@ -55,6 +70,7 @@ func stateToWire(node string, s agent.State) wireState {
 			continue
 		}
 		out.Size = img.Size
+		out.Pinned = img.Pinned
 		w.Images = append(w.Images, out)
 	}
 	for ref, d := range s.Cached {
@@ -80,8 +96,22 @@ func stateToWire(node string, s agent.State) wireState {
 	w.Queued = refs(s.Queued)
 	for _, x := range s.Pulling {
 		if validRef(x.Ref) && len(w.Pulling) < maxItems {
-			w.Pulling = append(w.Pulling, wirePulling{Ref: x.Ref, Started: timeToWire(x.Started)})
+			w.Pulling = append(w.Pulling, wirePulling{Ref: x.Ref, Started: timeToWire(x.Started), Progress: wireProgress{
+				Phase:          code(phaseCodes, x.Progress.Phase),
+				BytesDone:      x.Progress.BytesDone,
+				BytesTotal:     x.Progress.BytesTotal,
+				BytesPerSecond: x.Progress.BytesPerSecond,
+				At:             timeToWire(x.Progress.At),
+			}})
 		}
+	}
+	w.Pinned = refs(s.Pinned)
+	w.Pinning = wirePinning{
+		Status:      code(pinStatusCodes, s.Pinning.Status),
+		Detail:      clip(s.Pinning.Detail, maxTextLen),
+		BudgetBytes: s.Pinning.BudgetBytes,
+		PinnedBytes: s.Pinning.PinnedBytes,
+		OverBudget:  refs(s.Pinning.OverBudget),
 	}
 	for _, x := range s.Held {
 		if validRef(x.Ref) && len(w.Held) < maxItems {
@@ -122,7 +152,7 @@ func stateFromWire(w wireState) agent.State {
 		},
 	}
 	for _, img := range w.Images {
-		out := agent.CachedImage{Tags: img.Tags, Size: img.Size}
+		out := agent.CachedImage{Tags: img.Tags, Size: img.Size, Pinned: img.Pinned}
 		for _, rd := range img.Digests {
 			out.Digests = append(out.Digests, rd.Repo+"@"+rd.Digest)
 		}
@@ -132,7 +162,21 @@ func stateFromWire(w wireState) agent.State {
 		s.Cached[c.Ref] = c.Digest
 	}
 	for _, x := range w.Pulling {
-		s.Pulling = append(s.Pulling, agent.Pulling{Ref: x.Ref, Started: timeFromWire(x.Started)})
+		s.Pulling = append(s.Pulling, agent.Pulling{Ref: x.Ref, Started: timeFromWire(x.Started), Progress: agent.Progress{
+			Phase:          phaseCodes[min(x.Progress.Phase, uint64(len(phaseCodes)-1))],
+			BytesDone:      x.Progress.BytesDone,
+			BytesTotal:     x.Progress.BytesTotal,
+			BytesPerSecond: x.Progress.BytesPerSecond,
+			At:             timeFromWire(x.Progress.At),
+		}})
+	}
+	s.Pinned = w.Pinned
+	s.Pinning = agent.Pinning{
+		Status:      pinStatusCodes[min(w.Pinning.Status, uint64(len(pinStatusCodes)-1))],
+		Detail:      w.Pinning.Detail,
+		BudgetBytes: w.Pinning.BudgetBytes,
+		PinnedBytes: w.Pinning.PinnedBytes,
+		OverBudget:  w.Pinning.OverBudget,
 	}
 	for _, x := range w.Held {
 		s.Held = append(s.Held, agent.Held{Ref: x.Ref, Reason: x.Reason})

@@ -19,6 +19,13 @@ const (
 	maxHTTPAddr = 256
 )
 
+// delegatePins is the delegate protocol version memberlist announces (as
+// DelegateProtocolMax) for a node that decodes state version 2: memberlist carries it in
+// every alive message, so a node learns what each member understands without a message of
+// ours. The current version stays 0, as older agents have it, so memberlist's own check that
+// every member speaks a version the others understand always passes.
+const delegatePins = 1
+
 // nodeMeta is the decoded metadata of a member.
 type nodeMeta struct {
 	Role         byte

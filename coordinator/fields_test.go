@@ -44,6 +44,10 @@ var fieldSamples = map[string]any{
 	"agent.Held.Ref":            "docker.io/cm/held:tag",
 	"agent.Failed.Ref":          "docker.io/cm/failed:tag",
 	"agent.Disk.Path":           "/var/lib/containerd",
+	"agent.State.Pinned":        "docker.io/cm/pinned:tag",
+	"agent.Pinning.Status":      agent.PinHonoured,
+	"agent.Pinning.OverBudget":  "docker.io/cm/over:tag",
+	"agent.Progress.Phase":      agent.PhaseDownloading,
 	"image.Image.Ref":           image.MustParseRef("docker.io/cm/desired:tag"),
 	"image.Image.Digest":        digest("desired"),
 	// An image's priority travels as its place in the list: the test puts it second.

@@ -71,6 +71,15 @@ func (c *Cluster) LeaderChanges() <-chan struct{} { return c.leaderCh }
 // membershipChanged recomputes the leader after membership events (or readiness).
 func (c *Cluster) membershipChanged() {
 	c.mu.Lock()
+	if v := c.stateVersionLocked(); v != c.localVersion && c.localWire != nil {
+		c.mu.Unlock()
+		// The last old agent left (or an old one joined): say the same in the other format.
+		if err := c.encodeLocal(c.local.State()); err != nil {
+			c.log.Error("own state not re-encoded", "err", err)
+		}
+		c.sendStateToLeader()
+		c.mu.Lock()
+	}
 	alive := c.alive
 	leader, ok := c.leaderLocked()
 	id := ""

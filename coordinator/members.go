@@ -51,6 +51,9 @@ type member struct {
 	state string // alive, left, failed
 	since time.Time
 	meta  nodeMeta
+	// dmax is the highest delegate protocol the node's memberlist announces: at least
+	// delegatePins when it decodes state version 2.
+	dmax uint8
 }
 
 // memberEvent records a membership change. It runs on memberlist's goroutine with its node
@@ -64,6 +67,7 @@ func (c *Cluster) memberEvent(n *memberlist.Node, alive bool) {
 		port:  n.Port,
 		alive: alive,
 		since: now,
+		dmax:  n.DMax,
 	}
 	if len(n.Meta) > 0 {
 		m, err := decodeMeta(n.Meta)

@@ -35,7 +35,9 @@ func (t msgType) String() string {
 
 // message is one decoded message; Type says which body is set.
 type message struct {
-	Type    msgType
+	Type msgType
+	// Version is the format version: decoded, or to encode (0: the newest).
+	Version byte
 	State   wireState   // msgState
 	Desired wireDesired // msgDesired
 }
@@ -57,6 +59,27 @@ type wireState struct {
 	Held           []wireHeld
 	Failed         []wireFailed
 	Disk           wireDisk
+	// Version 2 (stateVersionPins) only; zero in a version 1 state.
+	Pinned  []string // desired references the runtime reports pinned
+	Pinning wirePinning
+}
+
+// wirePinning is how a node pins its images (version 2).
+type wirePinning struct {
+	Status      uint64 // pinStatusCodes index; 0 = not reported
+	Detail      string
+	BudgetBytes uint64
+	PinnedBytes uint64
+	OverBudget  []string
+}
+
+// wireProgress is a pull's download progress (version 2).
+type wireProgress struct {
+	Phase          uint64 // phaseCodes index; 0 = none
+	BytesDone      uint64
+	BytesTotal     uint64
+	BytesPerSecond uint64
+	At             int64 // ns since the epoch, 0 = none
 }
 
 // wireCachedImage is one image of a node's inventory, by its tags and repo digests (at least
@@ -65,6 +88,7 @@ type wireCachedImage struct {
 	Tags    []string
 	Digests []wireRepoDigest
 	Size    uint64
+	Pinned  bool // version 2: carried as the list of pinned images' indices
 }
 
 // wireRepoDigest is a "repo@sha256:…" the runtime records, with the repository and the
@@ -82,8 +106,9 @@ type wireCached struct {
 
 // wirePulling is a pull in flight.
 type wirePulling struct {
-	Ref     string
-	Started int64 // ns since the epoch, 0 = unknown
+	Ref      string
+	Started  int64        // ns since the epoch, 0 = unknown
+	Progress wireProgress // version 2, after the version 1 body, in the order of Pulling
 }
 
 // wireHeld is a pull the node declines to start.
@@ -122,7 +147,7 @@ type wireImage struct {
 	Size   uint64
 }
 
-func encodeState(w *wbuf, s wireState) {
+func encodeState(w *wbuf, s wireState, version byte) {
 	w.str(s.Node)
 	w.uvarint(s.Version)
 	w.uvarint(s.DesiredVersion)
@@ -170,9 +195,36 @@ func encodeState(w *wbuf, s wireState) {
 	w.uvarint(s.Disk.UsedBytes)
 	w.uvarint(s.Disk.CapacityBytes)
 	w.uvarint(s.Disk.FreeBytes)
+	if version < stateVersionPins {
+		return
+	}
+	var pinned []uint64
+	for i, img := range s.Images {
+		if img.Pinned {
+			pinned = append(pinned, uint64(i))
+		}
+	}
+	w.uvarint(uint64(len(pinned)))
+	for _, i := range pinned {
+		w.uvarint(i)
+	}
+	w.strs(s.Pinned)
+	w.uvarint(s.Pinning.Status)
+	w.str(s.Pinning.Detail)
+	w.uvarint(s.Pinning.BudgetBytes)
+	w.uvarint(s.Pinning.PinnedBytes)
+	w.strs(s.Pinning.OverBudget)
+	w.uvarint(uint64(len(s.Pulling)))
+	for _, p := range s.Pulling {
+		w.uvarint(p.Progress.Phase)
+		w.uvarint(p.Progress.BytesDone)
+		w.uvarint(p.Progress.BytesTotal)
+		w.uvarint(p.Progress.BytesPerSecond)
+		w.varint(p.Progress.At)
+	}
 }
 
-func decodeState(r *rbuf) wireState {
+func decodeState(r *rbuf, version byte) wireState {
 	var s wireState
 	s.Node = r.nodeName()
 	s.Version = r.uvarint()
@@ -238,6 +290,46 @@ func decodeState(r *rbuf) wireState {
 	s.Disk.UsedBytes = r.uvarint()
 	s.Disk.CapacityBytes = r.uvarint()
 	s.Disk.FreeBytes = r.uvarint()
+	if version < stateVersionPins {
+		return s
+	}
+	n = r.count(maxItems)
+	last := -1
+	for range n {
+		i := r.uvarint()
+		if r.err != nil {
+			break
+		}
+		if i >= uint64(len(s.Images)) || int(i) <= last {
+			r.fail(reasonInvalid, "pinned image index %d", i)
+			break
+		}
+		last = int(i)
+		s.Images[i].Pinned = true
+	}
+	s.Pinned = r.refs(maxItems)
+	s.Pinning.Status = r.uvarint()
+	if s.Pinning.Status >= uint64(len(pinStatusCodes)) {
+		r.fail(reasonInvalid, "pin status %d", s.Pinning.Status)
+	}
+	s.Pinning.Detail = r.str(maxTextLen, false)
+	s.Pinning.BudgetBytes = r.uvarint()
+	s.Pinning.PinnedBytes = r.uvarint()
+	s.Pinning.OverBudget = r.refs(maxItems)
+	if n := r.count(maxItems); n != len(s.Pulling) && r.err == nil {
+		r.fail(reasonInvalid, "%d progress entries for %d pulls", n, len(s.Pulling))
+	}
+	for i := range s.Pulling {
+		p := &s.Pulling[i].Progress
+		p.Phase = r.uvarint()
+		if p.Phase >= uint64(len(phaseCodes)) {
+			r.fail(reasonInvalid, "pull phase %d", p.Phase)
+		}
+		p.BytesDone, p.BytesTotal, p.BytesPerSecond, p.At = r.uvarint(), r.uvarint(), r.uvarint(), r.varint()
+		if r.err != nil {
+			break
+		}
+	}
 	return s
 }
 

@@ -17,14 +17,35 @@ type NodeState struct {
 	Alive bool `json:"alive"`
 }
 
+// stateVersion is the state format this node sends: version 2 (pins and pull progress) when
+// every alive member announces it understands it, else version 1. During a rolling upgrade
+// the nodes therefore speak version 1 until the last old agent is gone: the old leader keeps
+// seeing every state (without pins and progress), and a new leader shows those as not
+// reported. One rule for every send keeps LocalState, which any peer may ask for, safe.
+func (c *Cluster) stateVersion() byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stateVersionLocked()
+}
+
+func (c *Cluster) stateVersionLocked() byte {
+	for _, mb := range c.members {
+		if mb.alive && mb.dmax < delegatePins {
+			return wireVersion
+		}
+	}
+	return stateVersionPins
+}
+
 // encodeLocal encodes this node's state for sending and for LocalState.
 func (c *Cluster) encodeLocal(st agent.State) error {
-	b, err := encodeMessage(message{Type: msgState, State: stateToWire(c.cfg.NodeName, st)})
+	version := c.stateVersion()
+	b, err := encodeMessage(message{Type: msgState, Version: version, State: stateToWire(c.cfg.NodeName, st)})
 	if err != nil {
 		return fmt.Errorf("coordinator: encoding own state: %w", err)
 	}
 	c.mu.Lock()
-	c.localWire = b
+	c.localWire, c.localVersion = b, version
 	c.highestDesired = max(c.highestDesired, st.DesiredVersion)
 	c.mu.Unlock()
 	c.metaVer.Store(st.Version)
@@ -52,12 +73,12 @@ func (c *Cluster) sendStateToLeader() {
 	}
 }
 
-func (c *Cluster) handleState(s agent.State) {
+func (c *Cluster) handleState(s agent.State, format byte) {
 	if s.Node == c.cfg.NodeName {
 		return // our own state, echoed: only we write it
 	}
 	c.mu.Lock()
-	if c.states.apply(s, time.Now()) {
+	if c.states.apply(s, format, time.Now()) {
 		c.log.Debug("node state", "node", s.Node, "version", s.Version)
 	}
 	c.highestDesired = max(c.highestDesired, s.DesiredVersion)

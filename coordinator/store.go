@@ -10,6 +10,9 @@ import (
 type stateEntry struct {
 	state    agent.State
 	received time.Time
+	// format is the wire format version the state arrived in: the same version in a newer
+	// format (sent again once every member understands it) carries more and replaces it.
+	format byte
 	// departed is when the node left or failed (zero while it is a member). The entry is a
 	// tombstone from then on: its version still fences off older states, and it is reaped
 	// reapAfter later.
@@ -79,6 +82,13 @@ func (st *nodeStore) internState(s *agent.State) {
 	for j := range s.Failed {
 		s.Failed[j].Ref = st.intern(s.Failed[j].Ref)
 	}
+	for j, ref := range s.Pinned {
+		s.Pinned[j] = st.intern(ref)
+	}
+	for j, ref := range s.Pinning.OverBudget {
+		s.Pinning.OverBudget[j] = st.intern(ref)
+	}
+	s.Pinning.Detail = st.intern(s.Pinning.Detail)
 }
 
 // compact rebuilds strs from the stored states once it has doubled since the last rebuild,
@@ -102,17 +112,17 @@ func (st *nodeStore) compact() {
 // apply stores s if it is newer than what is known for s.Node and reports whether it was news.
 // A departed node's state is still accepted when newer (its last words), but the node stays
 // departed until membership says it is back.
-func (st *nodeStore) apply(s agent.State, now time.Time) bool {
+func (st *nodeStore) apply(s agent.State, format byte, now time.Time) bool {
 	e := st.entries[s.Node]
-	if e != nil && s.Version <= e.state.Version {
+	if e != nil && (s.Version < e.state.Version || s.Version == e.state.Version && format <= e.format) {
 		return false
 	}
 	st.internState(&s)
 	if e == nil {
-		st.entries[s.Node] = &stateEntry{state: s, received: now}
+		st.entries[s.Node] = &stateEntry{state: s, received: now, format: format}
 		return true
 	}
-	e.state, e.received = s, now
+	e.state, e.received, e.format = s, now, format
 	return true
 }
 

@@ -93,6 +93,7 @@ func memberlistConfig(cfg Config, fast bool) *memberlist.Config {
 	// per-packet compressor allocates and clears a fresh table for each ping and ack. Raw
 	// membership traffic stays well inside the per-node budget (see bench-cluster).
 	c.EnableCompression = false
+	c.DelegateProtocolMin, c.DelegateProtocolVersion, c.DelegateProtocolMax = 0, 0, delegatePins
 	if !cfg.Insecure {
 		c.SecretKey = cfg.Key
 		c.GossipVerifyIncoming = true

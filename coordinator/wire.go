@@ -23,9 +23,14 @@ import (
 //	        uvarint count + items, digests are one algorithm byte (0 none, 1 sha256) + 32 bytes.
 //
 // A receiver of an unknown format version drops the message: a new version is a new type or
-// a new version byte, never a silent reinterpretation.
+// a new version byte, never a silent reinterpretation. States have two versions: 1, and 2 =
+// version 1's body followed by the pins and the pull progress (messages.go). A node sends 2
+// only while every alive member understands it (Cluster.stateVersion), so a rolling upgrade
+// never has a node drop another's state.
 const (
 	wireVersion = 1
+	// stateVersionPins is the state format with pins and pull progress.
+	stateVersionPins = 2
 
 	maxMessageBytes = 1 << 20 // compressed, as received
 	maxBodyBytes    = 1 << 20 // decompressed
@@ -76,9 +81,17 @@ func dropReason(err error) string {
 // passed through cleanDesired.
 func encodeMessage(m message) ([]byte, error) {
 	var w wbuf
+	version := byte(wireVersion)
 	switch m.Type {
 	case msgState:
-		encodeState(&w, m.State)
+		version = stateVersionPins
+		if m.Version != 0 {
+			version = m.Version
+		}
+		if version != wireVersion && version != stateVersionPins {
+			return nil, fmt.Errorf("encode: state version %d", version)
+		}
+		encodeState(&w, m.State, version)
 	case msgDesired:
 		encodeDesired(&w, m.Desired)
 	default:
@@ -89,7 +102,7 @@ func encodeMessage(m message) ([]byte, error) {
 	}
 	out := bytes.NewBuffer(make([]byte, 0, 2+len(w.b)/2))
 	out.WriteByte(byte(m.Type))
-	out.WriteByte(wireVersion)
+	out.WriteByte(version)
 	fw := flateWriters.Get().(*flate.Writer)
 	fw.Reset(out)
 	_, err := fw.Write(w.b)
@@ -123,23 +136,24 @@ func decodeMessage(b []byte) (message, error) {
 	if typ != msgState && typ != msgDesired {
 		return message{}, wireErr(reasonUnknownType, "type %d", b[0])
 	}
-	if b[1] != wireVersion {
+	if b[1] != wireVersion && (typ != msgState || b[1] != stateVersionPins) {
 		return message{}, wireErr(reasonBadVersion, "%s version %d", typ, b[1])
 	}
 	body, err := inflate(b[2:])
 	if err != nil {
 		return message{}, err
 	}
-	return decodeBody(typ, body)
+	return decodeBody(typ, b[1], body)
 }
 
-// decodeBody decodes and validates the decompressed body of a message of type typ.
-func decodeBody(typ msgType, body []byte) (message, error) {
+// decodeBody decodes and validates the decompressed body of a message of type typ and
+// format version.
+func decodeBody(typ msgType, version byte, body []byte) (message, error) {
 	r := &rbuf{b: body}
-	m := message{Type: typ}
+	m := message{Type: typ, Version: version}
 	switch typ {
 	case msgState:
-		m.State = decodeState(r)
+		m.State = decodeState(r, version)
 	case msgDesired:
 		m.Desired = decodeDesired(r)
 	}

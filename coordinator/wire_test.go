@@ -60,7 +60,7 @@ func TestStateRoundTrip(t *testing.T) {
 			b, err := encodeMessage(message{Type: msgState, State: stateToWire(s.Node, s)})
 			require.NoError(t, err)
 			require.Equal(t, byte(msgState), b[0])
-			require.Equal(t, byte(wireVersion), b[1])
+			require.Equal(t, byte(stateVersionPins), b[1])
 			m, err := decodeMessage(b)
 			require.NoError(t, err)
 			require.Equal(t, msgState, m.Type)
@@ -81,13 +81,51 @@ func TestStateRoundTrip(t *testing.T) {
 	}
 }
 
+// TestStateVersions: a version 1 state (what a node sends while an older agent is a member,
+// and what older agents send) decodes with no pins and no progress; version 2 carries them.
+func TestStateVersions(t *testing.T) {
+	t.Parallel()
+	s := bigState(3)
+	s.Images[1].Pinned = true
+	s.Pinned = []string{s.Images[1].Tags[0]}
+	s.Pinning = agent.Pinning{Status: agent.PinHonoured, Detail: "containerd 2.1", BudgetBytes: 10, PinnedBytes: 5, OverBudget: []string{"docker.io/cm/over:t"}}
+	s.Pulling[0].Progress = agent.Progress{Phase: agent.PhaseDownloading, BytesDone: 1, BytesTotal: 2, BytesPerSecond: 3, At: time.Unix(5, 0).UTC()}
+	v1, err := encodeMessage(message{Type: msgState, Version: wireVersion, State: stateToWire(s.Node, s)})
+	require.NoError(t, err)
+	require.Equal(t, byte(wireVersion), v1[1])
+	m, err := decodeMessage(v1)
+	require.NoError(t, err)
+	old := stateFromWire(m.State)
+	require.Empty(t, old.Pinned)
+	require.Equal(t, agent.Pinning{}, old.Pinning, "a version 1 state says nothing about pins")
+	require.False(t, old.Images[1].Pinned)
+	require.Equal(t, agent.Progress{}, old.Pulling[0].Progress)
+	require.Equal(t, s.Cached, old.Cached, "everything else arrives")
+
+	v2, err := encodeMessage(message{Type: msgState, State: stateToWire(s.Node, s)})
+	require.NoError(t, err)
+	m, err = decodeMessage(v2)
+	require.NoError(t, err)
+	got := stateFromWire(m.State)
+	require.Equal(t, s.Pinning, got.Pinning)
+	require.Equal(t, s.Pinned, got.Pinned)
+	require.True(t, got.Images[1].Pinned)
+	require.False(t, got.Images[0].Pinned)
+	require.Equal(t, s.Pulling[0].Progress, got.Pulling[0].Progress)
+
+	_, err = decodeMessage(raw(byte(msgDesired), stateVersionPins, nil))
+	require.Equal(t, reasonBadVersion, dropReason(err), "desired lists have one version")
+	_, err = decodeMessage(raw(byte(msgState), 3, nil))
+	require.Equal(t, reasonBadVersion, dropReason(err))
+}
+
 func TestStateSize(t *testing.T) {
 	t.Parallel()
 	s := bigState(50)
 	b, err := encodeMessage(message{Type: msgState, State: stateToWire(s.Node, s)})
 	require.NoError(t, err)
 	var body wbuf
-	encodeState(&body, stateToWire(s.Node, s))
+	encodeState(&body, stateToWire(s.Node, s), stateVersionPins)
 	t.Logf("state with 50 images: %d bytes on the wire (%d uncompressed)", len(b), len(body.b))
 	require.Less(t, len(b), 4096, "50 images stay well under a few KB")
 }
@@ -181,7 +219,8 @@ func TestDecodeRejects(t *testing.T) {
 		{name: "one byte", in: []byte{1}, reason: reasonShort},
 		{name: "unknown type", in: raw(99, wireVersion, nil), reason: reasonUnknownType},
 		{name: "type zero", in: raw(0, wireVersion, nil), reason: reasonUnknownType},
-		{name: "future version", in: raw(byte(msgState), 2, nil), reason: reasonBadVersion},
+		{name: "future version", in: raw(byte(msgState), stateVersionPins+1, nil), reason: reasonBadVersion},
+		{name: "desired in the state version", in: raw(byte(msgDesired), stateVersionPins, nil), reason: reasonBadVersion},
 		{name: "too large", in: append([]byte{byte(msgState), wireVersion}, make([]byte, maxMessageBytes)...), reason: reasonTooLarge},
 		{name: "not deflate", in: []byte{byte(msgState), wireVersion, 0xff, 0xff, 0xff}, reason: reasonDecode},
 		{name: "truncated deflate", in: good[:len(good)-4], reason: reasonDecode},
@@ -258,18 +297,22 @@ func FuzzDecode(f *testing.F) {
 
 // FuzzDecodeBody fuzzes the decompressed body, where FuzzDecode's random bytes rarely reach.
 func FuzzDecodeBody(f *testing.F) {
-	var w wbuf
 	s := bigState(2)
-	encodeState(&w, stateToWire(s.Node, s))
-	f.Add(byte(msgState), w.b)
+	for _, v := range []byte{wireVersion, stateVersionPins} {
+		var w wbuf
+		encodeState(&w, stateToWire(s.Node, s), v)
+		f.Add(byte(msgState)+2*v, w.b)
+	}
 	f.Add(byte(msgDesired), desiredBody("n1", "docker.io/a/b:c", append([]byte{1}, make([]byte, 32)...)))
 	f.Fuzz(func(t *testing.T, typ byte, body []byte) {
+		version := byte(wireVersion)
 		if typ%2 == 0 {
+			version += (typ / 2) % 2 // states: both versions
 			typ = byte(msgState)
 		} else {
 			typ = byte(msgDesired)
 		}
-		m, err := decodeBody(msgType(typ), body)
+		m, err := decodeBody(msgType(typ), version, body)
 		if err != nil {
 			require.NotEmpty(t, dropReason(err))
 			return
