@@ -113,6 +113,9 @@ type Cluster struct {
 	// localVersion (see stateVersion).
 	localWire    []byte
 	localVersion byte
+	// localStateVersion is the version of the state in localWire, published at localUpdated.
+	localStateVersion uint64
+	localUpdated      time.Time
 	// leaderID is the leader as the run loop last saw it: name + "/" + boot, "" before ready.
 	leaderID string
 	// highestDesired is the highest desired version seen anywhere (own list, received lists,

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/cachemachine/cachemachine/agent"
@@ -15,6 +16,10 @@ type Standalone struct {
 	node     string
 	httpAddr string
 	local    LocalAgent
+
+	mu      sync.Mutex // guards the fields below
+	version uint64     // the newest state version Run saw
+	updated time.Time  // when Run saw it
 }
 
 // NewStandalone returns the cluster of one node, node, whose status API is at httpAddr.
@@ -27,7 +32,14 @@ func (s *Standalone) Leader() (name, httpAddr string, self bool) { return s.node
 
 // NodeStates returns this node's state.
 func (s *Standalone) NodeStates() []NodeState {
-	return []NodeState{{State: s.local.State(), Alive: true}}
+	st := s.local.State()
+	s.mu.Lock()
+	updated := s.updated
+	if st.Version != s.version {
+		updated = time.Now() // newer than Run has seen: just published
+	}
+	s.mu.Unlock()
+	return []NodeState{{State: st, Alive: true, Updated: updated}}
 }
 
 // PublishDesired installs images in the local agent under a version above the one in force.
@@ -43,10 +55,20 @@ func (s *Standalone) LeaderChanges() <-chan struct{} { return nil }
 // Ready is always true.
 func (s *Standalone) Ready() bool { return true }
 
-// Run blocks until ctx ends; a Standalone has nothing to run.
+// Run notes when the agent's state changes (for NodeState.Updated) until ctx ends.
 func (s *Standalone) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return nil
+	for {
+		s.mu.Lock()
+		if v := s.local.State().Version; v != s.version {
+			s.version, s.updated = v, time.Now()
+		}
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.local.Changes():
+		}
+	}
 }
 
 // Close releases nothing.

@@ -15,6 +15,9 @@ type NodeState struct {
 	agent.State
 	// Alive is whether the node is an alive member now.
 	Alive bool `json:"alive"`
+	// Updated is when this node learnt the state's version: received from the node, or,
+	// for its own state, when the agent published it (zero: not known).
+	Updated time.Time `json:"updated"`
 }
 
 // stateVersion is the state format this node sends: version 2 (pins and pull progress) when
@@ -45,6 +48,9 @@ func (c *Cluster) encodeLocal(st agent.State) error {
 		return fmt.Errorf("coordinator: encoding own state: %w", err)
 	}
 	c.mu.Lock()
+	if st.Version != c.localStateVersion {
+		c.localStateVersion, c.localUpdated = st.Version, time.Now()
+	}
 	c.localWire, c.localVersion = b, version
 	c.highestDesired = max(c.highestDesired, st.DesiredVersion)
 	c.mu.Unlock()
@@ -102,10 +108,14 @@ func (c *Cluster) NodeStates() []NodeState {
 		if name == c.cfg.NodeName || e.received.IsZero() {
 			continue
 		}
-		out = append(out, NodeState{State: e.state, Alive: c.members[name].alive})
+		out = append(out, NodeState{State: e.state, Alive: c.members[name].alive, Updated: e.received})
+	}
+	selfUpdated := c.localUpdated
+	if self.Version != c.localStateVersion {
+		selfUpdated = time.Now() // published a moment ago; the run loop has not encoded it yet
 	}
 	c.mu.Unlock()
-	out = append(out, NodeState{State: self, Alive: true})
+	out = append(out, NodeState{State: self, Alive: true, Updated: selfUpdated})
 	slices.SortFunc(out, func(a, b NodeState) int { return strings.Compare(a.Node, b.Node) })
 	return out
 }

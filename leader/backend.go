@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/coordinator"
 	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/status"
@@ -44,6 +45,13 @@ func nodeView(n coordinator.NodeState) status.Node {
 		Cached:       slices.Sorted(maps.Keys(st.Cached)),
 		Missing:      slices.Clone(st.Missing),
 		Disk:         status.Disk{UsedBytes: st.Disk.UsedBytes, CapacityBytes: st.Disk.CapacityBytes},
+		Pinned:       slices.Clone(st.Pinned),
+		Pinning: status.Pinning{
+			Status: st.Pinning.Status, Detail: st.Pinning.Detail,
+			BudgetBytes: st.Pinning.BudgetBytes, PinnedBytes: st.Pinning.PinnedBytes,
+			OverBudget: slices.Clone(st.Pinning.OverBudget),
+		},
+		Updated: n.Updated,
 	}
 	for _, img := range st.Images {
 		// Each tag takes the digest recorded for its own repository.
@@ -62,6 +70,7 @@ func nodeView(n coordinator.NodeState) status.Node {
 	}
 	for _, p := range st.Pulling {
 		out.Pulling = append(out.Pulling, p.Ref)
+		out.Progress = append(out.Progress, progressView(p))
 	}
 	for _, h := range st.Held {
 		out.Held = append(out.Held, status.Held{ImageURL: h.Ref, Reason: h.Reason})
@@ -70,6 +79,23 @@ func nodeView(n coordinator.NodeState) status.Node {
 		out.Failed = append(out.Failed, status.Failed{ImageURL: f.Ref, Error: f.Error, Attempts: f.Attempts, NextRetry: f.NextRetry})
 	}
 	return out
+}
+
+// progressView is a pull's progress as /nodes shows it; the ETA is as of the measurement.
+func progressView(p agent.Pulling) status.Progress {
+	v := status.Progress{
+		ImageURL: p.Ref, Phase: p.Progress.Phase,
+		BytesDone: p.Progress.BytesDone, BytesTotal: p.Progress.BytesTotal, BytesPerSecond: p.Progress.BytesPerSecond,
+	}
+	if !p.Progress.At.IsZero() {
+		at := p.Progress.At.UTC()
+		v.MeasuredAt = &at
+		if eta, ok := p.Progress.ETA(at); ok {
+			secs := eta.Seconds()
+			v.ETASeconds = &secs
+		}
+	}
+	return v
 }
 
 // statusCollector reports the aggregation's sizes at scrape time, on the leader only (other

@@ -73,6 +73,35 @@ type Disk struct {
 	CapacityBytes uint64 `json:"capacity_bytes"`
 }
 
+// Pinning says how a node keeps its desired images from the kubelet's image GC.
+type Pinning struct {
+	// Status is off, pending, honoured, unsupported or error; "" when the node did not say
+	// (an older agent, or a cluster mid-upgrade).
+	Status string `json:"status"`
+	Detail string `json:"detail,omitempty"`
+	// BudgetBytes is agent.max_pinned_percent of the image filesystem; PinnedBytes what the
+	// node's pins hold.
+	BudgetBytes uint64 `json:"budget_bytes"`
+	PinnedBytes uint64 `json:"pinned_bytes"`
+	// OverBudget are desired images on the node left unpinned by the budget.
+	OverBudget []string `json:"over_budget"`
+}
+
+// Progress is the download progress of one pull in flight, as the node last reported it
+// (in tenths of its bytes and at phase changes, to keep gossip small).
+type Progress struct {
+	ImageURL string `json:"image_url"`
+	// Phase is resolving, downloading or unpacking; "" when the node measures none.
+	Phase          string `json:"phase"`
+	BytesDone      uint64 `json:"bytes_done"`
+	BytesTotal     uint64 `json:"bytes_total"`
+	BytesPerSecond uint64 `json:"bytes_per_second"`
+	// ETASeconds is the download time left as estimated at MeasuredAt; null when unknown.
+	ETASeconds *float64 `json:"eta_seconds"`
+	// MeasuredAt is when the node measured it; null when it did not.
+	MeasuredAt *time.Time `json:"measured_at"`
+}
+
 // Node is the last known state of one member of the cache's node pool.
 type Node struct {
 	Name string
@@ -93,6 +122,13 @@ type Node struct {
 	Held    []Held
 	Failed  []Failed
 	Disk    Disk
+	// Pinned are the desired references whose image the node's runtime reports pinned.
+	Pinned  []string
+	Pinning Pinning
+	// Progress has one entry per pull in Pulling.
+	Progress []Progress
+	// Updated is when the leader learnt the node's current state (zero: unknown).
+	Updated time.Time
 }
 
 // SourceStatus is the state of one image source (a repoman) as the leader last listed it.
@@ -156,6 +192,14 @@ type NodeView struct {
 	Failed       []Failed `json:"failed"`
 	Disk         Disk     `json:"disk"`
 	Version      uint64   `json:"version"`
+	// Pinned are the desired images the node's runtime reports pinned (skipped by the
+	// kubelet's image GC); Pinning says how the node pins.
+	Pinned  []string `json:"pinned"`
+	Pinning Pinning  `json:"pinning"`
+	// Progress is the download progress of each pull in Pulling.
+	Progress []Progress `json:"progress"`
+	// Updated is when the leader learnt this state (null: unknown).
+	Updated *time.Time `json:"updated"`
 }
 
 // Nodes is the document of GET /cachemachine/{name}/nodes.
@@ -280,10 +324,24 @@ func NodesView(in Input) Nodes {
 			Failed:       clone(n.Failed),
 			Disk:         n.Disk,
 			Version:      n.Version,
+			Pinned:       clone(n.Pinned),
+			Pinning:      n.Pinning,
+			Progress:     clone(n.Progress),
+			Updated:      timePtr(n.Updated),
 		})
+		out.Nodes[len(out.Nodes)-1].Pinning.OverBudget = clone(n.Pinning.OverBudget)
 	}
 	slices.SortStableFunc(out.Nodes, func(a, b NodeView) int { return cmp.Compare(a.Name, b.Name) })
 	return out
+}
+
+// timePtr is t in UTC, nil for the zero time (null in JSON).
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
 }
 
 // clone copies s into a non-nil slice, so that it encodes as [] when empty and the output

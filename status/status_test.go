@@ -242,12 +242,14 @@ func TestEmptyListsEncodeAsArrays(t *testing.T) {
 	b, err = json.Marshal(NodesView(Input{Leader: "n1", Nodes: []Node{{Name: "n1", Alive: true}}}))
 	require.NoError(t, err)
 	require.JSONEq(t, `{"leader":"n1","nodes":[{"name":"n1","alive":true,"cached":[],"missing":[],
-		"pulling":[],"held":[],"failed":[],"disk":{"used_bytes":0,"capacity_bytes":0},"version":0}]}`, string(b))
+		"pulling":[],"held":[],"failed":[],"disk":{"used_bytes":0,"capacity_bytes":0},"version":0,
+		"pinned":[],"pinning":{"status":"","budget_bytes":0,"pinned_bytes":0,"over_budget":[]},"progress":[],"updated":null}]}`, string(b))
 }
 
 func TestNodesView(t *testing.T) {
 	t.Parallel()
 	retry := time.Date(2024, 5, 1, 12, 0, 30, 0, time.FixedZone("CEST", 2*3600))
+	eta := 30.72
 	in := Input{
 		Leader: "a-node",
 		Nodes: []Node{
@@ -260,6 +262,10 @@ func TestNodesView(t *testing.T) {
 				Held:      []Held{{ImageURL: gar + ":d_2021_06_01", Reason: "disk: 9% free would remain, minimum 15%"}},
 				Failed:    []Failed{{ImageURL: gar + ":w_2021_20", Error: "pull: deadline exceeded", Attempts: 3, NextRetry: retry}},
 				Disk:      Disk{UsedBytes: 60 << 30, CapacityBytes: 100 << 30},
+				Pinned:    []string{gar + ":w_2021_22"},
+				Pinning:   Pinning{Status: "honoured", Detail: "containerd 2.1.4 reports the pins", BudgetBytes: 50 << 30, PinnedBytes: 4 << 30, OverBudget: []string{}},
+				Progress:  []Progress{{ImageURL: gar + ":w_2021_21", Phase: "downloading", BytesDone: 1 << 30, BytesTotal: 4 << 30, BytesPerSecond: 100 << 20, ETASeconds: &eta, MeasuredAt: &retry}},
+				Updated:   retry,
 			},
 			{Name: "a-node", Alive: false, Version: 3},
 		},
@@ -274,7 +280,8 @@ func TestNodesView(t *testing.T) {
 	require.NoError(t, err)
 	require.JSONEq(t, `{"leader":"a-node","nodes":[
 		{"name":"a-node","alive":false,"cached":[],"missing":[],"pulling":[],"held":[],"failed":[],
-		 "disk":{"used_bytes":0,"capacity_bytes":0},"version":3},
+		 "disk":{"used_bytes":0,"capacity_bytes":0},"version":3,
+		 "pinned":[],"pinning":{"status":"","budget_bytes":0,"pinned_bytes":0,"over_budget":[]},"progress":[],"updated":null},
 		{"name":"b-node","alive":true,
 		 "cached":["`+gar+`:w_2021_22"],
 		 "missing":["`+gar+`:w_2021_21","`+gar+`:d_2021_06_01"],
@@ -282,7 +289,12 @@ func TestNodesView(t *testing.T) {
 		 "held":[{"image_url":"`+gar+`:d_2021_06_01","reason":"disk: 9% free would remain, minimum 15%"}],
 		 "failed":[{"image_url":"`+gar+`:w_2021_20","error":"pull: deadline exceeded","attempts":3,
 		            "next_retry":"2024-05-01T10:00:30Z"}],
-		 "disk":{"used_bytes":64424509440,"capacity_bytes":107374182400},"version":7}]}`, string(b))
+		 "disk":{"used_bytes":64424509440,"capacity_bytes":107374182400},"version":7,
+		 "pinned":["`+gar+`:w_2021_22"],
+		 "pinning":{"status":"honoured","detail":"containerd 2.1.4 reports the pins","budget_bytes":53687091200,"pinned_bytes":4294967296,"over_budget":[]},
+		 "progress":[{"image_url":"`+gar+`:w_2021_21","phase":"downloading","bytes_done":1073741824,"bytes_total":4294967296,
+		              "bytes_per_second":104857600,"eta_seconds":30.72,"measured_at":"2024-05-01T12:00:30+02:00"}],
+		 "updated":"2024-05-01T10:00:30Z"}]}`, string(b))
 
 	b, err = json.Marshal(Failed{ImageURL: "x", Error: "e", Attempts: 1})
 	require.NoError(t, err)
