@@ -163,6 +163,13 @@ type Agent struct {
 	// MinFreeDiskPercent holds a pull that would leave less free space than this on the
 	// image filesystem; 0 disables the guard.
 	MinFreeDiskPercent float64 `yaml:"min_free_disk_percent"`
+	// PinImages pins the desired images the node holds against the kubelet's image GC
+	// (containerd's io.cri-containerd.pinned label; honoured from containerd 1.6.25, 1.7.10
+	// and 2.x).
+	PinImages bool `yaml:"pin_images"`
+	// MaxPinnedPercent caps the pins at this share of the image filesystem; images beyond
+	// it, lowest priority first, stay unpinned so that image GC can still free space.
+	MaxPinnedPercent float64 `yaml:"max_pinned_percent"`
 	// PullAuth is google, dockerconfig or none (the default, so that a config without it
 	// works off GKE; GKE deployments set google).
 	PullAuth string `yaml:"pull_auth"`
@@ -219,6 +226,8 @@ func Default() Config {
 			BackoffMax:         Duration{5 * time.Minute},
 			ResyncInterval:     Duration{15 * time.Second},
 			MinFreeDiskPercent: 15,
+			PinImages:          true,
+			MaxPinnedPercent:   50,
 			PullAuth:           PullAuthNone,
 			StateDir:           "/var/lib/cachemachine",
 			DebugSocket:        "/run/cachemachine/agent.sock",

@@ -289,6 +289,9 @@ func (a *Agent) validate(v *validator) {
 	if p := a.MinFreeDiskPercent; math.IsNaN(p) || p < 0 || p >= 100 {
 		v.addf("agent.min_free_disk_percent", "must be >= 0 and < 100, got %v", p)
 	}
+	if p := a.MaxPinnedPercent; math.IsNaN(p) || p < 1 || p > 90 {
+		v.addf("agent.max_pinned_percent", "must be between 1 and 90, got %v", p)
+	}
 	switch a.PullAuth {
 	case PullAuthGoogle, PullAuthNone:
 	case PullAuthDockerconfig:

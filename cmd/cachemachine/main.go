@@ -22,6 +22,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/config"
+	"github.com/cachemachine/cachemachine/containerd"
 	"github.com/cachemachine/cachemachine/coordinator"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/gar"
@@ -217,6 +218,15 @@ func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logg
 	if err != nil {
 		return err
 	}
+	var agentOpts []agent.Option
+	switch ctd, err := containerd.New(ctx, cfg.Agent.CRISocket, containerd.Options{}); {
+	case err == nil:
+		defer ctd.Close()
+		agentOpts = append(agentOpts, agent.WithPins(ctd), agent.WithDownloads(ctd))
+	default:
+		// Another CRI runtime (CRI-O): the agent pulls as before, without pins or progress.
+		logger.Warn("no containerd images and content services on the CRI socket: no pinning, no pull progress", "err", err)
+	}
 	a, err := agent.New(agent.Config{
 		Node:               cfg.Agent.NodeName,
 		MaxParallelPulls:   cfg.Agent.MaxParallelPulls,
@@ -226,7 +236,9 @@ func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logg
 		MinFreeDiskPercent: cfg.Agent.MinFreeDiskPercent,
 		ResyncInterval:     cfg.Agent.ResyncInterval.Duration,
 		StateDir:           cfg.Agent.StateDir,
-	}, rt, creds, logger.With("component", "agent"), agent.WithRegisterer(reg))
+		PinImages:          cfg.Agent.PinImages,
+		MaxPinnedPercent:   cfg.Agent.MaxPinnedPercent,
+	}, rt, creds, logger.With("component", "agent"), append(agentOpts, agent.WithRegisterer(reg))...)
 	if err != nil {
 		return err
 	}
