@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real components the tests and the demo run (containerd, runc, docker-registry,
-# and kubectl for the manifest checks) when they are missing, and builds the pinned containerd
+# kubectl for the manifest checks, chromium for the status page's browser test) when they are
+# missing, and builds the pinned containerd
 # releases the lab runs beside Debian's 1.6 (scripts/build-containerd.sh, cached outside the
 # repository). Quiet and idempotent: does nothing when all are present.
 set -euo pipefail
@@ -17,6 +18,8 @@ command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 # kubectl renders the manifests in make manifests-check (and make test); Debian ships it as
 # kubernetes-client when the machine has none.
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+# Headless Chromium renders the status page in status's browser test (and a screenshot).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

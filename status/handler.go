@@ -151,7 +151,7 @@ func (h *handler) serveLocal(w http.ResponseWriter, r *http.Request, in Input) {
 	case "":
 		w.Header().Add("Vary", "Accept")
 		if prefersHTML(r.Header.Values("Accept")) {
-			writeHTML(w, in)
+			writeHTML(w, in, time.Now())
 			return
 		}
 		writeJSON(w, http.StatusOK, Compute(in))

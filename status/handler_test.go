@@ -169,13 +169,14 @@ func TestHTML(t *testing.T) {
 	require.Equal(t, "gke-pool-1-a", resp.Header.Get(LeaderHeader))
 
 	for _, want := range []string{
-		"gke-pool-1-a", "gke-pool-1-b", "gke-pool-1-c", "(down)",
+		"gke-pool-1-a", "gke-pool-1-b", "gke-pool-1-c", `<span class="badge">down</span>`,
 		`<span class="err" title="container runtime unavailable: list images: connection refused">runtime unavailable</span>`,
 		"Recommended (Weekly 2021_22)", "Daily 2021_06_01",
-		`class="mark cached" title="cached">✓`,
-		`class="mark pulling" title="pulling">↻`,
-		`title="held: disk: would leave 12% free, minimum 15%">⏸`,
-		`title="failed (2 attempts): pull: rpc error: code = DeadlineExceeded; next retry 2021-06-01T12:01:00Z">✗`,
+		`class="mark cached" title="cached"><span class="check"></span>`,
+		`class="mark pulling" title="pulling">pulling`,
+		`title="held: disk: would leave 12% free, minimum 15%"><span class="pause"></span>`,
+		`title="failed (2 attempts): pull: rpc error: code = DeadlineExceeded; next retry 2021-06-01T12:01:00Z">×`,
+		`<meta http-equiv="refresh" content="3">`, // a pull runs
 		"2021-06-01T12:00:00Z", "listing: 503 Service Unavailable", // sources
 		gar + ":w_2021_22", // common cache
 		"&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;",
@@ -184,6 +185,9 @@ func TestHTML(t *testing.T) {
 	}
 	require.NotContains(t, body, "<script>")
 	require.NotContains(t, body, "<img")
+	for i, r := range body {
+		require.LessOrEqualf(t, r, rune(0xff), "%q at %d: only Latin-1 text, every mark renders in a default font (the rest is CSS)", r, i)
+	}
 	require.NotContains(t, body, "http://", "no external assets")
 	require.NotContains(t, body, "https://", "no external assets")
 }
