@@ -85,7 +85,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	dom := run("--dump-dom", url)
 	for _, want := range []string{
-		`role="progressbar" aria-valuenow="70"`, // 2900 MiB of 4 GiB
+		`role="progressbar" aria-valuenow="70"`,  // 2900 MiB of 4 GiB
 		`role="progressbar" aria-valuenow="100"`, // unpacking
 		"95.0 MiB/s",
 		"7 min ago", // the desired list
