@@ -33,11 +33,13 @@ const (
 	stCached
 )
 
-// cell is one node's state for one image, with the reason when held or failed.
+// cell is one node's state for one image, with the reason when held or failed and the
+// progress (as the leader has it, in tenths) when pulling.
 type cell struct {
 	state    state
 	reason   string
 	attempts int
+	progress string
 }
 
 // cellOf finds ref in a node's lists; cached wins, since a node's lists can briefly overlap.
@@ -54,7 +56,13 @@ func cellOf(nv status.NodeView, ref string) cell {
 	case has(nv.Cached):
 		return cell{state: stCached}
 	case has(nv.Pulling):
-		return cell{state: stPulling}
+		c := cell{state: stPulling}
+		for _, p := range nv.Progress {
+			if p.ImageURL == ref {
+				c.progress = progressText(p)
+			}
+		}
+		return c
 	}
 	for _, f := range nv.Failed {
 		if f.ImageURL == ref {
@@ -72,6 +80,23 @@ func cellOf(nv status.NodeView, ref string) cell {
 	return cell{state: stUnknown}
 }
 
+// progressText is "downloading 40% of 200.0 MiB at 95.0 MiB/s", "unpacking", or "".
+func progressText(p status.Progress) string {
+	if p.Phase == "" {
+		return ""
+	}
+	out := p.Phase
+	if p.BytesTotal > 0 && p.Phase == "downloading" {
+		out += fmt.Sprintf(" %d%% of %s", min(p.BytesDone, p.BytesTotal)*100/p.BytesTotal, mib(p.BytesTotal))
+	}
+	if p.BytesPerSecond > 0 {
+		out += " at " + mib(p.BytesPerSecond) + "/s"
+	}
+	return out
+}
+
+func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
 // text is the table cell: a symbol, a word and, where known, the pull's time.
 func (c cell) text(t *pullTiming, now time.Time) string {
 	switch c.state {
@@ -81,10 +106,16 @@ func (c cell) text(t *pullTiming, now time.Time) string {
 		}
 		return "✓ cached"
 	case stPulling:
-		if t != nil {
-			return fmt.Sprintf("↻ pulling %.1fs", now.Sub(t.started).Seconds())
+		pct := ""
+		if i := strings.IndexByte(c.progress, '%'); i > 0 {
+			pct = " " + c.progress[strings.LastIndexByte(c.progress[:i], ' ')+1:i+1]
+		} else if strings.HasPrefix(c.progress, "unpacking") {
+			pct = " unpacking"
 		}
-		return "↻ pulling"
+		if t != nil {
+			return fmt.Sprintf("↻ pulling%s %.1fs", pct, now.Sub(t.started).Seconds())
+		}
+		return "↻ pulling" + pct
 	case stQueued:
 		return "· queued"
 	case stHeld:
@@ -111,12 +142,13 @@ func tagOf(ref string) string {
 type lineDisplay struct {
 	out       *console
 	cells     map[key]state
-	desired   string // the desired tags last announced
+	progress  map[key]string // the progress line last printed per pull
+	desired   string         // the desired tags last announced
 	available int
 }
 
 func newLineDisplay(out *console) *lineDisplay {
-	return &lineDisplay{out: out, cells: map[key]state{}, available: -1}
+	return &lineDisplay{out: out, cells: map[key]state{}, progress: map[key]string{}, available: -1}
 }
 
 func (d *lineDisplay) show(v view, tr tracker) { d.update(v, tr, true) }
@@ -145,6 +177,12 @@ func (d *lineDisplay) update(v view, tr tracker, print bool) {
 		for _, img := range v.dump.DesiredImages {
 			k := key{nv.Name, img.ImageURL}
 			c := cellOf(nv, img.ImageURL)
+			if c.state == stPulling && c.progress != "" && c.progress != d.progress[k] {
+				d.progress[k] = c.progress
+				if d.cells[k] == stPulling {
+					say("%s %s %s", nv.Name, tagOf(img.ImageURL), c.progress)
+				}
+			}
 			if d.cells[k] == c.state {
 				continue
 			}

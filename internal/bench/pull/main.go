@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/containerd"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/internal/lab"
@@ -84,7 +85,7 @@ func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) e
 			}
 			return g.Wait()
 		}},
-		{name: fmt.Sprintf("(a) agent, max_parallel_pulls %d", parallel), pull: func(ctx context.Context, c *traced, refs []string) error {
+		{name: fmt.Sprintf("(a) agent, %d pulls, pins+progress", parallel), pull: func(ctx context.Context, c *traced, refs []string) error {
 			return agentPull(ctx, c, refs, parallel)
 		}},
 	}
@@ -152,7 +153,7 @@ func timeOnFreshNode(ctx context.Context, m mode, refs []string, round int, para
 	// this mode's pulls.
 	syscall.Sync()
 	start := time.Now()
-	tc := &traced{Client: c, start: start}
+	tc := &traced{Client: c, start: start, endpoint: cd.Endpoint()}
 	if err := m.pull(ctx, tc, refs); err != nil {
 		return 0, 0, "", err
 	}
@@ -173,7 +174,8 @@ func timeOnFreshNode(ctx context.Context, m mode, refs []string, round int, para
 // the agent's Runtime in mode (a).
 type traced struct {
 	*cri.Client
-	start time.Time
+	endpoint string // containerd's socket, for the agent's pins and progress
+	start    time.Time
 	mu    sync.Mutex
 	calls []call
 }
@@ -250,10 +252,16 @@ func (t *traced) print(title string) {
 	}
 }
 
-// agentPull runs a real agent on c with refs as its desired list and returns when it reports
-// all of them cached.
+// agentPull runs a real agent on c with refs as its desired list, with pinning and pull
+// progress on as in production, and returns when it reports all of them cached and pinned.
 func agentPull(ctx context.Context, c *traced, refs []string, parallel int) error {
-	a, err := agent.New(agent.Config{Node: "bench", MaxParallelPulls: parallel}, c, nil, slog.New(slog.DiscardHandler))
+	ctd, err := containerd.New(ctx, c.endpoint, containerd.Options{})
+	if err != nil {
+		return err
+	}
+	defer ctd.Close()
+	a, err := agent.New(agent.Config{Node: "bench", MaxParallelPulls: parallel, PinImages: true}, c, nil, slog.New(slog.DiscardHandler),
+		agent.WithPins(ctd), agent.WithDownloads(ctd))
 	if err != nil {
 		return err
 	}
@@ -268,7 +276,7 @@ func agentPull(ctx context.Context, c *traced, refs []string, parallel int) erro
 	defer func() { cancel(); <-done }()
 	for {
 		st := a.State()
-		if len(st.Cached) == len(refs) {
+		if len(st.Cached) == len(refs) && st.Pinning.PinnedBytes > 0 && st.Pinning.Status != agent.PinError {
 			return nil
 		}
 		if len(st.Failed) > 0 {
