@@ -15,6 +15,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/containerd"
 	"github.com/cachemachine/cachemachine/cri"
+	"github.com/cachemachine/cachemachine/cri/critest"
 	"github.com/cachemachine/cachemachine/image"
 )
 
@@ -74,16 +75,16 @@ func (m *memPins) get(name string) containerd.Record {
 	return containerd.Record{Name: name}
 }
 
-// pinRuntime is memRuntime whose CRI answer reports an image pinned when one of its records
-// is, as containerd 1.6.25+ does, or never (honour false), as containerd 1.6.20 does.
+// pinRuntime is critest's runtime whose CRI answer reports an image pinned when one of its
+// records is, as containerd 1.6.25+ does, or never (honour false), as containerd 1.6.20 does.
 type pinRuntime struct {
-	*memRuntime
+	*critest.Runtime
 	pins   *memPins
 	honour bool
 }
 
 func (p *pinRuntime) ListImages(ctx context.Context) ([]cri.Image, error) {
-	imgs, err := p.memRuntime.ListImages(ctx)
+	imgs, err := p.Runtime.ListImages(ctx)
 	for i := range imgs {
 		names := append([]string{imgs[i].ID}, imgs[i].Digests...)
 		for _, n := range names {
@@ -99,11 +100,12 @@ func digestN(i int) string { return fmt.Sprintf("sha256:%064d", i) }
 
 // pinSetup is an agent on a node holding n images of ghcr.io/lsst/lab, desired in order.
 func pinSetup(t *testing.T, n int, honour bool, edit func(*Config)) (*Agent, *pinRuntime, []image.Image, *bytes.Buffer) {
-	rt := &pinRuntime{memRuntime: newMemRuntime(), pins: newMemPins(), honour: honour}
+	rt := &pinRuntime{Runtime: newRuntime(), pins: newMemPins(), honour: honour}
 	var want []image.Image
 	for i := range n {
 		ref := fmt.Sprintf("ghcr.io/lsst/lab:t%d", i)
-		rt.remote[ref], rt.images[ref] = digestN(i), digestN(i)
+		rt.AddRemote(ref, digestN(i), 100)
+		require.NoError(t, rt.Load(ref))
 		want = append(want, image.Image{Ref: image.MustParseRef(ref), Digest: digestN(i), Priority: i})
 	}
 	cfg := Config{ResyncInterval: time.Second, PinImages: true, MaxPinnedPercent: 50}
@@ -125,7 +127,8 @@ func TestPinsDigestAndIDRecordsNotTheTag(t *testing.T) {
 		for _, d := range want {
 			ref := d.Ref.String()
 			require.Equal(t, containerd.Record{Name: "ghcr.io/lsst/lab@" + d.Digest, Pinned: true, Ours: true}, rt.pins.get("ghcr.io/lsst/lab@"+d.Digest))
-			require.Equal(t, containerd.Record{Name: "id-" + ref, Pinned: true, Ours: true}, rt.pins.get("id-"+ref))
+			id := critest.ImageID(d.Digest)
+			require.Equal(t, containerd.Record{Name: id, Pinned: true, Ours: true}, rt.pins.get(id))
 			require.False(t, rt.pins.get(ref).Pinned, "never the tag record: a re-pull replaces it")
 		}
 		time.Sleep(2 * time.Second) // past pinSettle and a resync
@@ -151,9 +154,8 @@ func TestUnpinsWhatLeftTheListOrMovedAndNothingElse(t *testing.T) {
 		require.True(t, rt.pins.get("ghcr.io/lsst/lab@"+digestN(2)).Ours)
 
 		// t0's tag moves to another digest (the desired list follows), t2 leaves the list.
-		rt.mu.Lock()
-		rt.images[want[0].Ref.String()], rt.remote[want[0].Ref.String()] = digestB, digestB
-		rt.mu.Unlock()
+		rt.AddRemote(want[0].Ref.String(), digestB, 100)
+		require.NoError(t, rt.Load(want[0].Ref.String()))
 		moved := want[0]
 		moved.Digest = digestB
 		a.SetDesired(Desired{Version: 2, Images: []image.Image{moved, want[1]}})
@@ -163,7 +165,8 @@ func TestUnpinsWhatLeftTheListOrMovedAndNothingElse(t *testing.T) {
 		require.False(t, rt.pins.get("ghcr.io/lsst/lab@"+digestN(0)).Pinned, "the digest the tag left is unpinned")
 		require.True(t, rt.pins.get("ghcr.io/lsst/lab@"+digestB).Ours, "the digest the tag moved to is pinned")
 		require.False(t, rt.pins.get("ghcr.io/lsst/lab@"+digestN(2)).Pinned, "an image that left the list is unpinned")
-		require.False(t, rt.pins.get("id-"+want[2].Ref.String()).Pinned)
+		require.False(t, rt.pins.get(critest.ImageID(want[2].Digest)).Pinned)
+		require.False(t, rt.pins.get(critest.ImageID(digestN(0))).Pinned, "the moved tag's old image, by ID")
 		require.True(t, rt.pins.get("ghcr.io/lsst/lab@"+digestN(1)).Ours, "a desired image stays pinned")
 		require.Equal(t, containerd.Record{Name: "registry.k8s.io/pause@" + digestA, Pinned: true}, rt.pins.get("registry.k8s.io/pause@"+digestA), "someone else's pin is never touched")
 		rt.pins.mu.Lock()
@@ -203,17 +206,15 @@ func TestUnsupportedRuntimeIsDetectedAndSaidOnce(t *testing.T) {
 		synctest.Wait()
 		st := a.State()
 		require.Equal(t, PinUnsupported, st.Pinning.Status)
-		require.Contains(t, st.Pinning.Detail, "mem 1 does not report pins")
+		require.Contains(t, st.Pinning.Detail, "does not report pins")
 		require.Empty(t, st.Pinned, "nothing the kubelet would skip")
 		require.Equal(t, 1, strings.Count(logs.String(), "does not report pinned images"), logs.String())
 
 		// The kubelet's GC removes an image: the agent pulls it again, as without pins.
-		rt.mu.Lock()
-		delete(rt.images, want[0].Ref.String())
-		rt.mu.Unlock()
+		require.NoError(t, rt.RemoveImage(t.Context(), want[0].Ref.String()))
 		time.Sleep(2 * time.Second)
 		synctest.Wait()
-		require.Equal(t, 1, rt.pullCount(want[0].Ref.String()))
+		require.Equal(t, 1, pullCount(rt.Runtime, want[0].Ref.String()))
 		require.Len(t, a.State().Cached, 2)
 		require.Equal(t, 1, strings.Count(logs.String(), "does not report pinned images"))
 	})

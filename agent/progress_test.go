@@ -62,10 +62,10 @@ func (m *memContent) set(fn func()) {
 
 func TestProgressFromTheContentStore(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		rt := newMemRuntime()
-		rt.block = make(chan struct{})
+		rt := newRuntime()
+		rt.HoldPulls()
 		const ref = "ghcr.io/lsst/lab:big"
-		rt.remote[ref] = digestA
+		rt.AddRemote(ref, digestA, 2100)
 		layer := func(i int) string { return fmt.Sprintf("sha256:%064d", 100+i) }
 		mc := &memContent{manifests: map[string][]containerd.Blob{}, present: map[string]int64{}, inFlight: map[string]int64{}}
 		reg := prometheus.NewRegistry()
@@ -117,7 +117,7 @@ func TestProgressFromTheContentStore(t *testing.T) {
 		// flight, the config was there before).
 		require.Equal(t, 1000.0, testutil.ToFloat64(a.metrics.pullBytes))
 
-		close(rt.block)
+		rt.ReleasePulls()
 		time.Sleep(time.Second)
 		synctest.Wait()
 		_, ok = a.LiveProgress(ref)

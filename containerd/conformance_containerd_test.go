@@ -19,8 +19,14 @@ import (
 func TestConformanceContainerd(t *testing.T) {
 	lab.Require(t)
 	t.Parallel()
+	lab.OnEveryContainerd(t, testConformanceContainerd)
+}
+
+func testConformanceContainerd(t *testing.T, v lab.ContainerdVersion) {
+	t.Parallel()
+	lab.RequireContainerd(t, v)
 	reg := lab.NewRegistry(t, lab.RegistryOptions{})
-	ctd := lab.NewContainerd(t, lab.ContainerdOptions{})
+	ctd := lab.NewContainerd(t, lab.ContainerdOptions{Version: v})
 	md, err := lab.PushRandomImage(t.Context(), reg.Addr, "cm/pins", []string{"v1"}, 2<<20, 2, nil)
 	require.NoError(t, err)
 	_, err = lab.PushRandomImage(t.Context(), reg.Addr, "cm/sandbox", []string{"3.9"}, 1<<20, 1, nil)
@@ -47,23 +53,23 @@ func TestConformanceContainerd(t *testing.T) {
 		},
 	})
 
-	v, err := rt.Version(t.Context())
+	rv, err := rt.Version(t.Context())
 	require.NoError(t, err)
 	_, err = c.Pin(t.Context(), repo+"@"+md)
 	require.NoError(t, err)
-	want := lab.PinsReported(v.RuntimeVersion)
+	want := lab.PinsReported(rv.RuntimeVersion)
 	if want {
 		require.Eventually(t, func() bool {
 			img, err := rt.ImageStatus(t.Context(), repo+":v1")
 			return err == nil && img != nil && img.Pinned
-		}, 5*time.Second, 50*time.Millisecond, "containerd %s reports the pin to CRI", v.RuntimeVersion)
+		}, 5*time.Second, 50*time.Millisecond, "containerd %s reports the pin to CRI", rv.RuntimeVersion)
 	} else {
 		time.Sleep(time.Second)
 		img, err := rt.ImageStatus(t.Context(), repo+":v1")
 		require.NoError(t, err)
-		require.False(t, img.Pinned, "containerd %s does not report pins to CRI", v.RuntimeVersion)
+		require.False(t, img.Pinned, "containerd %s does not report pins to CRI", rv.RuntimeVersion)
 	}
-	t.Logf("containerd %s: CRI reports the pin: %v", v.RuntimeVersion, want)
+	t.Logf("containerd %s: CRI reports the pin: %v", rv.RuntimeVersion, want)
 }
 
 // TestDownloadsOfARealPull watches a CRI pull of a large image: its layers show as downloads
@@ -71,8 +77,14 @@ func TestConformanceContainerd(t *testing.T) {
 func TestDownloadsOfARealPull(t *testing.T) {
 	lab.Require(t)
 	t.Parallel()
+	lab.OnEveryContainerd(t, testDownloadsOfARealPull)
+}
+
+func testDownloadsOfARealPull(t *testing.T, v lab.ContainerdVersion) {
+	t.Parallel()
+	lab.RequireContainerd(t, v)
 	reg := lab.NewRegistry(t, lab.RegistryOptions{})
-	ctd := lab.NewContainerd(t, lab.ContainerdOptions{})
+	ctd := lab.NewContainerd(t, lab.ContainerdOptions{Version: v})
 	md, err := lab.PushRandomImage(t.Context(), reg.Addr, "cm/big", []string{"v1"}, 200<<20, 4, nil)
 	require.NoError(t, err)
 	rt, err := cri.New(t.Context(), ctd.Endpoint(), cri.Options{})

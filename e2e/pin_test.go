@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/containerd"
 	"github.com/cachemachine/cachemachine/containerd/containerdtest"
 	"github.com/cachemachine/cachemachine/cri"
@@ -81,7 +79,7 @@ func waitPinVerdict(t *testing.T, p *agentProc, honours bool, desired int) nodeV
 	return v
 }
 
-func pulledCount(p *agentProc) int { return strings.Count(p.log.String(), `"msg":"pulled"`) }
+func pulledCount(p *agentProc) int { return strings.Count(p.Log(), `"msg":"pulled"`) }
 
 // TestImageGCSparesPinnedImages: the agent pins every desired image; a kubelet-style image GC
 // then removes every unpinned image. On containerd that reports pins (1.6.25+, 1.7.10+, 2.x)
@@ -89,7 +87,12 @@ func pulledCount(p *agentProc) int { return strings.Count(p.log.String(), `"msg"
 // they are removed, and the agent says so once and pulls them again.
 func TestImageGCSparesPinnedImages(t *testing.T) {
 	t.Parallel()
-	n := newNode(t)
+	lab.OnEveryContainerd(t, testImageGCSparesPinnedImages)
+}
+
+func testImageGCSparesPinnedImages(t *testing.T, cv lab.ContainerdVersion) {
+	t.Parallel()
+	n := newNodeOn(t, cv)
 	reg := lab.NewRegistry(t, lab.RegistryOptions{})
 	var refs, digests []string
 	for i, tag := range []string{"w_2024_01", "w_2024_02", "d_2024_01_03"} {
@@ -105,7 +108,7 @@ func TestImageGCSparesPinnedImages(t *testing.T) {
 	require.NoError(t, err)
 	honours := lab.PinsReported(v.RuntimeVersion)
 
-	p := startAgent(t, writeConfig(t, settings{Images: refs, Digests: digests, CRI: n.cd.Endpoint(), Dir: n.dir}))
+	p := startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(), refs, digests...))
 	eventually(t, 60*time.Second, "every desired image cached", func() bool {
 		pv, ok := p.pulls(t)
 		return ok && len(pv.Cached) == len(refs)
@@ -150,7 +153,7 @@ func TestImageGCSparesPinnedImages(t *testing.T) {
 		require.Zero(t, repulled)
 	} else {
 		require.Equal(t, len(refs), repulled)
-		require.Equal(t, 1, strings.Count(p.log.String(), "does not report pinned images"), "said once")
+		require.Equal(t, 1, strings.Count(p.Log(), "does not report pinned images"), "said once")
 	}
 	t.Logf("GC on containerd %s: %d desired images removed (of %d), %d re-pulled; %d other images removed",
 		v.RuntimeVersion, removedDesired, len(refs), repulled, len(removed)-removedDesired)
@@ -162,7 +165,12 @@ func TestImageGCSparesPinnedImages(t *testing.T) {
 // (on containerd that reports pins).
 func TestMovedAndDroppedImagesAreUnpinned(t *testing.T) {
 	t.Parallel()
-	n := newNode(t)
+	lab.OnEveryContainerd(t, testMovedAndDroppedImagesAreUnpinned)
+}
+
+func testMovedAndDroppedImagesAreUnpinned(t *testing.T, cv lab.ContainerdVersion) {
+	t.Parallel()
+	n := newNodeOn(t, cv)
 	reg := lab.NewRegistry(t, lab.RegistryOptions{})
 	const repo = "lsst/sciplat-lab"
 	base := reg.Addr + "/" + repo
@@ -174,28 +182,13 @@ func TestMovedAndDroppedImagesAreUnpinned(t *testing.T) {
 	require.NoError(t, err)
 	honours := lab.PinsReported(v.RuntimeVersion)
 
-	cfgPath := filepath.Join(n.dir, "config.yaml")
-	require.NoError(t, os.WriteFile(cfgPath, fmt.Appendf(nil, `name: jupyter
-refresh_interval: 10s
-repomen:
-  - type: RubinRepoMan
-    registry_url: %s
-    repo: %s
-    num_weeklies: 1
-agent:
-  cri_socket: %s
-  backoff_initial: 500ms
-  backoff_max: 2s
-  resync_interval: 1s
-  min_free_disk_percent: 0
-  state_dir: %s
-  debug_socket: %s
-cluster:
-  enabled: false
-http:
-  listen: 127.0.0.1:0
-`, reg.Addr, repo, n.cd.Endpoint(), filepath.Join(n.dir, "state"), filepath.Join(n.dir, "agent.sock")), 0o600))
-	p := startAgent(t, cfgPath)
+	cfg := lab.AgentConfig(n.dir, n.cd.Endpoint())
+	fastRetries(&cfg)
+	cfg.Agent.ResyncInterval = config.Duration{Duration: time.Second}
+	rm := rubinRepoMan(reg.Addr, repo)
+	rm.NumWeeklies = 1
+	cfg.Repomen = []config.Repoman{rm}
+	p := startAgent(t, n.dir, cfg)
 	eventually(t, 60*time.Second, "recommended and the weekly cached", func() bool {
 		return tagDigest(t, n.cri, base+":recommended") == r1 && tagDigest(t, n.cri, base+":w_2024_01") == w1
 	})
