@@ -176,8 +176,8 @@ type traced struct {
 	*cri.Client
 	endpoint string // containerd's socket, for the agent's pins and progress
 	start    time.Time
-	mu    sync.Mutex
-	calls []call
+	mu       sync.Mutex
+	calls    []call
 }
 
 type call struct {
