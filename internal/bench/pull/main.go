@@ -35,6 +35,7 @@ func main() {
 	layers := flag.Int("layers", 4, "layers per image")
 	parallel := flag.Int("parallel", 2, "agent max_parallel_pulls, and the parallelism of mode (c)")
 	rounds := flag.Int("rounds", 6, "rounds (a multiple of 3 puts every mode in every position equally); each runs every mode once on a fresh containerd")
+	flag.StringVar((*string)(&containerdVersion), "containerd", string(lab.Containerd2), "containerd release line to run: 1.6 (Debian's), 1.7 or 2.4")
 	flag.BoolVar(&trace, "trace", false, "print every CRI call of every mode (start, end, relative to the mode's start) to stderr")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -52,6 +53,9 @@ type mode struct {
 
 // trace is --trace.
 var trace bool
+
+// containerdVersion is --containerd.
+var containerdVersion lab.ContainerdVersion
 
 func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) error {
 	reg, err := lab.StartRegistry(ctx, lab.RegistryOptions{})
@@ -135,7 +139,7 @@ func run(ctx context.Context, k int, size int64, layers, parallel, rounds int) e
 
 // timeOnFreshNode starts a new containerd, times m pulling refs onto it, and removes it.
 func timeOnFreshNode(ctx context.Context, m mode, refs []string, round int, parallel int) (time.Duration, time.Duration, string, error) {
-	cd, err := lab.StartContainerd(ctx, lab.ContainerdOptions{})
+	cd, err := lab.StartContainerd(ctx, lab.ContainerdOptions{Version: containerdVersion})
 	if err != nil {
 		return 0, 0, "", err
 	}
