@@ -21,7 +21,8 @@ var chromiumFlags = []string{
 }
 
 // dashboard is a pool mid-rollout: pulls at several stages, pins honoured on two nodes and
-// not on the third (containerd 1.6.20), a held and a failed pull, a node down.
+// not on the third (containerd 1.6.20), a held and a failed pull, a node down, a new node
+// warming.
 func dashboard(now time.Time) Input {
 	in := representative()
 	in.DesiredVersion = uint64(now.Add(-7 * time.Minute).UnixNano())
@@ -46,6 +47,9 @@ func dashboard(now time.Time) Input {
 			{ImageURL: other + ":1.36", Phase: "downloading", BytesDone: 300 << 20, BytesTotal: 2 << 30, BytesPerSecond: 60 << 20, ETASeconds: eta(29), MeasuredAt: &at},
 		},
 		Disk: Disk{UsedBytes: 31 << 30, CapacityBytes: 100 << 30},
+		// A node that joined a few minutes ago: it does not count for the common cache yet.
+		Warming: true, WarmingUntil: now.Add(8 * time.Minute),
+		WarmingMissing: []string{gar + ":w_2021_21", gar + ":d_2021_06_01", other + ":1.36"},
 	}
 	in.Nodes = append(in.Nodes, c)
 	return in
@@ -92,6 +96,7 @@ func TestStatusPageInChromium(t *testing.T) {
 		"8.0 GiB pinned of 50.0 GiB", "not honoured",
 		`<span class="pin"></span>`,
 		`http-equiv="refresh"`,
+		`class="badge warm"`, "warming, 3 missing", "cached on every alive node that is not warming",
 	} {
 		require.Contains(t, dom, want)
 	}

@@ -155,6 +155,11 @@ func TestHTML(t *testing.T) {
 	in.Desired = append(in.Desired, imgs([]Image{{ImageURL: other + ":evil", Name: `<script>alert("x")</script>`}})...)
 	in.Nodes[0].Held = append(in.Nodes[0].Held, Held{ImageURL: other + ":evil", Reason: `"><img src=x onerror=alert(1)>`})
 	in.Nodes[1].RuntimeError = "container runtime unavailable: list images: connection refused"
+	in.Nodes[2].Warming, in.Nodes[2].WarmingUntil = true, time.Date(2021, 6, 1, 12, 10, 0, 0, time.UTC)
+	in.Nodes[2].WarmingMissing = []string{gar + ":w_2021_21"}
+	in.Sources[0].Triggers = "Pub/Sub projects/p/subscriptions/gcr-cachemachine"
+	in.Sources[0].TriggerError = "Pub/Sub projects/p/subscriptions/gcr-cachemachine: pull: permission denied"
+	in.Sources[0].EventAt = time.Date(2021, 6, 1, 12, 0, 5, 0, time.UTC)
 	srv := httptest.NewServer(NewHandler(fakeBackend{in: in, leader: in.Leader, self: true}))
 	t.Cleanup(srv.Close)
 
@@ -180,6 +185,10 @@ func TestHTML(t *testing.T) {
 		"2021-06-01T12:00:00Z", "listing: 503 Service Unavailable", // sources
 		gar + ":w_2021_22", // common cache
 		"&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;",
+		`<span class="badge warm" title="started recently and still filling its cache: not counted for the common cache until it holds every desired image or until 2021-06-01T12:10:00Z; still misses: Weekly 2021_21 (` + gar + `:w_2021_21)">warming, 1 missing</span>`, // a warming node
+		`<span class="badge warm">warming</span> started recently`, "cached on every alive node", // the legend
+		"Pub/Sub projects/p/subscriptions/gcr-cachemachine", "2021-06-01T12:00:05Z", "pull: permission denied", // a source's trigger
+		"polling only",
 	} {
 		require.Contains(t, body, want)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -87,7 +88,9 @@ type row struct {
 	DiskPct  int
 	Pins     string
 	PinsNote string
-	Cells    []cell
+	// WarmingNote is the warming badge's title: until when, and what the node still misses.
+	WarmingNote string
+	Cells       []cell
 }
 
 type column struct {
@@ -113,6 +116,9 @@ type page struct {
 	Alive       int
 	Sources     []SourceStatus
 	Refresh     bool
+	// Counted names the nodes common_cache is computed over: warming nodes are left out
+	// unless every alive node is warming.
+	Counted string
 }
 
 // writeHTML renders the status page for a person at now: summary, pulls in flight with
@@ -132,6 +138,11 @@ func writeHTML(w http.ResponseWriter, in Input, now time.Time) {
 		VersionText: versionText,
 		Dump:        d,
 		Sources:     in.Sources,
+		Counted:     "every alive node",
+	}
+	if slices.ContainsFunc(in.Nodes, func(n Node) bool { return n.Alive && n.Warming }) &&
+		slices.ContainsFunc(in.Nodes, func(n Node) bool { return n.Alive && !n.Warming }) {
+		p.Counted = "every alive node that is not warming"
 	}
 	for _, img := range d.DesiredImages {
 		p.Columns = append(p.Columns, column{Image: img, Available: avail[img]})
@@ -153,6 +164,9 @@ func writeHTML(w http.ResponseWriter, in Input, now time.Time) {
 			r.Updated = ago(now, *n.Updated)
 		}
 		r.Pins, r.PinsNote = pinsText(n.Pinning)
+		if n.Warming {
+			r.WarmingNote = warmingNote(n, names, now)
+		}
 		for _, img := range d.DesiredImages {
 			r.Cells = append(r.Cells, markOf(n, inventories[n.Name], img, now))
 		}
@@ -241,6 +255,29 @@ func markOf(n NodeView, inventory map[string]string, img Image, now time.Time) c
 		return cell{Class: "missing", Mark: "\u00b7", Title: "missing", Percent: -1}
 	}
 	return cell{Class: "unknown", Mark: "?", Title: "not reported", Percent: -1}
+}
+
+// warmingNote says why a warming node is not counted for the common cache, until when at
+// most, and which desired images it still misses (by their names where the list has one).
+func warmingNote(n NodeView, names map[string]string, now time.Time) string {
+	note := "started recently and still filling its cache: not counted for the common cache until it holds every desired image"
+	if n.WarmingUntil != nil {
+		note += " or until " + formatTime(*n.WarmingUntil)
+		if n.WarmingUntil.After(now) {
+			note += " (in " + duration(n.WarmingUntil.Sub(now)) + ")"
+		}
+	}
+	missing := make([]string, 0, len(n.WarmingMissing))
+	for _, ref := range n.WarmingMissing {
+		if name := names[ref]; name != "" && name != ref {
+			ref = name + " (" + ref + ")"
+		}
+		missing = append(missing, ref)
+	}
+	if len(missing) > 0 {
+		note += "; still misses: " + strings.Join(missing, ", ")
+	}
+	return note
 }
 
 // percent is a pull's progress in percent, -1 when its total is unknown.
@@ -421,7 +458,7 @@ td.mark{text-align:center;min-width:3.2em;position:relative;font-weight:600}
 .pin{position:absolute;top:.25em;right:.25em;width:.45em;height:.45em;border-radius:50%;background:#8250df}
 .dot{display:inline-block;width:.6em;height:.6em;border-radius:50%;background:#1a7f37;vertical-align:middle}
 .badge{display:inline-block;font-size:.75em;padding:0 .45em;border-radius:1em;background:#eaeef2;color:#57606a;margin-left:.3em}
-.badge.lead{background:#fbefff;color:#8250df}
+.badge.lead{background:#fbefff;color:#8250df}.badge.warm{background:#fff8c5;color:#9a6700}
 .bar{height:.55em;background:#eaeef2;border-radius:.3em;overflow:hidden;min-width:6em}
 .bar i{display:block;height:100%;background:#0969da}
 .bar.disk i{background:#8c959f}.bar.full i{background:#cf222e}
@@ -433,7 +470,7 @@ td.mark{text-align:center;min-width:3.2em;position:relative;font-weight:600}
 <body>
 <h1>cachemachine <code>{{.Name}}</code></h1>
 <div class="cards">
-<div class="card {{if eq (len .Dump.AvailableImages) (len .Dump.DesiredImages)}}good{{else}}warn{{end}}"><b>{{len .Dump.AvailableImages}} of {{len .Dump.DesiredImages}}</b><span>desired images cached on every alive node</span></div>
+<div class="card {{if eq (len .Dump.AvailableImages) (len .Dump.DesiredImages)}}good{{else}}warn{{end}}"><b>{{len .Dump.AvailableImages}} of {{len .Dump.DesiredImages}}</b><span>desired images cached on {{.Counted}}</span></div>
 <div class="card"><b>{{.Alive}} of {{len .Rows}}</b><span>nodes alive</span></div>
 <div class="card"><b>{{len .Pulls}}</b><span>pulls in flight</span></div>
 <div class="card"><b>{{.Published}}</b><span title="{{.VersionText}}">desired list published</span></div>
@@ -456,24 +493,24 @@ td.mark{text-align:center;min-width:3.2em;position:relative;font-weight:600}
 <h2>Nodes &times; desired images</h2>
 <table>
 <tr><th>node</th><th>state</th><th>disk</th><th>pins</th>
-{{- range .Columns}}<th class="img" title="{{.Image.ImageURL}} {{.Image.ImageHash}}">{{.Image.Name}}{{if .Available}} <span class="dot" title="cached on every alive node"></span>{{end}}</th>{{end}}</tr>
+{{- range .Columns}}<th class="img" title="{{.Image.ImageURL}} {{.Image.ImageHash}}">{{.Image.Name}}{{if .Available}} <span class="dot" title="cached on {{$.Counted}}"></span>{{end}}</th>{{end}}</tr>
 {{- range .Rows}}
-<tr{{if not .Node.Alive}} class="down"{{end}}><td>{{.Node.Name}}{{if .Leader}}<span class="badge lead">leader</span>{{end}}{{if not .Node.Alive}}<span class="badge">down</span>{{end}}{{if .Node.RuntimeError}} <span class="err" title="{{.Node.RuntimeError}}">runtime unavailable</span>{{end}}</td>
+<tr{{if not .Node.Alive}} class="down"{{end}}><td>{{.Node.Name}}{{if .Leader}}<span class="badge lead">leader</span>{{end}}{{if not .Node.Alive}}<span class="badge">down</span>{{end}}{{if .Node.RuntimeError}} <span class="err" title="{{.Node.RuntimeError}}">runtime unavailable</span>{{end}}{{if .Node.Warming}}<span class="badge warm" title="{{.WarmingNote}}">warming, {{len .Node.WarmingMissing}} missing</span>{{end}}</td>
 <td title="state version {{.Node.Version}}">updated {{.Updated}}</td>
 <td title="{{.DiskUsed}}"><div class="bar disk{{if ge .DiskPct 85}} full{{end}}"><i style="width:{{.DiskPct}}%"></i></div><span class="note">{{.DiskUsed}}</span></td>
 <td title="{{.PinsNote}}">{{.Pins}}</td>
 {{- range .Cells}}<td class="mark {{.Class}}" title="{{.Title}}">{{if eq .Class "cached"}}<span class="check"></span>{{if .Pinned}}<span class="pin"></span>{{end}}{{else if eq .Class "held"}}<span class="pause"></span>{{else if eq .Class "pulling"}}{{if ge .Percent 0}}<div class="bar"><i style="width:{{.Percent}}%"></i></div>{{end}}{{.Mark}}{{else}}{{.Mark}}{{end}}</td>{{end}}</tr>
 {{- end}}
 </table>
-<p class="legend"><span><span class="mark cached"><span class="check"></span></span> cached</span><span><span class="mark cached"><span class="check"></span><span class="pin"></span></span> cached and pinned</span><span><span class="mark pulling">42%</span> pulling</span><span><span class="mark held"><span class="pause"></span></span> held</span><span><span class="mark failed">&times;</span> failed</span><span><span class="mark missing">&middot;</span> missing</span><span><span class="mark unknown">?</span> not reported</span><span><span class="dot"></span> cached on every alive node</span></p>
+<p class="legend"><span><span class="mark cached"><span class="check"></span></span> cached</span><span><span class="mark cached"><span class="check"></span><span class="pin"></span></span> cached and pinned</span><span><span class="mark pulling">42%</span> pulling</span><span><span class="mark held"><span class="pause"></span></span> held</span><span><span class="mark failed">&times;</span> failed</span><span><span class="mark missing">&middot;</span> missing</span><span><span class="mark unknown">?</span> not reported</span><span><span class="dot"></span> cached on {{.Counted}}</span><span><span class="badge warm">warming</span> started recently, still filling its cache: not counted until it holds every desired image or its grace ends</span></p>
 
 <h2>Sources</h2>
 <table>
-<tr><th>source</th><th>last listed</th><th>images</th><th>error</th></tr>
+<tr><th>source</th><th>last listed</th><th>images</th><th>error</th><th>push events</th><th>last event</th></tr>
 {{- range .Sources}}
-<tr><td>{{.Name}}</td><td>{{time .ListedAt}}</td><td>{{.Images}}</td><td class="err">{{.Error}}</td></tr>
+<tr><td>{{.Name}}</td><td>{{time .ListedAt}}</td><td>{{.Images}}</td><td class="err">{{.Error}}{{if and .Error .TriggerError}}; {{end}}{{.TriggerError}}</td><td>{{if .Triggers}}{{.Triggers}}{{else}}polling only{{end}}</td><td>{{if .Triggers}}{{time .EventAt}}{{end}}</td></tr>
 {{- else}}
-<tr><td colspan="4">no sources</td></tr>
+<tr><td colspan="6">no sources</td></tr>
 {{- end}}
 </table>
 
@@ -483,7 +520,7 @@ td.mark{text-align:center;min-width:3.2em;position:relative;font-weight:600}
 {{- range .Dump.CommonCache}}
 <tr><td><code>{{.ImageURL}}</code></td><td><code title="{{.ImageHash}}">{{short .ImageHash}}</code></td><td>{{join .Tags ", "}}</td></tr>
 {{- else}}
-<tr><td colspan="3">nothing is cached on every alive node</td></tr>
+<tr><td colspan="3">nothing is cached on {{.Counted}}</td></tr>
 {{- end}}
 </table>
 </body>

@@ -129,6 +129,13 @@ type Node struct {
 	Progress []Progress
 	// Updated is when the leader learnt the node's current state (zero: unknown).
 	Updated time.Time
+	// Warming marks a node whose agent started recently and that is still filling its
+	// cache: it does not count for common_cache (unless every alive node is warming) until it
+	// holds every desired image or WarmingUntil passes. The leader decides it; Compute only
+	// reads it. WarmingMissing are the desired images it still misses.
+	Warming        bool
+	WarmingUntil   time.Time
+	WarmingMissing []string
 }
 
 // SourceStatus is the state of one image source (a repoman) as the leader last listed it.
@@ -141,6 +148,13 @@ type SourceStatus struct {
 	Error string
 	// Images is how many images the source's last good listing gave.
 	Images int
+	// Triggers names what tells the leader of the source's pushes (a Pub/Sub subscription,
+	// registry notifications), "" when only the periodic listing refreshes it; TriggerError
+	// is their last error, "" while they work. EventAt is when an event last asked for a
+	// listing (zero: never).
+	Triggers     string
+	TriggerError string
+	EventAt      time.Time
 }
 
 // Input is everything the status documents are computed from.
@@ -200,6 +214,12 @@ type NodeView struct {
 	Progress []Progress `json:"progress"`
 	// Updated is when the leader learnt this state (null: unknown).
 	Updated *time.Time `json:"updated"`
+	// Warming is true while the node fills its cache after it started and does not count
+	// for common_cache; WarmingUntil and WarmingMissing say until when at most, and what it
+	// still misses.
+	Warming        bool       `json:"warming"`
+	WarmingUntil   *time.Time `json:"warming_until,omitempty"`
+	WarmingMissing []string   `json:"warming_missing,omitempty"`
 }
 
 // Nodes is the document of GET /cachemachine/{name}/nodes.
@@ -210,8 +230,10 @@ type Nodes struct {
 
 // Compute aggregates in into the dump.
 //
-// common_cache holds one entry per repo:tag that every alive node has with the same digest
-// (no alive node: empty), sorted by image_url. An image is available when its digest is in
+// common_cache holds one entry per repo:tag that every counted node has with the same digest
+// (no alive node: empty), sorted by image_url. The counted nodes are the alive nodes that are
+// not warming, or every alive node when all of them are warming (a new pool: the Python
+// rule). An image is available when its digest is in
 // common_cache under any name (docker.io and registry.hub.docker.com references of one
 // image match); an image without a digest is available when its image_url is. The other
 // desired images, in priority order, are images_to_cache.
@@ -247,11 +269,13 @@ func Compute(in Input) Dump {
 	}
 }
 
-// commonCache returns the repo:tag entries that every alive node holds with the same digest.
+// commonCache returns the repo:tag entries that every counted node holds with the same
+// digest: the alive nodes that are not warming, or every alive node when all are warming.
 func commonCache(nodes []Node) []CommonImage {
+	warm := slices.ContainsFunc(nodes, func(n Node) bool { return n.Alive && !n.Warming })
 	var common map[string]string // repo:tag -> digest
 	for _, n := range nodes {
-		if !n.Alive {
+		if !n.Alive || warm && n.Warming {
 			continue
 		}
 		if common == nil {
@@ -313,21 +337,30 @@ func entries(imgs []image.Image) []Image {
 func NodesView(in Input) Nodes {
 	out := Nodes{Leader: in.Leader, Nodes: make([]NodeView, 0, len(in.Nodes))}
 	for _, n := range in.Nodes {
+		var until *time.Time
+		var missing []string
+		if n.Warming {
+			until = timePtr(n.WarmingUntil)
+			missing = clone(n.WarmingMissing)
+		}
 		out.Nodes = append(out.Nodes, NodeView{
-			Name:         n.Name,
-			Alive:        n.Alive,
-			RuntimeError: n.RuntimeError,
-			Cached:       clone(n.Cached),
-			Missing:      clone(n.Missing),
-			Pulling:      clone(n.Pulling),
-			Held:         clone(n.Held),
-			Failed:       clone(n.Failed),
-			Disk:         n.Disk,
-			Version:      n.Version,
-			Pinned:       clone(n.Pinned),
-			Pinning:      n.Pinning,
-			Progress:     clone(n.Progress),
-			Updated:      timePtr(n.Updated),
+			Name:           n.Name,
+			Alive:          n.Alive,
+			RuntimeError:   n.RuntimeError,
+			Cached:         clone(n.Cached),
+			Missing:        clone(n.Missing),
+			Pulling:        clone(n.Pulling),
+			Held:           clone(n.Held),
+			Failed:         clone(n.Failed),
+			Disk:           n.Disk,
+			Version:        n.Version,
+			Pinned:         clone(n.Pinned),
+			Pinning:        n.Pinning,
+			Progress:       clone(n.Progress),
+			Updated:        timePtr(n.Updated),
+			Warming:        n.Warming,
+			WarmingUntil:   until,
+			WarmingMissing: missing,
 		})
 		out.Nodes[len(out.Nodes)-1].Pinning.OverBudget = clone(n.Pinning.OverBudget)
 	}

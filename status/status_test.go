@@ -187,6 +187,36 @@ func TestCompute(t *testing.T) {
 			wantToCache:   []Image{},
 		},
 		{
+			name: "a warming node does not count",
+			in: Input{
+				Desired: imgs([]Image{weekly, daily}),
+				Nodes: []Node{
+					alive("n1", map[string]string{gar + ":w_2021_22": dA, gar + ":d_2021_06_01": dB}),
+					{Name: "n2", Alive: true, Warming: true, Inventory: map[string]string{gar + ":w_2021_22": dA}},
+				},
+			},
+			wantCommon: []CommonImage{
+				{ImageURL: gar + ":d_2021_06_01", ImageHash: dB, Tags: []string{}},
+				{ImageURL: gar + ":w_2021_22", ImageHash: dA, Tags: []string{}},
+			},
+			wantAvailable: []Image{weekly, daily},
+			wantToCache:   []Image{},
+		},
+		{
+			name: "every alive node warming: all of them count (a new pool)",
+			in: Input{
+				Desired: imgs([]Image{weekly, daily}),
+				Nodes: []Node{
+					{Name: "n1", Alive: true, Warming: true, Inventory: map[string]string{gar + ":w_2021_22": dA, gar + ":d_2021_06_01": dB}},
+					{Name: "n2", Alive: true, Warming: true, Inventory: map[string]string{gar + ":w_2021_22": dA}},
+					{Name: "n3", Alive: false, Inventory: map[string]string{}},
+				},
+			},
+			wantCommon:    []CommonImage{{ImageURL: gar + ":w_2021_22", ImageHash: dA, Tags: []string{}}},
+			wantAvailable: []Image{weekly},
+			wantToCache:   []Image{daily},
+		},
+		{
 			name:          "no nodes",
 			in:            Input{Desired: imgs([]Image{weekly, daily})},
 			wantCommon:    []CommonImage{},
@@ -243,7 +273,8 @@ func TestEmptyListsEncodeAsArrays(t *testing.T) {
 	require.NoError(t, err)
 	require.JSONEq(t, `{"leader":"n1","nodes":[{"name":"n1","alive":true,"cached":[],"missing":[],
 		"pulling":[],"held":[],"failed":[],"disk":{"used_bytes":0,"capacity_bytes":0},"version":0,
-		"pinned":[],"pinning":{"status":"","budget_bytes":0,"pinned_bytes":0,"over_budget":[]},"progress":[],"updated":null}]}`, string(b))
+		"pinned":[],"pinning":{"status":"","budget_bytes":0,"pinned_bytes":0,"over_budget":[]},"progress":[],"updated":null,
+		"warming":false}]}`, string(b))
 }
 
 func TestNodesView(t *testing.T) {
@@ -268,11 +299,16 @@ func TestNodesView(t *testing.T) {
 				Updated:   retry,
 			},
 			{Name: "a-node", Alive: false, Version: 3},
+			{
+				Name: "c-node", Alive: true, Version: 1,
+				Missing: []string{gar + ":w_2021_22"}, Pulling: []string{gar + ":w_2021_22"},
+				Warming: true, WarmingUntil: retry, WarmingMissing: []string{gar + ":w_2021_22"},
+			},
 		},
 	}
 	v := NodesView(in)
 	require.Equal(t, "a-node", v.Leader)
-	require.Len(t, v.Nodes, 2)
+	require.Len(t, v.Nodes, 3)
 	require.Equal(t, "a-node", v.Nodes[0].Name, "sorted by name")
 	require.Equal(t, "b-node", v.Nodes[1].Name)
 
@@ -281,7 +317,8 @@ func TestNodesView(t *testing.T) {
 	require.JSONEq(t, `{"leader":"a-node","nodes":[
 		{"name":"a-node","alive":false,"cached":[],"missing":[],"pulling":[],"held":[],"failed":[],
 		 "disk":{"used_bytes":0,"capacity_bytes":0},"version":3,
-		 "pinned":[],"pinning":{"status":"","budget_bytes":0,"pinned_bytes":0,"over_budget":[]},"progress":[],"updated":null},
+		 "pinned":[],"pinning":{"status":"","budget_bytes":0,"pinned_bytes":0,"over_budget":[]},"progress":[],"updated":null,
+		 "warming":false},
 		{"name":"b-node","alive":true,
 		 "cached":["`+gar+`:w_2021_22"],
 		 "missing":["`+gar+`:w_2021_21","`+gar+`:d_2021_06_01"],
@@ -294,7 +331,11 @@ func TestNodesView(t *testing.T) {
 		 "pinning":{"status":"honoured","detail":"containerd 2.1.4 reports the pins","budget_bytes":53687091200,"pinned_bytes":4294967296,"over_budget":[]},
 		 "progress":[{"image_url":"`+gar+`:w_2021_21","phase":"downloading","bytes_done":1073741824,"bytes_total":4294967296,
 		              "bytes_per_second":104857600,"eta_seconds":30.72,"measured_at":"2024-05-01T12:00:30+02:00"}],
-		 "updated":"2024-05-01T10:00:30Z"}]}`, string(b))
+		 "updated":"2024-05-01T10:00:30Z","warming":false},
+		{"name":"c-node","alive":true,"cached":[],"missing":["`+gar+`:w_2021_22"],"pulling":["`+gar+`:w_2021_22"],
+		 "held":[],"failed":[],"disk":{"used_bytes":0,"capacity_bytes":0},"version":1,
+		 "pinned":[],"pinning":{"status":"","budget_bytes":0,"pinned_bytes":0,"over_budget":[]},"progress":[],"updated":null,
+		 "warming":true,"warming_until":"2024-05-01T10:00:30Z","warming_missing":["`+gar+`:w_2021_22"]}]}`, string(b))
 
 	b, err = json.Marshal(Failed{ImageURL: "x", Error: "e", Attempts: 1})
 	require.NoError(t, err)
