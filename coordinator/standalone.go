@@ -16,6 +16,7 @@ type Standalone struct {
 	node     string
 	httpAddr string
 	local    LocalAgent
+	boot     time.Time // when NewStandalone ran: this agent's start
 
 	mu      sync.Mutex // guards the fields below
 	version uint64     // the newest state version Run saw
@@ -24,7 +25,7 @@ type Standalone struct {
 
 // NewStandalone returns the cluster of one node, node, whose status API is at httpAddr.
 func NewStandalone(node, httpAddr string, local LocalAgent) *Standalone {
-	return &Standalone{node: node, httpAddr: httpAddr, local: local}
+	return &Standalone{node: node, httpAddr: httpAddr, local: local, boot: time.Now()}
 }
 
 // Leader returns this node: it always leads.
@@ -39,7 +40,7 @@ func (s *Standalone) NodeStates() []NodeState {
 		updated = time.Now() // newer than Run has seen: just published
 	}
 	s.mu.Unlock()
-	return []NodeState{{State: st, Alive: true, Updated: updated}}
+	return []NodeState{{State: st, Alive: true, Updated: updated, Boot: s.boot}}
 }
 
 // PublishDesired installs images in the local agent under a version above the one in force.

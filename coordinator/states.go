@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -18,6 +19,9 @@ type NodeState struct {
 	// Updated is when this node learnt the state's version: received from the node, or,
 	// for its own state, when the agent published it (zero: not known).
 	Updated time.Time `json:"updated"`
+	// Boot is when the node's agent started, from its metadata (zero when unknown): a
+	// restarted agent has a new one.
+	Boot time.Time `json:"boot"`
 }
 
 // stateVersion is the state format this node sends: version 2 (pins and pull progress) when
@@ -108,14 +112,23 @@ func (c *Cluster) NodeStates() []NodeState {
 		if name == c.cfg.NodeName || e.received.IsZero() {
 			continue
 		}
-		out = append(out, NodeState{State: e.state, Alive: c.members[name].alive, Updated: e.received})
+		mb := c.members[name]
+		out = append(out, NodeState{State: e.state, Alive: mb.alive, Updated: e.received, Boot: bootTime(mb.meta.Boot)})
 	}
 	selfUpdated := c.localUpdated
 	if self.Version != c.localStateVersion {
 		selfUpdated = time.Now() // published a moment ago; the run loop has not encoded it yet
 	}
 	c.mu.Unlock()
-	out = append(out, NodeState{State: self, Alive: true, Updated: selfUpdated})
+	out = append(out, NodeState{State: self, Alive: true, Updated: selfUpdated, Boot: bootTime(c.boot)})
 	slices.SortFunc(out, func(a, b NodeState) int { return strings.Compare(a.Node, b.Node) })
 	return out
+}
+
+// bootTime is a boot time from node metadata (ns since the epoch, 0 when unknown).
+func bootTime(ns uint64) time.Time {
+	if ns == 0 || ns > math.MaxInt64 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(ns))
 }
