@@ -105,6 +105,11 @@ type Repoman struct {
 	// InsecureEndpoint talks to Endpoint in plaintext without credentials: only for
 	// emulators and tests.
 	InsecureEndpoint bool `yaml:"insecure_endpoint" types:"RubinRepoGar"`
+	// PubSubSubscription ("projects/P/subscriptions/S") is a subscription to the `gcr` topic
+	// that Artifact Registry publishes every push, tag and delete of the project to: the
+	// leader receives from it and lists the source again soon after a push of its image. The
+	// Pub/Sub client honours PUBSUB_EMULATOR_HOST.
+	PubSubSubscription string `yaml:"pubsub_subscription,omitempty" types:"RubinRepoGar"`
 
 	// RegistryURL is the registry host of a RubinRepoMan (default registry.hub.docker.com).
 	// A RubinRepoGar accepts it because Python-era configs set it, but ignores it: GAR
@@ -203,12 +208,21 @@ type Cluster struct {
 	// InsecureGossip disables gossip encryption (local demos and tests only); the key file
 	// is then not required.
 	InsecureGossip bool `yaml:"insecure_gossip"`
+	// WarmupGrace is how long after its agent started a node that has not yet held every
+	// desired image is warming: it does not count for common_cache meanwhile, so a node that
+	// joins the pool does not shrink the available images. 0 counts every alive node at once
+	// (the Python rule).
+	WarmupGrace Duration `yaml:"warmup_grace"`
 }
 
 // HTTP configures the status API server.
 type HTTP struct {
 	// Listen is the host:port of the status API (":8080").
 	Listen string `yaml:"listen"`
+	// NotificationsTokenFile holds the bearer token a registry must send to
+	// POST /cachemachine/{name}/notifications (Docker distribution push notifications, which
+	// make the leader list the matching RubinRepoMan sources again). "" turns the endpoint off.
+	NotificationsTokenFile string `yaml:"notifications_token_file,omitempty"`
 }
 
 // Default returns the configuration used for every field the file leaves out.
@@ -233,10 +247,11 @@ func Default() Config {
 			DebugSocket:        "/run/cachemachine/agent.sock",
 		},
 		Cluster: Cluster{
-			Enabled:  true,
-			BindAddr: "0.0.0.0",
-			BindPort: 7946,
-			Join:     []string{},
+			Enabled:     true,
+			BindAddr:    "0.0.0.0",
+			BindPort:    7946,
+			Join:        []string{},
+			WarmupGrace: Duration{10 * time.Minute},
 		},
 		HTTP: HTTP{Listen: ":8080"},
 	}

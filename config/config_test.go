@@ -97,6 +97,7 @@ func TestDesignExample(t *testing.T) {
 		Enabled: true, BindAddr: "0.0.0.0", BindPort: 7946,
 		Join:          []string{"cachemachine-gossip.cachemachine.svc.cluster.local"},
 		GossipKeyFile: "/etc/cachemachine/gossip/key",
+		WarmupGrace:   Duration{10 * time.Minute},
 	}, c.Cluster)
 	require.Equal(t, ":8080", c.HTTP.Listen)
 }
@@ -321,6 +322,11 @@ func TestValidateErrors(t *testing.T) {
 		{"gar image", func(c *Config) { c.Repomen[0].GARImage = "" }, "repomen[0].gar_image", "required for RubinRepoGar"},
 		{"gar project_id with slash", func(c *Config) { c.Repomen[0].ProjectID = "a/b" }, "repomen[0].project_id", `invalid value "a/b"`},
 		{"insecure_endpoint without endpoint", func(c *Config) { c.Repomen[0].InsecureEndpoint = true }, "repomen[0].insecure_endpoint", "requires endpoint"},
+		{"pubsub_subscription a topic", func(c *Config) { c.Repomen[0].PubSubSubscription = "projects/rubin-71ec/topics/gcr" }, "repomen[0].pubsub_subscription", `must be projects/PROJECT/subscriptions/SUBSCRIPTION, got "projects/rubin-71ec/topics/gcr"`},
+		{"pubsub_subscription bare ID", func(c *Config) { c.Repomen[0].PubSubSubscription = "gcr-cachemachine" }, "repomen[0].pubsub_subscription", "must be projects/PROJECT/subscriptions/SUBSCRIPTION"},
+		{"pubsub_subscription project", func(c *Config) { c.Repomen[0].PubSubSubscription = "projects/Rubin/subscriptions/gcr" }, "repomen[0].pubsub_subscription", `invalid project ID "Rubin"`},
+		{"pubsub_subscription ID", func(c *Config) { c.Repomen[0].PubSubSubscription = "projects/rubin-71ec/subscriptions/1x" }, "repomen[0].pubsub_subscription", `invalid subscription ID "1x"`},
+		{"pubsub_subscription goog", func(c *Config) { c.Repomen[0].PubSubSubscription = "projects/rubin-71ec/subscriptions/goog-x" }, "repomen[0].pubsub_subscription", `invalid subscription ID "goog-x"`},
 		{"num_releases negative", func(c *Config) { c.Repomen[0].NumReleases = -1 }, "repomen[0].num_releases", "must be >= 0"},
 		{"num_weeklies negative", func(c *Config) { c.Repomen[1].NumWeeklies = -2 }, "repomen[1].num_weeklies", "must be >= 0"},
 		{"num_dailies negative", func(c *Config) { c.Repomen[1].NumDailies = -3 }, "repomen[1].num_dailies", "must be >= 0"},
@@ -379,11 +385,14 @@ func TestValidateErrors(t *testing.T) {
 		{"join bad host", func(c *Config) { c.Cluster.Join = []string{"bad host:7946"} }, "cluster.join[0]", `invalid host "bad host"`},
 		{"join garbage", func(c *Config) { c.Cluster.Join = []string{"a:b:c"} }, "cluster.join[0]", "must be host or host:port"},
 		{"gossip_key_file required", func(c *Config) { c.Cluster.GossipKeyFile = "" }, "cluster.gossip_key_file", "required when cluster.enabled and not insecure_gossip"},
+		{"warmup_grace negative", func(c *Config) { c.Cluster.WarmupGrace = Duration{-time.Minute} }, "cluster.warmup_grace", "must be between 1s and 24h0m0s, got -1m0s"},
+		{"warmup_grace 1ns", func(c *Config) { c.Cluster.WarmupGrace = Duration{time.Nanosecond} }, "cluster.warmup_grace", "must be between 1s and 24h0m0s, got 1ns"},
 
 		{"http.listen empty", func(c *Config) { c.HTTP.Listen = "" }, "http.listen", "required"},
 		{"http.listen no port", func(c *Config) { c.HTTP.Listen = "8080" }, "http.listen", `must be host:port or :port, got "8080"`},
 		{"http.listen bad port", func(c *Config) { c.HTTP.Listen = ":http-alt" }, "http.listen", `invalid port "http-alt"`},
 		{"http.listen bad host", func(c *Config) { c.HTTP.Listen = "a b:80" }, "http.listen", `invalid host "a b"`},
+		{"notifications_token_file relative", func(c *Config) { c.HTTP.NotificationsTokenFile = "token" }, "http.notifications_token_file", `must be an absolute path, got "token"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -427,6 +436,14 @@ func TestValidateAccepts(t *testing.T) {
 		{"cycle zero", func(c *Config) { n := 0; c.Repomen[0].Cycle = &n }},
 		{"no recommended tag", func(c *Config) { c.Repomen[0].RecommendedTag = "" }},
 		{"gar endpoint emulator", func(c *Config) { c.Repomen[0].Endpoint = "127.0.0.1:9999"; c.Repomen[0].InsecureEndpoint = true }},
+		{"pubsub_subscription", func(c *Config) {
+			c.Repomen[0].PubSubSubscription = "projects/rubin-shared-services-71ec/subscriptions/gcr-cachemachine"
+		}},
+		{"pubsub_subscription domain-scoped", func(c *Config) {
+			c.Repomen[0].PubSubSubscription = "projects/example.com:rubin-lab/subscriptions/gcr.push~1"
+		}},
+		{"warmup_grace 0 is the Python rule", func(c *Config) { c.Cluster.WarmupGrace = Duration{} }},
+		{"notifications_token_file", func(c *Config) { c.HTTP.NotificationsTokenFile = "/etc/cachemachine/notifications/token" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -558,7 +575,7 @@ func TestFlagsOverrideFile(t *testing.T) {
 	require.Equal(t, Cluster{
 		Enabled: false, BindAddr: "127.0.0.2", BindPort: 0, AdvertiseAddr: "127.0.0.2",
 		Join:          []string{"127.0.0.3:7946", "127.0.0.4:7946", "127.0.0.5"},
-		GossipKeyFile: "/tmp/key", InsecureGossip: true,
+		GossipKeyFile: "/tmp/key", InsecureGossip: true, WarmupGrace: Duration{10 * time.Minute},
 	}, c.Cluster)
 	require.Equal(t, "127.0.0.1:0", c.HTTP.Listen)
 }

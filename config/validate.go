@@ -177,6 +177,11 @@ func (r *Repoman) validate(v *validator, path string) {
 		if r.InsecureEndpoint && r.Endpoint == "" {
 			v.addf(f("insecure_endpoint"), "requires endpoint")
 		}
+		if r.PubSubSubscription != "" {
+			if err := validSubscription(r.PubSubSubscription); err != nil {
+				v.addf(f("pubsub_subscription"), "%v", err)
+			}
+		}
 		r.validateRubin(v, path)
 	case TypeRubinRepoMan:
 		if required("registry_url", r.RegistryURL) {
@@ -234,6 +239,30 @@ func (r *Repoman) validateRubin(v *validator, path string) {
 			v.addf(fmt.Sprintf("%s[%d]", f("pin"), i), "invalid tag %q", t)
 		}
 	}
+}
+
+var (
+	// Google Cloud resource names (cloud.google.com/resource-manager and Pub/Sub's resource
+	// name rules): a project ID is 6 to 30 lower-case letters, digits and hyphens starting
+	// with a letter, optionally domain-scoped ("example.com:proj"); a subscription ID is 3 to
+	// 255 characters, letters, digits and - _ . ~ + %, starting with a letter, not "goog…".
+	projectIDRE      = regexp.MustCompile(`^([a-z0-9][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$`)
+	subscriptionIDRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$`)
+)
+
+// validSubscription checks a Pub/Sub subscription resource name.
+func validSubscription(s string) error {
+	parts := strings.Split(s, "/")
+	if len(parts) != 4 || parts[0] != "projects" || parts[2] != "subscriptions" {
+		return fmt.Errorf("must be projects/PROJECT/subscriptions/SUBSCRIPTION, got %q", s)
+	}
+	if !projectIDRE.MatchString(parts[1]) {
+		return fmt.Errorf("invalid project ID %q in %q (6 to 30 lower-case letters, digits and hyphens, starting with a letter)", parts[1], s)
+	}
+	if !subscriptionIDRE.MatchString(parts[3]) || strings.HasPrefix(parts[3], "goog") {
+		return fmt.Errorf("invalid subscription ID %q in %q (3 to 255 letters, digits and - _ . ~ + %%, starting with a letter, not goog…)", parts[3], s)
+	}
+	return nil
 }
 
 // validRegistry checks a registry host[:port] as RubinRepoMan uses it (https:// is added).
@@ -337,6 +366,9 @@ func (cl *Cluster) validate(v *validator) {
 	if cl.Enabled && !cl.InsecureGossip && cl.GossipKeyFile == "" {
 		v.addf("cluster.gossip_key_file", "required when cluster.enabled and not insecure_gossip")
 	}
+	if cl.WarmupGrace.Duration != 0 {
+		v.within("cluster.warmup_grace", cl.WarmupGrace, time.Second, 24*time.Hour)
+	}
 }
 
 // validJoin checks a join entry: host, host:port, IP, [IPv6]:port.
@@ -397,5 +429,8 @@ func (h *HTTP) validate(v *validator) {
 	}
 	if host != "" && !validHost(host) {
 		v.addf("http.listen", "invalid host %q in %q", host, h.Listen)
+	}
+	if h.NotificationsTokenFile != "" && !filepath.IsAbs(h.NotificationsTokenFile) {
+		v.addf("http.notifications_token_file", "must be an absolute path, got %q", h.NotificationsTokenFile)
 	}
 }

@@ -1,6 +1,7 @@
 package leader_test
 
 import (
+	"sync"
 	"testing"
 	"time"
 
@@ -110,3 +111,122 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("metric %s not found", name)
 	return 0
 }
+
+// TestWarmingNodes: a node that started within the grace and misses desired images is warming
+// and left out of common_cache; it counts once it holds them (and for good after that), when
+// the grace has passed, or at once when it restarted with the images still on it.
+func TestWarmingNodes(t *testing.T) {
+	t.Parallel()
+	const repo = "us-central1-docker.pkg.dev/p/r/lab"
+	w1 := agent.CachedImage{ID: "i1", Tags: []string{repo + ":w_2024_01"}, Digests: []string{repo + "@" + digest(1)}}
+	w2 := agent.CachedImage{ID: "i2", Tags: []string{repo + ":w_2024_02"}, Digests: []string{repo + "@" + digest(2)}}
+	old := time.Now().Add(-time.Hour)
+	recent := time.Now().Add(-time.Minute)
+	desired := []image.Image{img(repo+":w_2024_02", "Weekly 2024_02", 2), img(repo+":w_2024_01", "Weekly 2024_01", 1)}
+	loc := &local{desired: agent.Desired{Version: 1, Images: desired}}
+	cl := &nodesView{leader: "n1"}
+	cl.set(
+		coordinator.NodeState{State: nodeState("n1", w1, w2), Alive: true, Boot: old},
+		coordinator.NodeState{State: nodeState("n2", w1, w2), Alive: true, Boot: old},
+		coordinator.NodeState{State: nodeState("n3", w1), Alive: true, Boot: recent}, // new, filling its cache
+	)
+	l, err := leader.New(leader.Config{Name: "jupyter", WarmupGrace: 10 * time.Minute}, nil, cl, loc, nil, nil)
+	require.NoError(t, err)
+
+	snap := func() (status.Dump, status.Nodes) {
+		in, _, _, self := l.Snapshot()
+		require.True(t, self)
+		return status.Compute(in), status.NodesView(in)
+	}
+	available := func(d status.Dump) []string {
+		var out []string
+		for _, i := range d.AvailableImages {
+			out = append(out, i.ImageURL)
+		}
+		return out
+	}
+	d, nv := snap()
+	require.Equal(t, []string{repo + ":w_2024_02", repo + ":w_2024_01"}, available(d), "the warming node does not shrink the menu")
+	require.True(t, nv.Nodes[2].Warming)
+	require.Equal(t, []string{repo + ":w_2024_02"}, nv.Nodes[2].WarmingMissing)
+	require.WithinDuration(t, recent.Add(10*time.Minute), *nv.Nodes[2].WarmingUntil, time.Millisecond)
+	require.False(t, nv.Nodes[0].Warming)
+
+	// n3 catches up: it counts; then a new weekly is published that only n1 and n2 have
+	// yet: n3 stays counted (it was complete once), so the new weekly is not available.
+	cl.set(
+		coordinator.NodeState{State: nodeState("n1", w1, w2), Alive: true, Boot: old},
+		coordinator.NodeState{State: nodeState("n2", w1, w2), Alive: true, Boot: old},
+		coordinator.NodeState{State: nodeState("n3", w1, w2), Alive: true, Boot: recent},
+	)
+	_, nv = snap()
+	require.False(t, nv.Nodes[2].Warming)
+	w3 := agent.CachedImage{ID: "i3", Tags: []string{repo + ":w_2024_03"}, Digests: []string{repo + "@" + digest(3)}}
+	loc.mu.Lock()
+	loc.desired = agent.Desired{Version: 2, Images: append([]image.Image{img(repo+":w_2024_03", "Weekly 2024_03", 3)}, desired...)}
+	loc.mu.Unlock()
+	cl.set(
+		coordinator.NodeState{State: nodeState("n1", w1, w2, w3), Alive: true, Boot: old},
+		coordinator.NodeState{State: nodeState("n2", w1, w2, w3), Alive: true, Boot: old},
+		coordinator.NodeState{State: nodeState("n3", w1, w2), Alive: true, Boot: recent},
+	)
+	d, nv = snap()
+	require.False(t, nv.Nodes[2].Warming, "warm for good once it held everything")
+	require.NotContains(t, available(d), repo+":w_2024_03")
+
+	// A restarted agent (new boot) that still holds everything counts at once; one that
+	// lost an image is warming again.
+	restarted := time.Now()
+	cl.set(
+		coordinator.NodeState{State: nodeState("n1", w1, w2, w3), Alive: true, Boot: restarted},
+		coordinator.NodeState{State: nodeState("n2", w1, w2), Alive: true, Boot: restarted},
+		coordinator.NodeState{State: nodeState("n3", w1, w2, w3), Alive: true, Boot: recent},
+	)
+	d, nv = snap()
+	require.False(t, nv.Nodes[0].Warming)
+	require.True(t, nv.Nodes[1].Warming)
+	require.Equal(t, []string{repo + ":w_2024_03", repo + ":w_2024_02", repo + ":w_2024_01"}, available(d))
+
+	// Past the grace, a node counts whatever it misses; with no grace nobody warms.
+	cl.set(
+		coordinator.NodeState{State: nodeState("n1", w1, w2, w3), Alive: true, Boot: old},
+		coordinator.NodeState{State: nodeState("n4"), Alive: true, Boot: old},
+	)
+	d, nv = snap()
+	require.False(t, nv.Nodes[1].Warming)
+	require.Empty(t, d.AvailableImages, "n4 counts: the Python rule after the grace")
+
+	l0, err := leader.New(leader.Config{Name: "jupyter"}, nil, cl, loc, nil, nil)
+	require.NoError(t, err)
+	cl.set(coordinator.NodeState{State: nodeState("n1", w1, w2, w3), Alive: true, Boot: old}, coordinator.NodeState{State: nodeState("n5"), Alive: true, Boot: recent})
+	in, _, _, _ := l0.Snapshot()
+	require.False(t, in.Nodes[1].Warming, "warmup_grace 0: the Python rule")
+
+	// debug cluster lists the warming nodes.
+	cl.set(coordinator.NodeState{State: nodeState("n1", w1, w2, w3), Alive: true, Boot: old}, coordinator.NodeState{State: nodeState("n6", w1), Alive: true, Boot: recent})
+	v := l.ClusterView(coordinator.ClusterStatus{Node: "n1", Leader: "n1"})
+	require.Len(t, v.Warming, 1)
+	require.Equal(t, "n6", v.Warming[0].Name)
+	require.Equal(t, []string{repo + ":w_2024_03", repo + ":w_2024_02"}, v.Warming[0].Missing)
+}
+
+// nodesView is a leading membership whose node states the test replaces.
+type nodesView struct {
+	leader string
+	mu     sync.Mutex // guards nodes
+	nodes  []coordinator.NodeState
+}
+
+func (v *nodesView) set(n ...coordinator.NodeState) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.nodes = n
+}
+func (v *nodesView) Leader() (string, string, bool) { return v.leader, "", true }
+func (v *nodesView) NodeStates() []coordinator.NodeState {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.nodes
+}
+func (v *nodesView) PublishDesired([]image.Image) (uint64, error) { return 0, nil }
+func (v *nodesView) LeaderChanges() <-chan struct{}               { return nil }

@@ -4,6 +4,11 @@
 //
 // Each source is listed by its own goroutine with its own deadline, so a hung or failing
 // source delays nobody else; a failing source keeps its last good listing in force.
+//
+// Triggers (Artifact Registry's Pub/Sub messages, a registry's push notifications) tell the
+// leader that a repository changed; the sources that list it are listed again after a short
+// debounce. They are triggers only, never data: the listing decides. The periodic listing
+// stays the backstop, so a broken trigger costs freshness, never correctness.
 package leader
 
 import (
@@ -23,6 +28,55 @@ import (
 	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/sources"
 )
+
+// repositoryOf is a Source that lists one repository (*sources.Rubin): a trigger's event for
+// that repository asks for its listing. Repository is normalised as image.Ref.Repository
+// ("us-central1-docker.pkg.dev/p/r/img", "127.0.0.1:5000/lsst/sciplat-lab").
+type repositoryOf interface {
+	Repository() string
+}
+
+// Trigger watches for pushes and tells the leader which repositories changed, e.g. an
+// Artifact Registry Pub/Sub subscription or a registry's notifications endpoint. Watch runs
+// only while this node leads: it is started when the node becomes the leader and its context
+// ends when the node stops leading or the leader stops.
+type Trigger interface {
+	// Name identifies the trigger in status and logs ("Pub/Sub projects/p/subscriptions/s").
+	Name() string
+	// Watch receives events until ctx ends, calling ev.Changed for each repository an event
+	// concerns and ev.Report with how it fares. It should retry its own failures (with a
+	// deadline on every call) and return only when ctx ends; an error it returns is reported
+	// and Watch is called again after a backoff.
+	Watch(ctx context.Context, ev Events) error
+}
+
+// Events is what a Trigger tells the leader. Its methods are safe for concurrent use and
+// never block.
+type Events interface {
+	// Changed says that repository changed (a push, a new tag, a delete): every source that
+	// lists it is listed again within the debounce. It reports whether a source lists it;
+	// on a node that does not lead it does nothing and reports false.
+	Changed(repository string) bool
+	// Report says whether the trigger works: nil once a call succeeded, the error when one
+	// failed. The error is shown in the status of the sources the trigger serves.
+	Report(err error)
+}
+
+// Option configures New.
+type Option func(*Leader)
+
+// WithTrigger runs t while this node leads; sources are the indexes (into New's srcs) of the
+// sources whose status shows t's name and errors. Which sources an event lists again is
+// decided by repository (Events.Changed), not by this binding.
+func WithTrigger(t Trigger, sources ...int) Option {
+	return func(l *Leader) { l.triggers = append(l.triggers, binding{t: t, sources: sources}) }
+}
+
+// binding is one trigger and the sources that show it.
+type binding struct {
+	t       Trigger
+	sources []int
+}
 
 // Source is one configured repoman; *sources.Rubin and *sources.Simple implement it. List is
 // called from one goroutine at a time and must honour ctx's deadline.
@@ -65,6 +119,13 @@ type Config struct {
 	FirstListingGrace time.Duration
 	// ReconcileWait bounds how long Refresh waits for the sources (default 10s).
 	ReconcileWait time.Duration
+	// EventDebounce is how long a source waits after a trigger's first event before it is
+	// listed (default 500ms): the events of one push (the digest, then each tag) and of a
+	// burst of tags make one listing. Later events do not extend the wait.
+	EventDebounce time.Duration
+	// WarmupGrace is how long after its agent started a node that still misses desired
+	// images is warming and left out of common_cache (0: never; see Leader.Snapshot).
+	WarmupGrace time.Duration
 }
 
 // SourceStatus is one source's last listing.
@@ -79,6 +140,12 @@ type SourceStatus struct {
 	// Listing is set while a listing is under way, with its start time.
 	Listing bool
 	Started time.Time
+	// Triggers names the triggers that serve the source ("" when none); TriggerError is
+	// their last error, "" while they work.
+	Triggers     string
+	TriggerError string
+	// EventAt is when a trigger's event last asked for a listing of the source (zero: never).
+	EventAt time.Time
 }
 
 // Result is the concatenation of every source's listing in force, in config order.
@@ -93,7 +160,11 @@ type Result struct {
 // source is one source and what the leader knows of it.
 type source struct {
 	src  Source
-	kick chan struct{} // capacity 1: coalesces requests for a listing
+	repo string        // the repository it lists, normalised; "" for a fixed list
+	kick chan struct{} // capacity 1: coalesces requests for a listing now
+	// event is signalled by Events.Changed (capacity 1); the source is listed EventDebounce
+	// after the first event.
+	event chan struct{}
 }
 
 // Leader runs the sources and publishes. Create it with New and start it with Run; Refresh,
@@ -106,6 +177,8 @@ type Leader struct {
 	log     *slog.Logger
 	metrics *metrics
 	changed chan struct{} // capacity 1: a listing finished
+	// triggers run while this node leads.
+	triggers []binding
 
 	mu       sync.Mutex // guards the fields below
 	last     []*sources.Listing
@@ -113,10 +186,15 @@ type Leader struct {
 	rounds   []uint64      // finished listings per source
 	roundEnd chan struct{} // closed and replaced whenever a listing finishes
 	leading  time.Time     // when this node became the leader; zero while it is not
+	// trigErr is each trigger's last reported error ("" while it works).
+	trigErr []string
+	// warm maps a node to the boot time (ns) of the agent run that once held every desired
+	// image: that run is warm for good (see warming).
+	warm map[string]int64
 }
 
 // New builds a Leader over srcs in config order; reg may be nil. It starts nothing.
-func New(cfg Config, srcs []Source, cluster Cluster, local Local, logger *slog.Logger, reg prometheus.Registerer) (*Leader, error) {
+func New(cfg Config, srcs []Source, cluster Cluster, local Local, logger *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Leader, error) {
 	if cluster == nil || local == nil {
 		return nil, errors.New("leader: cluster and local agent are required")
 	}
@@ -134,6 +212,10 @@ func New(cfg Config, srcs []Source, cluster Cluster, local Local, logger *slog.L
 	if cfg.ReconcileWait <= 0 {
 		cfg.ReconcileWait = 10 * time.Second
 	}
+	if cfg.EventDebounce <= 0 {
+		cfg.EventDebounce = DefaultEventDebounce
+	}
+	cfg.WarmupGrace = max(cfg.WarmupGrace, 0)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -144,12 +226,41 @@ func New(cfg Config, srcs []Source, cluster Cluster, local Local, logger *slog.L
 		status:   make([]SourceStatus, len(srcs)),
 		rounds:   make([]uint64, len(srcs)),
 		roundEnd: make(chan struct{}),
+		warm:     map[string]int64{},
 	}
 	for i, s := range srcs {
-		l.sources = append(l.sources, source{src: s, kick: make(chan struct{}, 1)})
+		src := source{src: s, kick: make(chan struct{}, 1), event: make(chan struct{}, 1)}
+		if r, ok := s.(repositoryOf); ok {
+			src.repo = normalRepository(r.Repository())
+		}
+		l.sources = append(l.sources, src)
 		l.status[i].Name = s.Name()
 	}
+	for _, o := range opts {
+		o(l)
+	}
+	l.trigErr = make([]string, len(l.triggers))
+	for _, b := range l.triggers {
+		for _, i := range b.sources {
+			if i < 0 || i >= len(l.sources) {
+				return nil, fmt.Errorf("leader: trigger %s: no source %d", b.t.Name(), i)
+			}
+			l.status[i].Triggers = strings.TrimPrefix(l.status[i].Triggers+", "+b.t.Name(), ", ")
+		}
+	}
 	return l, nil
+}
+
+// DefaultEventDebounce is Config.EventDebounce's default.
+const DefaultEventDebounce = 500 * time.Millisecond
+
+// normalRepository normalises a repository name as image.Ref does ("index.docker.io/x" is
+// "docker.io/x"); a name that does not parse is compared as written.
+func normalRepository(repo string) string {
+	if r, err := image.ParseRef(repo); err == nil {
+		return r.Repository()
+	}
+	return repo
 }
 
 // Run lists every source at once, every RefreshInterval and on Refresh, while this node
@@ -160,31 +271,59 @@ func (l *Leader) Run(ctx context.Context) error {
 	for i := range l.sources {
 		wg.Go(func() { l.runSource(ctx, i) })
 	}
-	l.leadershipChanged()
+	// The triggers run while this node leads; stopWatch ends them and waits for them.
+	var watchWG sync.WaitGroup
+	stopWatch := func() {}
+	defer func() { stopWatch() }()
+	follow := func() (became bool) {
+		became, lost := l.leadershipChanged()
+		switch {
+		case became:
+			stopWatch()
+			wctx, cancel := context.WithCancel(ctx)
+			for i := range l.triggers {
+				watchWG.Go(func() { l.runTrigger(wctx, i) })
+			}
+			stopWatch = func() { cancel(); watchWG.Wait() }
+		case lost:
+			stopWatch()
+			stopWatch = func() {}
+		}
+		return became
+	}
+	follow()
 	grace := time.NewTimer(l.cfg.FirstListingGrace)
 	defer grace.Stop()
+	warmth := time.NewTicker(warmthInterval)
+	defer warmth.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-l.cluster.LeaderChanges():
-			if l.leadershipChanged() {
+			if follow() {
 				grace.Reset(l.cfg.FirstListingGrace)
 			}
 		case <-l.changed:
 		case <-grace.C:
 			// A source still on its first listing: publish what the others gave.
+		case <-warmth.C:
+			l.observeWarmth()
+			continue
 		}
 		l.publish()
 	}
 }
 
+
 // leadershipChanged notes whether this node leads now and, when it just became the leader,
-// asks every source for a listing. It reports whether the node just became the leader.
-func (l *Leader) leadershipChanged() bool {
+// asks every source for a listing. It reports whether the node just became the leader or
+// just stopped leading.
+func (l *Leader) leadershipChanged() (became, lost bool) {
 	_, _, self := l.cluster.Leader()
 	l.mu.Lock()
-	became := self && l.leading.IsZero()
+	became = self && l.leading.IsZero()
+	lost = !self && !l.leading.IsZero()
 	switch {
 	case became:
 		l.leading = time.Now()
@@ -196,32 +335,156 @@ func (l *Leader) leadershipChanged() bool {
 		l.log.Info("leading: listing the sources")
 		l.kickAll()
 	}
-	return became
+	if lost {
+		l.log.Info("no longer leading")
+	}
+	return became, lost
 }
 
 func (l *Leader) kickAll() {
-	for _, s := range l.sources {
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
+	for i := range l.sources {
+		l.kick(i)
 	}
 }
 
-// runSource lists source i while this node leads: on a kick, and every RefreshInterval.
+// kick asks for a listing of source i now; requests coalesce.
+func (l *Leader) kick(i int) {
+	select {
+	case l.sources[i].kick <- struct{}{}:
+	default:
+	}
+}
+
+// runSource lists source i while this node leads: on a kick, EventDebounce after a trigger's
+// event, and every RefreshInterval.
 func (l *Leader) runSource(ctx context.Context, i int) {
 	t := time.NewTicker(l.cfg.RefreshInterval)
 	defer t.Stop()
+	debounce := time.NewTimer(l.cfg.EventDebounce)
+	debounce.Stop()
+	armed := false // debounce runs: an event is waiting for its listing
 	for {
 		select {
 		case <-ctx.Done():
+			debounce.Stop()
 			return
 		case <-t.C:
 		case <-l.sources[i].kick:
+		case <-l.sources[i].event:
+			if !armed {
+				debounce.Reset(l.cfg.EventDebounce)
+				armed = true
+			}
+			continue
+		case <-debounce.C:
+		}
+		if armed {
+			// This listing answers the waiting event too.
+			debounce.Stop()
+			armed = false
 		}
 		if _, _, self := l.cluster.Leader(); self {
 			l.list(ctx, i)
 		}
+	}
+}
+
+// Changed implements Events for every trigger: see Events.Changed.
+func (l *Leader) Changed(repository string) bool {
+	if _, _, self := l.cluster.Leader(); !self {
+		return false
+	}
+	repo := normalRepository(repository)
+	matched := false
+	now := time.Now()
+	for i, s := range l.sources {
+		if s.repo == "" || s.repo != repo {
+			continue
+		}
+		matched = true
+		l.mu.Lock()
+		l.status[i].EventAt = now
+		l.mu.Unlock()
+		l.metrics.events.WithLabelValues(s.src.Name()).Inc()
+		select {
+		case s.event <- struct{}{}:
+		default:
+		}
+	}
+	return matched
+}
+
+// events is the Events a trigger reports to.
+type events struct {
+	l *Leader
+	i int // index into l.triggers
+}
+
+func (e events) Changed(repository string) bool { return e.l.Changed(repository) }
+
+func (e events) Report(err error) {
+	l := e.l
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	b := l.triggers[e.i]
+	l.mu.Lock()
+	prev := l.trigErr[e.i]
+	l.trigErr[e.i] = msg
+	for _, si := range b.sources {
+		var errs []string
+		for j, o := range l.triggers {
+			if l.trigErr[j] != "" && slices.Contains(o.sources, si) {
+				errs = append(errs, o.t.Name()+": "+l.trigErr[j])
+			}
+		}
+		l.status[si].TriggerError = strings.Join(errs, "; ")
+	}
+	l.mu.Unlock()
+	switch {
+	case msg != "" && msg != prev:
+		l.metrics.triggerErrors.WithLabelValues(b.t.Name()).Inc()
+		l.log.Warn("trigger failing; the periodic listing goes on", "trigger", b.t.Name(), "err", err)
+	case msg != "":
+		l.metrics.triggerErrors.WithLabelValues(b.t.Name()).Inc()
+	case prev != "":
+		l.log.Info("trigger works again", "trigger", b.t.Name())
+	}
+}
+
+// Trigger restart backoff: a Watch that returned is called again after this, doubling.
+const (
+	triggerBackoffMin = time.Second
+	triggerBackoffMax = 30 * time.Second
+)
+
+// runTrigger runs trigger i until ctx ends (this node stops leading), calling Watch again
+// after a backoff when it returns early.
+func (l *Leader) runTrigger(ctx context.Context, i int) {
+	t := l.triggers[i].t
+	ev := events{l: l, i: i}
+	backoff := triggerBackoffMin
+	for {
+		l.log.Info("watching for pushes", "trigger", t.Name())
+		started := time.Now()
+		err := t.Watch(ctx, ev)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("stopped watching")
+		}
+		ev.Report(err)
+		if time.Since(started) > triggerBackoffMax {
+			backoff = triggerBackoffMin
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, triggerBackoffMax)
 	}
 }
 
@@ -378,9 +641,11 @@ func (l *Leader) Refresh(ctx context.Context) error {
 }
 
 type metrics struct {
-	duration *prometheus.HistogramVec
-	errors   *prometheus.CounterVec
-	images   *prometheus.GaugeVec
+	duration      *prometheus.HistogramVec
+	errors        *prometheus.CounterVec
+	images        *prometheus.GaugeVec
+	events        *prometheus.CounterVec
+	triggerErrors *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -395,9 +660,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		images: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "cachemachine_source_images", Help: "Images the last good listing of a source holds.",
 		}, []string{"source"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cachemachine_source_events_total", Help: "Trigger events (pushes) that asked for a listing of a source.",
+		}, []string{"source"}),
+		triggerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cachemachine_trigger_errors_total", Help: "Failures a trigger (a Pub/Sub subscription, registry notifications) reported.",
+		}, []string{"trigger"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.duration, m.errors, m.images)
+		reg.MustRegister(m.duration, m.errors, m.images, m.events, m.triggerErrors)
 	}
 	return m
 }

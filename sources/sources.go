@@ -63,6 +63,10 @@ func NewRubin(name string, l Lister, p rubintag.Policy) *Rubin {
 // Name implements Source.
 func (r *Rubin) Name() string { return r.name }
 
+// Repository is the repository the source lists, normalised ("host/path"): a push to it is a
+// reason to list the source again.
+func (r *Rubin) Repository() string { return r.lister.Repository() }
+
 // List implements Source. When the listing lacks digests it resolves only the tags the
 // policy needs (aliases, pins and a first selection), then selects again with them, so alias
 // names and the cycle filter see the digests that matter; when it lacks sizes, it reads the
