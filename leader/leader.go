@@ -315,7 +315,6 @@ func (l *Leader) Run(ctx context.Context) error {
 	}
 }
 
-
 // leadershipChanged notes whether this node leads now and, when it just became the leader,
 // asks every source for a listing. It reports whether the node just became the leader or
 // just stopped leading.
