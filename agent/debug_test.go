@@ -333,3 +333,23 @@ func TestDebugClientHintFitsTheFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestDebugClusterShowsWarming: `debug cluster` marks the members the leader package lists as
+// warming.
+func TestDebugClusterShowsWarming(t *testing.T) {
+	t.Parallel()
+	until := time.Now().Add(5 * time.Minute)
+	_, path := startDebug(t, newRuntime(), DebugOptions{Cluster: func() any {
+		return map[string]any{
+			"node": "n1", "ready": true, "leader": "n1",
+			"members": []map[string]any{{"name": "n1", "state": "alive", "leader": true}, {"name": "n4", "state": "alive"}},
+			"warming": []map[string]any{{"name": "n4", "until": until, "missing": []string{"ghcr.io/lsst/lab:w_2024_02", "ghcr.io/lsst/lab:w_2024_01"}}},
+		}
+	}})
+	var out bytes.Buffer
+	require.NoError(t, RunDebug(t.Context(), path, []string{"cluster"}, false, &out))
+	require.Contains(t, out.String(), "WARMING")
+	require.Regexp(t, `n4 .* yes: 2 missing, counts by `+until.Local().Format(time.TimeOnly)+` at the latest`, out.String())
+	require.Regexp(t, `n1 .*leader.* -\n`, out.String())
+	require.Contains(t, out.String(), "left out of common_cache")
+}

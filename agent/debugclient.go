@@ -219,6 +219,12 @@ func printTable(out io.Writer, cmd string, raw []byte) error {
 				StateVersion  uint64 `json:"state_version"`
 				StoredVersion uint64 `json:"stored_version"`
 			} `json:"members"`
+			// Warming is added by the leader package (leader.ClusterView).
+			Warming []struct {
+				Name    string    `json:"name"`
+				Until   time.Time `json:"until"`
+				Missing []string  `json:"missing"`
+			} `json:"warming"`
 		}
 		if err := json.Unmarshal(raw, &v); err != nil {
 			return fmt.Errorf("decode cluster view: %w", err)
@@ -228,13 +234,22 @@ func printTable(out io.Writer, cmd string, raw []byte) error {
 			return nil
 		}
 		fmt.Fprintf(tw, "node:\t%s\njoined:\t%v\nleader:\t%s %s\ndesired version:\t%d\n\n", v.Node, v.Ready, v.Leader, v.LeaderHTTPAddr, v.DesiredVersion)
-		fmt.Fprintln(tw, "MEMBER\tGOSSIP ADDR\tSTATE\tROLE\tHTTP\tSTATE VERSION\tSTORED VERSION")
+		fmt.Fprintln(tw, "MEMBER\tGOSSIP ADDR\tSTATE\tROLE\tHTTP\tSTATE VERSION\tSTORED VERSION\tWARMING")
 		for _, m := range v.Members {
 			role := "-"
 			if m.Leader {
 				role = "leader"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", m.Name, m.Addr, m.State, role, m.HTTPAddr, m.StateVersion, m.StoredVersion)
+			warming := "-"
+			for _, w := range v.Warming {
+				if w.Name == m.Name {
+					warming = fmt.Sprintf("yes: %d missing, counts by %s at the latest", len(w.Missing), w.Until.Local().Format(time.TimeOnly))
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", m.Name, m.Addr, m.State, role, m.HTTPAddr, m.StateVersion, m.StoredVersion, warming)
+		}
+		if len(v.Warming) > 0 {
+			fmt.Fprintln(tw, "\nwarming: started recently and still filling its cache; left out of common_cache until it holds every desired image")
 		}
 	default: // reconcile: a small JSON object
 		var v map[string]any

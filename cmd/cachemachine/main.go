@@ -262,8 +262,10 @@ func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logg
 	}
 	defer cluster.Close()
 
-	lead, err := leader.New(leader.Config{Name: cfg.Name, Labels: cfg.Labels, RefreshInterval: cfg.RefreshInterval.Duration},
-		srcs, cluster, a, logger.With("component", "leader"), reg)
+	lead, err := leader.New(leader.Config{
+		Name: cfg.Name, Labels: cfg.Labels, RefreshInterval: cfg.RefreshInterval.Duration,
+		WarmupGrace: cfg.Cluster.WarmupGrace.Duration,
+	}, srcs, cluster, a, logger.With("component", "leader"), reg)
 	if err != nil {
 		return err
 	}
@@ -271,7 +273,7 @@ func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logg
 
 	debug, err := agent.NewDebugServer(cfg.Agent.DebugSocket, a, agent.DebugOptions{
 		Refresh: lead.Refresh,
-		Cluster: func() any { return cluster.Status() },
+		Cluster: func() any { return lead.ClusterView(cluster.Status()) },
 		Logger:  logger.With("component", "debug"),
 	})
 	if err != nil {
