@@ -40,26 +40,18 @@ type repositoryOf interface {
 // Artifact Registry Pub/Sub subscription or a registry's notifications endpoint. Watch runs
 // only while this node leads: it is started when the node becomes the leader and its context
 // ends when the node stops leading or the leader stops.
+//
+// Watch receives events until ctx ends. It calls changed (Leader.Changed: safe for concurrent
+// use, never blocks) for each repository an event concerns; changed reports whether a source
+// lists it. It calls report with how it fares: nil once a call succeeded, the error when one
+// failed; the error shows in the status of the sources the trigger serves. Watch should
+// retry its own failures, with a deadline on every call, and return only when ctx ends; an
+// error it returns is reported and Watch is called again after a backoff. The parameters are
+// plain function types so that a trigger's package need not import this one.
 type Trigger interface {
 	// Name identifies the trigger in status and logs ("Pub/Sub projects/p/subscriptions/s").
 	Name() string
-	// Watch receives events until ctx ends, calling ev.Changed for each repository an event
-	// concerns and ev.Report with how it fares. It should retry its own failures (with a
-	// deadline on every call) and return only when ctx ends; an error it returns is reported
-	// and Watch is called again after a backoff.
-	Watch(ctx context.Context, ev Events) error
-}
-
-// Events is what a Trigger tells the leader. Its methods are safe for concurrent use and
-// never block.
-type Events interface {
-	// Changed says that repository changed (a push, a new tag, a delete): every source that
-	// lists it is listed again within the debounce. It reports whether a source lists it;
-	// on a node that does not lead it does nothing and reports false.
-	Changed(repository string) bool
-	// Report says whether the trigger works: nil once a call succeeded, the error when one
-	// failed. The error is shown in the status of the sources the trigger serves.
-	Report(err error)
+	Watch(ctx context.Context, changed func(repository string) bool, report func(err error)) error
 }
 
 // Option configures New.
@@ -67,7 +59,7 @@ type Option func(*Leader)
 
 // WithTrigger runs t while this node leads; sources are the indexes (into New's srcs) of the
 // sources whose status shows t's name and errors. Which sources an event lists again is
-// decided by repository (Events.Changed), not by this binding.
+// decided by repository (Leader.Changed), not by this binding.
 func WithTrigger(t Trigger, sources ...int) Option {
 	return func(l *Leader) { l.triggers = append(l.triggers, binding{t: t, sources: sources}) }
 }
@@ -162,7 +154,7 @@ type source struct {
 	src  Source
 	repo string        // the repository it lists, normalised; "" for a fixed list
 	kick chan struct{} // capacity 1: coalesces requests for a listing now
-	// event is signalled by Events.Changed (capacity 1); the source is listed EventDebounce
+	// event is signalled by Changed (capacity 1); the source is listed EventDebounce
 	// after the first event.
 	event chan struct{}
 }
@@ -388,7 +380,9 @@ func (l *Leader) runSource(ctx context.Context, i int) {
 	}
 }
 
-// Changed implements Events for every trigger: see Events.Changed.
+// Changed says that repository changed (a push, a new tag, a delete): every source that
+// lists it is listed again EventDebounce later. It reports whether a source lists it; on a
+// node that does not lead it does nothing and reports false. It never blocks.
 func (l *Leader) Changed(repository string) bool {
 	if _, _, self := l.cluster.Leader(); !self {
 		return false
@@ -413,24 +407,16 @@ func (l *Leader) Changed(repository string) bool {
 	return matched
 }
 
-// events is the Events a trigger reports to.
-type events struct {
-	l *Leader
-	i int // index into l.triggers
-}
-
-func (e events) Changed(repository string) bool { return e.l.Changed(repository) }
-
-func (e events) Report(err error) {
-	l := e.l
+// report records how trigger i fares (nil: it works) in the status of its sources.
+func (l *Leader) report(i int, err error) {
 	msg := ""
 	if err != nil {
 		msg = err.Error()
 	}
-	b := l.triggers[e.i]
+	b := l.triggers[i]
 	l.mu.Lock()
-	prev := l.trigErr[e.i]
-	l.trigErr[e.i] = msg
+	prev := l.trigErr[i]
+	l.trigErr[i] = msg
 	for _, si := range b.sources {
 		var errs []string
 		for j, o := range l.triggers {
@@ -462,19 +448,19 @@ const (
 // after a backoff when it returns early.
 func (l *Leader) runTrigger(ctx context.Context, i int) {
 	t := l.triggers[i].t
-	ev := events{l: l, i: i}
+	report := func(err error) { l.report(i, err) }
 	backoff := triggerBackoffMin
 	for {
 		l.log.Info("watching for pushes", "trigger", t.Name())
 		started := time.Now()
-		err := t.Watch(ctx, ev)
+		err := t.Watch(ctx, l.Changed, report)
 		if ctx.Err() != nil {
 			return
 		}
 		if err == nil {
 			err = errors.New("stopped watching")
 		}
-		ev.Report(err)
+		report(err)
 		if time.Since(started) > triggerBackoffMax {
 			backoff = triggerBackoffMin
 		}

@@ -24,20 +24,30 @@ type repoSource struct {
 
 func (r repoSource) Repository() string { return r.repo }
 
-// fakeTrigger records its Watch calls and hands the test the Events of the running one.
+// fakeTrigger records its Watch calls and hands the test what the running one was given.
 type fakeTrigger struct {
 	name string
 	fail error // Watch returns it at once when set
 
 	mu      sync.Mutex // guards the fields below
-	ev      leader.Events
+	ev      *events
 	running bool
 	starts  int
 }
 
+// events is what a running Watch was given.
+type events struct {
+	changed func(string) bool
+	report  func(error)
+}
+
+func (e *events) Changed(repo string) bool { return e.changed(repo) }
+func (e *events) Report(err error)         { e.report(err) }
+
 func (f *fakeTrigger) Name() string { return f.name }
 
-func (f *fakeTrigger) Watch(ctx context.Context, ev leader.Events) error {
+func (f *fakeTrigger) Watch(ctx context.Context, changed func(string) bool, report func(error)) error {
+	ev := &events{changed: changed, report: report}
 	f.mu.Lock()
 	f.starts++
 	if f.fail != nil {
@@ -53,7 +63,7 @@ func (f *fakeTrigger) Watch(ctx context.Context, ev leader.Events) error {
 	return nil
 }
 
-func (f *fakeTrigger) events() leader.Events {
+func (f *fakeTrigger) events() *events {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.ev
