@@ -1,9 +1,11 @@
 package status
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -75,11 +77,34 @@ func WithTransport(rt http.RoundTripper) Option {
 	}
 }
 
+// Receiver serves POST /cachemachine/{name}/notifications on the leader: a registry's push
+// notifications (*registry.Notifications implements it).
+type Receiver interface {
+	http.Handler
+	// Authorized reports whether r carries the receiver's credentials. Every node checks it
+	// before it forwards a request to the leader, so unauthenticated requests stop at once.
+	Authorized(r *http.Request) bool
+}
+
+// NotificationsPath is the last element of the notifications endpoint's path.
+const NotificationsPath = "notifications"
+
+// maxNotificationBytes bounds a notification request a non-leader forwards.
+const maxNotificationBytes = 1 << 20
+
+// WithNotifications serves POST /cachemachine/{name}/notifications with r on the leader;
+// other nodes check r.Authorized and forward the request to the leader. Every other write
+// is still answered 405.
+func WithNotifications(r Receiver) Option {
+	return func(h *handler) { h.notify = r }
+}
+
 type handler struct {
 	b         Backend
 	timeout   time.Duration
 	log       *slog.Logger
 	transport http.RoundTripper
+	notify    Receiver // nil: no notifications endpoint
 }
 
 // NewHandler returns the read-only status API for the paths under Prefix:
@@ -91,8 +116,9 @@ type handler struct {
 //	GET /cachemachine/{name}/nodes      Nodes
 //
 // On the leader it answers from Backend.Snapshot; elsewhere it forwards the request to the
-// leader and answers 503 naming the leader when that fails. Writes are answered 405. The
-// handler is safe for concurrent use.
+// leader and answers 503 naming the leader when that fails. Writes are answered 405, except
+// POST /cachemachine/{name}/notifications when WithNotifications is given. The handler is
+// safe for concurrent use.
 func NewHandler(b Backend, opts ...Option) http.Handler {
 	h := &handler{b: b, timeout: DefaultProxyTimeout, log: slog.Default()}
 	for _, o := range opts {
@@ -114,8 +140,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if self && leader == "" {
 		leader = in.Leader
 	}
-	switch r.Method {
-	case http.MethodGet, http.MethodHead:
+	switch {
+	case r.Method == http.MethodGet, r.Method == http.MethodHead:
+	case r.Method == http.MethodPost && h.notify != nil && isNotifications(r.URL.Path):
+		h.serveNotifications(w, r, in, leader, leaderAddr, self)
+		return
 	default:
 		w.Header().Set(LeaderHeader, leader)
 		w.Header().Set("Allow", "GET, HEAD")
@@ -166,6 +195,46 @@ func (h *handler) serveLocal(w http.ResponseWriter, r *http.Request, in Input) {
 	default:
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("not found: %s", r.URL.Path)})
 	}
+}
+
+// isNotifications reports whether path is /cachemachine/{name}/notifications.
+func isNotifications(path string) bool {
+	rest, ok := strings.CutPrefix(path, Prefix)
+	if !ok {
+		return false
+	}
+	name, sub, ok := strings.Cut(rest, "/")
+	return ok && name != "" && sub == NotificationsPath
+}
+
+// serveNotifications checks the credentials, then hands the request to the receiver on the
+// leader or forwards it (body bounded) to the leader elsewhere.
+func (h *handler) serveNotifications(w http.ResponseWriter, r *http.Request, in Input, leader, leaderAddr string, self bool) {
+	w.Header().Set(LeaderHeader, leader)
+	if !h.notify.Authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cachemachine notifications"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+		return
+	}
+	if self {
+		name, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, Prefix), "/")
+		if name != in.Name {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("unknown cache %q", name)})
+			return
+		}
+		h.notify.ServeHTTP(w, r)
+		return
+	}
+	// Read the body here, so that an oversized one is refused here and not reported as an
+	// unreachable leader halfway through forwarding.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxNotificationBytes))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": fmt.Sprintf("body larger than %d bytes or unreadable: %v", maxNotificationBytes, err)})
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	h.proxy(w, r, leader, leaderAddr)
 }
 
 // proxy forwards r to the leader at addr, path and query unchanged.

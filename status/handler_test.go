@@ -386,3 +386,90 @@ func TestProxyLoopGuard(t *testing.T) {
 type backendFunc func() (Input, string, string, bool)
 
 func (f backendFunc) Snapshot() (Input, string, string, bool) { return f() }
+
+// receiver is a notifications receiver that accepts the bearer token "t0k" and records the
+// bodies it served.
+type receiver struct {
+	mu     sync.Mutex // guards bodies
+	bodies []string
+}
+
+func (r *receiver) Authorized(req *http.Request) bool {
+	return req.Header.Get("Authorization") == "Bearer t0k"
+}
+
+func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	b, _ := io.ReadAll(req.Body)
+	r.mu.Lock()
+	r.bodies = append(r.bodies, string(b))
+	r.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]int{"matched": 1})
+}
+
+func (r *receiver) served() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.bodies...)
+}
+
+func postBody(t *testing.T, url, token, body string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url, strings.NewReader(body))
+	require.NoError(t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	req.Header.Set("Content-Type", "application/vnd.docker.distribution.events.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp, string(b)
+}
+
+// TestNotificationsEndpoint: POST /cachemachine/{name}/notifications reaches the receiver on
+// the leader, is checked and forwarded by a follower, and every other write stays 405.
+func TestNotificationsEndpoint(t *testing.T) {
+	t.Parallel()
+	recv := &receiver{}
+	leader := httptest.NewServer(NewHandler(leaderBackend(), WithNotifications(recv)))
+	t.Cleanup(leader.Close)
+	followerRecv := &receiver{}
+	follower := httptest.NewServer(NewHandler(fakeBackend{leader: "gke-pool-1-a", leaderAddr: leader.Listener.Addr().String()}, WithNotifications(followerRecv)))
+	t.Cleanup(follower.Close)
+
+	resp, body := postBody(t, leader.URL+"/cachemachine/jupyter/notifications", "t0k", `{"events":[1]}`)
+	require.Equal(t, 200, resp.StatusCode, body)
+	resp, body = postBody(t, follower.URL+"/cachemachine/jupyter/notifications", "t0k", `{"events":[2]}`)
+	require.Equal(t, 200, resp.StatusCode, body)
+	require.Equal(t, "gke-pool-1-a", resp.Header.Get(LeaderHeader))
+	require.Equal(t, []string{`{"events":[1]}`, `{"events":[2]}`}, recv.served(), "the follower forwards to the leader")
+	require.Empty(t, followerRecv.served(), "only the leader acts")
+
+	for _, srv := range []*httptest.Server{leader, follower} {
+		resp, body = postBody(t, srv.URL+"/cachemachine/jupyter/notifications", "wrong", `{}`)
+		require.Equal(t, 401, resp.StatusCode)
+		require.Equal(t, `Bearer realm="cachemachine notifications"`, resp.Header.Get("WWW-Authenticate"))
+		require.JSONEq(t, `{"error":"missing or wrong bearer token"}`, body)
+	}
+	require.Len(t, recv.served(), 2, "unauthenticated requests stop at the node they reach")
+
+	resp, _ = postBody(t, leader.URL+"/cachemachine/other/notifications", "t0k", `{}`)
+	require.Equal(t, 404, resp.StatusCode)
+	resp, _ = postBody(t, follower.URL+"/cachemachine/jupyter/notifications", "t0k", strings.Repeat("x", maxNotificationBytes+1))
+	require.Equal(t, http.StatusRequestEntityTooLarge, resp.StatusCode, "a follower bounds the body it forwards")
+	for _, path := range []string{"/cachemachine/", "/cachemachine/jupyter", "/cachemachine/jupyter/available", "/cachemachine/jupyter/notifications/x"} {
+		resp, _ = postBody(t, leader.URL+path, "t0k", `{}`)
+		require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode, path)
+	}
+	for _, method := range []string{http.MethodPut, http.MethodDelete} {
+		resp, _ := do(t, method, leader.URL+"/cachemachine/jupyter/notifications", nil)
+		require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode, method)
+	}
+
+	plain := httptest.NewServer(NewHandler(leaderBackend()))
+	t.Cleanup(plain.Close)
+	resp, _ = postBody(t, plain.URL+"/cachemachine/jupyter/notifications", "t0k", `{}`)
+	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode, "without a receiver the endpoint does not exist")
+}
