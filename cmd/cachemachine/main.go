@@ -159,12 +159,13 @@ func agentMain(ctx context.Context, args []string, stderr io.Writer) int {
 		cfg.Agent.NodeName, _ = os.Hostname()
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})).With("node", cfg.Agent.NodeName)
-	files, err := loadFiles(cfg, logger)
+	reg := prometheus.NewRegistry()
+	files, err := loadFiles(cfg, logger, reg)
 	if err != nil {
 		fmt.Fprintf(stderr, "cachemachine agent: %v\n", err)
 		return exitUsage
 	}
-	if err := run(ctx, cfg, files, logger); err != nil {
+	if err := run(ctx, cfg, files, logger, reg); err != nil {
 		logger.Error("agent stopped", "err", err)
 		return exitFailed
 	}
@@ -180,10 +181,15 @@ type files struct {
 	dockerconfig *registry.DockerConfig
 	// gossipKey is nil when the cluster is off or its gossip unencrypted.
 	gossipKey []byte
+	// notifications is the registry notifications endpoint, nil unless
+	// http.notifications_token_file is set.
+	notifications *registry.Notifications
 }
 
-// loadFiles reads agent.dockerconfig and cluster.gossip_key_file when the config uses them.
-func loadFiles(cfg *config.Config, logger *slog.Logger) (files, error) {
+// loadFiles reads agent.dockerconfig, cluster.gossip_key_file and
+// http.notifications_token_file when the config uses them. reg receives the notifications'
+// metrics.
+func loadFiles(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer) (files, error) {
 	var f files
 	if cfg.Agent.PullAuth == config.PullAuthDockerconfig {
 		dc, err := registry.LoadDockerConfig(cfg.Agent.Dockerconfig, logger.With("component", "credentials"))
@@ -199,13 +205,19 @@ func loadFiles(cfg *config.Config, logger *slog.Logger) (files, error) {
 		}
 		f.gossipKey = key
 	}
+	if cfg.HTTP.NotificationsTokenFile != "" {
+		n, err := registry.NewNotifications(cfg.HTTP.NotificationsTokenFile, logger.With("component", "notifications"), reg)
+		if err != nil {
+			return files{}, fmt.Errorf("http.notifications_token_file: %w", err)
+		}
+		f.notifications = n
+	}
 	return f, nil
 }
 
-// run builds every component, runs them until ctx ends, and closes them.
-func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logger) error {
+// run builds every component, runs them until ctx ends, and closes them. Metrics go to reg.
+func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logger, reg *prometheus.Registry) error {
 	logger.Info("starting", "version", version, "config", cfg.File())
-	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	rt, err := cri.New(ctx, cfg.Agent.CRISocket, cri.Options{PullTimeout: cfg.Agent.PullTimeout.Duration})
@@ -244,11 +256,11 @@ func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logg
 	}
 	defer a.Close()
 
-	srcs, closeSources, err := buildSources(ctx, cfg, files.keychain())
+	srcs, err := buildSources(ctx, cfg, files.keychain(), files.notifications, logger, reg)
 	if err != nil {
 		return err
 	}
-	defer closeSources()
+	defer srcs.close()
 
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
@@ -265,7 +277,7 @@ func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logg
 	lead, err := leader.New(leader.Config{
 		Name: cfg.Name, Labels: cfg.Labels, RefreshInterval: cfg.RefreshInterval.Duration,
 		WarmupGrace: cfg.Cluster.WarmupGrace.Duration,
-	}, srcs, cluster, a, logger.With("component", "leader"), reg)
+	}, srcs.sources, cluster, a, logger.With("component", "leader"), reg, srcs.triggers...)
 	if err != nil {
 		return err
 	}
@@ -282,7 +294,11 @@ func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logg
 	defer debug.Close()
 
 	ready := func() bool { return a.Ready() && cluster.Ready() }
-	srv := agent.NewHTTPServer(httpMux(a.Healthy, ready, reg, status.NewHandler(lead, status.WithLogger(logger.With("component", "http")))), agent.DefaultHTTPLimits)
+	statusOpts := []status.Option{status.WithLogger(logger.With("component", "http"))}
+	if files.notifications != nil {
+		statusOpts = append(statusOpts, status.WithNotifications(files.notifications))
+	}
+	srv := agent.NewHTTPServer(httpMux(a.Healthy, ready, reg, status.NewHandler(lead, statusOpts...)), agent.DefaultHTTPLimits)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(ctx) })

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/gar"
@@ -24,9 +26,19 @@ func (f files) keychain() authn.Keychain {
 	return f.dockerconfig
 }
 
+// built is what buildSources makes: the sources in config order, the leader options that
+// bind their triggers, and close, which releases the API clients.
+type built struct {
+	sources  []leader.Source
+	triggers []leader.Option
+	close    func()
+}
+
 // buildSources constructs one source per repoman, in config order, listing registries with
-// keychain (nil: anonymous). The returned closer releases the API clients.
-func buildSources(ctx context.Context, cfg *config.Config, keychain authn.Keychain) ([]leader.Source, func(), error) {
+// keychain (nil: anonymous), and one Pub/Sub trigger per distinct pubsub_subscription, bound
+// to the RubinRepoGar sources that name it. notify (may be nil) is the registry
+// notifications endpoint: it is bound to every RubinRepoMan source.
+func buildSources(ctx context.Context, cfg *config.Config, keychain authn.Keychain, notify *registry.Notifications, logger *slog.Logger, reg prometheus.Registerer) (built, error) {
 	var out []leader.Source
 	var closers []func()
 	closeAll := func() {
@@ -34,6 +46,9 @@ func buildSources(ctx context.Context, cfg *config.Config, keychain authn.Keycha
 			c()
 		}
 	}
+	subs := map[string][]int{} // subscription -> RubinRepoGar sources
+	var subOrder []string
+	var men []int // RubinRepoMan sources
 	for i, r := range cfg.Repomen {
 		policy := rubintag.Policy{
 			RecommendedTag: r.RecommendedTag, AliasTags: r.AliasTags, Pin: r.Pin, Cycle: r.Cycle,
@@ -47,17 +62,24 @@ func buildSources(ctx context.Context, cfg *config.Config, keychain authn.Keycha
 			})
 			if err != nil {
 				closeAll()
-				return nil, nil, fmt.Errorf("repomen[%d]: %w", i, err)
+				return built{}, fmt.Errorf("repomen[%d]: %w", i, err)
 			}
 			closers = append(closers, func() { l.Close() })
 			out = append(out, sources.NewRubin(sources.Describe(i, r.Type, l.Repository()), l, policy))
+			if s := r.PubSubSubscription; s != "" {
+				if _, ok := subs[s]; !ok {
+					subOrder = append(subOrder, s)
+				}
+				subs[s] = append(subs[s], i)
+			}
 		case config.TypeRubinRepoMan:
 			l, err := registry.New(registry.Config{RegistryURL: r.RegistryURL, Repo: r.Repo, Auth: keychain})
 			if err != nil {
 				closeAll()
-				return nil, nil, fmt.Errorf("repomen[%d]: %w", i, err)
+				return built{}, fmt.Errorf("repomen[%d]: %w", i, err)
 			}
 			out = append(out, sources.NewRubin(sources.Describe(i, r.Type, l.Repository()), l, policy))
+			men = append(men, i)
 		case config.TypeSimpleRepoMan:
 			imgs := make([]image.Image, len(r.Images))
 			for j, img := range r.Images {
@@ -66,5 +88,18 @@ func buildSources(ctx context.Context, cfg *config.Config, keychain authn.Keycha
 			out = append(out, sources.NewSimple(sources.Describe(i, r.Type, ""), imgs, registry.NewResolver(keychain)))
 		}
 	}
-	return out, closeAll, nil
+	var triggers []leader.Option
+	for _, name := range subOrder {
+		sub, err := gar.NewSubscription(ctx, name, logger.With("component", "pubsub"), reg)
+		if err != nil {
+			closeAll()
+			return built{}, fmt.Errorf("repomen[%d].pubsub_subscription: %w", subs[name][0], err)
+		}
+		closers = append(closers, func() { sub.Close() })
+		triggers = append(triggers, leader.WithTrigger(sub, subs[name]...))
+	}
+	if notify != nil && len(men) > 0 {
+		triggers = append(triggers, leader.WithTrigger(notify, men...))
+	}
+	return built{sources: out, triggers: triggers, close: closeAll}, nil
 }

@@ -62,6 +62,17 @@ func TestAgentExitsWithStatus2OnABadFileTheConfigNames(t *testing.T) {
 			content:  ptr(b64("short")),
 			want:     []string{"cluster.gossip_key_file", "key is 5 bytes, must be 16, 24 or 32"},
 		},
+		{
+			name:     "notifications token missing",
+			settings: "cluster:\n  enabled: false\nhttp:\n  listen: 127.0.0.1:0\n  notifications_token_file: FILE\n",
+			want:     []string{"http.notifications_token_file", "no such file or directory"},
+		},
+		{
+			name:     "notifications token empty",
+			settings: "cluster:\n  enabled: false\nhttp:\n  listen: 127.0.0.1:0\n  notifications_token_file: FILE\n",
+			content:  ptr(" \n"),
+			want:     []string{"http.notifications_token_file", "is empty"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -72,7 +83,10 @@ func TestAgentExitsWithStatus2OnABadFileTheConfigNames(t *testing.T) {
 				require.NoError(t, os.WriteFile(file, []byte(*tt.content), 0o600))
 			}
 			cfgPath := filepath.Join(dir, "config.yaml")
-			cfg := strings.ReplaceAll(tt.settings, "FILE", file) + "http:\n  listen: 127.0.0.1:0\n"
+			cfg := strings.ReplaceAll(tt.settings, "FILE", file)
+			if !strings.Contains(cfg, "http:") {
+				cfg += "http:\n  listen: 127.0.0.1:0\n"
+			}
 			require.NoError(t, os.WriteFile(cfgPath, []byte(cfg), 0o600))
 
 			var stdout, stderr bytes.Buffer
@@ -109,7 +123,7 @@ func TestOneDockerconfigForPullsAndListings(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, cfg.Validate())
 
-	f, err := loadFiles(cfg, slog.New(slog.DiscardHandler))
+	f, err := loadFiles(cfg, slog.New(slog.DiscardHandler), nil)
 	require.NoError(t, err)
 	require.NotNil(t, f.dockerconfig)
 	creds, err := pullCredentials(t.Context(), cfg, f)
@@ -118,7 +132,7 @@ func TestOneDockerconfigForPullsAndListings(t *testing.T) {
 	require.Same(t, f.dockerconfig, f.keychain())
 
 	cfg.Agent.PullAuth = config.PullAuthNone
-	f, err = loadFiles(cfg, slog.New(slog.DiscardHandler))
+	f, err = loadFiles(cfg, slog.New(slog.DiscardHandler), nil)
 	require.NoError(t, err)
 	require.Nil(t, f.keychain(), "anonymous listing: a nil interface, not a typed nil")
 }
