@@ -32,6 +32,16 @@ type RegistryOptions struct {
 	Username, Password string
 	// Stdout receives the registry's log. Default: the file registry.log in Dir.
 	Stdout io.Writer
+	// Notify, when set, makes the registry POST a notification envelope to Notify.URL on
+	// every manifest push and delete (docker-registry's notifications.endpoints), with
+	// "Authorization: Bearer <Notify.Token>".
+	Notify *RegistryNotify
+}
+
+// RegistryNotify is one notifications endpoint of the registry.
+type RegistryNotify struct {
+	URL   string
+	Token string
 }
 
 // Registry is a docker-registry (distribution 2.8) running as a child process, serving plain
@@ -104,7 +114,7 @@ func StartRegistry(ctx context.Context, opts RegistryOptions) (*Registry, error)
 			return nil, fmt.Errorf("start registry: %w", err)
 		}
 		r.Addr = "127.0.0.1:" + strconv.Itoa(port)
-		cfg := registryConfig(filepath.Join(r.Dir, "data"), r.Addr, hex.EncodeToString(secret), htpasswd)
+		cfg := registryConfig(filepath.Join(r.Dir, "data"), r.Addr, hex.EncodeToString(secret), htpasswd, opts.Notify)
 		if err := os.WriteFile(r.configPath, []byte(cfg), 0o644); err != nil {
 			return nil, fmt.Errorf("start registry: %w", err)
 		}
@@ -242,7 +252,7 @@ func writeHtpasswd(path, user, password string) error {
 
 // registryConfig renders a docker-registry 2.8 config.yml. Strings are written with %q: a Go
 // quoted string of a path or host is a valid YAML double-quoted scalar.
-func registryConfig(dataDir, addr, secret, htpasswd string) string {
+func registryConfig(dataDir, addr, secret, htpasswd string, notify *RegistryNotify) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `version: 0.1
 log:
@@ -271,6 +281,24 @@ http:
     realm: cachemachine-lab
     path: %q
 `, htpasswd)
+	}
+	if notify != nil {
+		// Blobs and pulls are no news; a failed delivery is retried every second, and a
+		// backlog of undelivered events is dropped after a few tries rather than piling up.
+		fmt.Fprintf(&b, `notifications:
+  endpoints:
+    - name: cachemachine
+      url: %q
+      headers:
+        Authorization: [%q]
+      timeout: 2s
+      threshold: 3
+      backoff: 1s
+      ignoredmediatypes:
+        - application/octet-stream
+      ignore:
+        actions: [pull]
+`, notify.URL, "Bearer "+notify.Token)
 	}
 	return b.String()
 }
