@@ -96,7 +96,16 @@ type Process struct {
 // StartProcess starts path with args in its own process group (so Ctrl-C at a terminal reaches
 // the parent first, which then stops its children in order), sending stdout and stderr to out.
 func StartProcess(path string, args []string, out io.Writer) (*Process, error) {
+	return StartProcessEnv(path, args, nil, out)
+}
+
+// StartProcessEnv is StartProcess with env ("KEY=value") added to this process's
+// environment, e.g. PUBSUB_EMULATOR_HOST for an agent.
+func StartProcessEnv(path string, args, env []string, out io.Writer) (*Process, error) {
 	cmd := exec.Command(path, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.SysProcAttr = sysProcAttr()
