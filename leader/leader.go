@@ -369,13 +369,14 @@ func (l *Leader) runSource(ctx context.Context, i int) {
 			continue
 		case <-debounce.C:
 		}
+		afterEvent := armed
 		if armed {
 			// This listing answers the waiting event too.
 			debounce.Stop()
 			armed = false
 		}
 		if _, _, self := l.cluster.Leader(); self {
-			l.list(ctx, i)
+			l.list(ctx, i, afterEvent)
 		}
 	}
 }
@@ -473,8 +474,10 @@ func (l *Leader) runTrigger(ctx context.Context, i int) {
 	}
 }
 
-// list lists source i once within SourceTimeout and records the outcome.
-func (l *Leader) list(ctx context.Context, i int) {
+// list lists source i once within SourceTimeout and records the outcome. afterEvent says a
+// trigger's event asked for it: that listing is logged at info level, the periodic ones at
+// debug level.
+func (l *Leader) list(ctx context.Context, i int, afterEvent bool) {
 	src := l.sources[i].src
 	start := time.Now()
 	l.mu.Lock()
@@ -513,9 +516,12 @@ func (l *Leader) list(ctx context.Context, i int) {
 	hasListing := l.last[i] != nil
 	l.mu.Unlock()
 
-	if err != nil {
+	switch {
+	case err != nil:
 		l.log.Warn("listing source failed; keeping its last good listing", "source", src.Name(), "err", err, "has_listing", hasListing, "partial", listing.Partial)
-	} else {
+	case afterEvent:
+		l.log.Info("listed source after a push event", "source", src.Name(), "images", len(listing.All), "desired", len(listing.Desired), "seconds", elapsed.Seconds())
+	default:
 		l.log.Debug("listed source", "source", src.Name(), "images", len(listing.All), "desired", len(listing.Desired), "seconds", elapsed.Seconds())
 	}
 	select {
