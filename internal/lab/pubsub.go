@@ -17,6 +17,7 @@ import (
 
 	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"cloud.google.com/go/pubsub/v2/pstest"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -76,8 +77,11 @@ type PubSub struct {
 	Addr string
 	// Project is the project the client works in.
 	Project string
+	// Kind says what serves: the emulator or the in-process fake (StartPubSubFake).
+	Kind string
 
-	proc   *Process
+	proc   *Process       // the emulator; nil for the fake
+	fake   *pstest.Server // the fake; nil for the emulator
 	tail   *tailBuffer
 	client *pubsub.Client
 	once   sync.Once
@@ -111,7 +115,7 @@ func startPubSub(ctx context.Context, bin, project string, out io.Writer) (*PubS
 	if err != nil {
 		return nil, err
 	}
-	p := &PubSub{Addr: "127.0.0.1:" + strconv.Itoa(port), Project: project, tail: newTail()}
+	p := &PubSub{Addr: "127.0.0.1:" + strconv.Itoa(port), Project: project, Kind: "the Pub/Sub emulator (" + bin + ")", tail: newTail()}
 	// A bounded heap: the emulator keeps everything in memory, and this machine is shared.
 	env := []string{"JAVA_OPTS=-Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1"}
 	p.proc, err = StartProcessEnv(bin, []string{"--host=127.0.0.1", "--port=" + strconv.Itoa(port)}, env, io.MultiWriter(out, p.tail))
@@ -141,14 +145,42 @@ func startPubSub(ctx context.Context, bin, project string, out io.Writer) (*PubS
 		p.proc.Kill()
 		return nil, withTail(err, p.tail)
 	}
-	p.client, err = pubsub.NewClient(ctx, project,
-		option.WithEndpoint(p.Addr), option.WithoutAuthentication(),
-		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
-	if err != nil {
+	if p.client, err = newPubSubClient(ctx, p.Addr, project); err != nil {
 		p.proc.Kill()
 		return nil, err
 	}
 	return p, nil
+}
+
+func newPubSubClient(ctx context.Context, addr, project string) (*pubsub.Client, error) {
+	return pubsub.NewClient(ctx, project,
+		option.WithEndpoint(addr), option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+}
+
+// StartPubSubFake serves Pub/Sub from this process with the client library's fake (pstest)
+// on a loopback port, for the demo and benchmarks where the emulator is not installed. Agents
+// reach it through PUBSUB_EMULATOR_HOST as they reach the emulator. Its unary Pull polls
+// every 500 ms when it has no message, where the emulator and the service answer as soon as
+// one arrives.
+func StartPubSubFake(ctx context.Context, project string) (*PubSub, error) {
+	srv := pstest.NewServerWithAddress("127.0.0.1:0")
+	p := &PubSub{Addr: srv.Addr, Project: project, Kind: "the in-process Pub/Sub fake (pstest; the emulator is not installed)", fake: srv, tail: newTail()}
+	var err error
+	if p.client, err = newPubSubClient(ctx, p.Addr, project); err != nil {
+		_ = srv.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// StartPubSubOrFake starts the emulator where it is installed, and the in-process fake
+// otherwise; Kind says which.
+func StartPubSubOrFake(ctx context.Context, project string, out io.Writer) (*PubSub, error) {
+	if _, err := FindPubSubEmulator(); err != nil {
+		return StartPubSubFake(ctx, project)
+	}
+	return StartPubSub(ctx, project, out)
 }
 
 // NewPubSub is StartPubSub for tests: it calls RequirePubSub(t), registers Close with
@@ -213,8 +245,13 @@ func (p *PubSub) PublishARPush(ctx context.Context, repo, digest, tag string) er
 func (p *PubSub) Close() error {
 	p.once.Do(func() {
 		errs := []error{p.client.Close()}
-		if err := p.proc.Stop(stopGrace); err != nil {
-			errs = append(errs, withTail(fmt.Errorf("stop pub/sub emulator: %w", err), p.tail))
+		if p.fake != nil {
+			errs = append(errs, p.fake.Close())
+		}
+		if p.proc != nil {
+			if err := p.proc.Stop(stopGrace); err != nil {
+				errs = append(errs, withTail(fmt.Errorf("stop pub/sub emulator: %w", err), p.tail))
+			}
 		}
 		p.err = errors.Join(errs...)
 	})

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,4 +46,22 @@ func TestPubSubEmulator(t *testing.T) {
 	require.Len(t, got, 2)
 	require.Contains(t, string(got[1].GetMessage().GetData())+string(got[0].GetMessage().GetData()), `"tag":"us-central1-docker.pkg.dev/rubin-lab/sciplat/sciplat-lab:w_2024_10"`)
 	require.NoError(t, ps.Close())
+}
+
+// TestPubSubFake: the in-process fake has the emulator's API.
+func TestPubSubFake(t *testing.T) {
+	t.Parallel()
+	ps, err := StartPubSubFake(t.Context(), "rubin-lab")
+	require.NoError(t, err)
+	defer func() { require.NoError(t, ps.Close()) }()
+	require.Contains(t, ps.Kind, "pstest")
+	sub, err := ps.CreateSubscription(t.Context(), "gcr", "cachemachine")
+	require.NoError(t, err)
+	require.NoError(t, ps.PublishARPush(t.Context(), "us-central1-docker.pkg.dev/rubin-lab/sciplat/sciplat-lab", "sha256:"+strings.Repeat("0", 64), "w_2024_10"))
+	c, err := newPubSubClient(t.Context(), ps.Addr, "rubin-lab")
+	require.NoError(t, err)
+	defer c.Close()
+	resp, err := c.SubscriptionAdminClient.Pull(t.Context(), &pubsubpb.PullRequest{Subscription: sub, MaxMessages: 10})
+	require.NoError(t, err)
+	require.Len(t, resp.GetReceivedMessages(), 2)
 }
