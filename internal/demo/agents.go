@@ -29,8 +29,9 @@ func (p nodePlan) httpAddr() string    { return fmt.Sprintf("127.0.0.1:%d", p.ht
 func (p nodePlan) gossipAddr() string  { return fmt.Sprintf("127.0.0.1:%d", p.gossipPort) }
 
 // agentConfig is one node's configuration: the RubinRepoGar source on the fake Artifact
-// Registry, fast timings, and the other nodes as join addresses.
-func agentConfig(p nodePlan, all []nodePlan, garAddr, keyFile string) config.Config {
+// Registry with its Pub/Sub subscription sub, fast timings, and the other nodes as join
+// addresses.
+func agentConfig(p nodePlan, all []nodePlan, garAddr, sub, keyFile string) config.Config {
 	var join []string
 	for _, o := range all {
 		if o.name != p.name {
@@ -43,6 +44,7 @@ func agentConfig(p nodePlan, all []nodePlan, garAddr, keyFile string) config.Con
 	src.ProjectID, src.Location, src.GARRepository, src.GARImage = "rubin", "us-central1", "sciplat", "sciplat-lab"
 	src.NumReleases, src.NumWeeklies, src.NumDailies = 1, 2, 2
 	src.Endpoint, src.InsecureEndpoint = garAddr, true
+	src.PubSubSubscription = sub
 	c.Repomen = []config.Repoman{src}
 	c.Agent.PullTimeout = config.Duration{Duration: 2 * time.Minute}
 	c.Agent.BackoffInitial = config.Duration{Duration: time.Second}

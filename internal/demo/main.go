@@ -5,8 +5,12 @@
 // redirect), and the built cachemachine binary as the agent on each node, gossiping over
 // loopback. `make demo` runs it (as root: containerd mounts overlayfs).
 //
-// It runs until Ctrl-C, or with --until-cached until common_cache holds every desired image;
-// then it stops everything it started and removes its temp dir.
+// Once every desired image is cached everywhere it pushes a new weekly, publishes Artifact
+// Registry's Pub/Sub messages for it (the Pub/Sub emulator where installed, an in-process
+// fake otherwise), and shows the leader's push event, the listing and the pulls that follow.
+//
+// It runs until Ctrl-C, or with --until-cached until common_cache holds every desired image,
+// the pushed weekly included; then it stops everything it started and removes its temp dir.
 package main
 
 import (
@@ -107,7 +111,11 @@ func run(ctx context.Context, o options, out *console) (err error) {
 	if err != nil {
 		return err
 	}
-	garAddr, err := startFakeGAR(ctx, out, regAddr, &cl)
+	fake, err := startFakeGAR(ctx, out, regAddr, &cl)
+	if err != nil {
+		return err
+	}
+	ps, sub, err := startPubSub(ctx, out, dir, &cl)
 	if err != nil {
 		return err
 	}
@@ -115,11 +123,33 @@ func run(ctx context.Context, o options, out *console) (err error) {
 	if err != nil {
 		return err
 	}
-	agents, err := startAgents(ctx, out, bin, dir, garAddr, plans, &cl)
+	agents, err := startAgents(ctx, out, bin, dir, fake.Addr(), ps, sub, plans, &cl)
 	if err != nil {
 		return err
 	}
-	return show(ctx, o, out, bin, plans, agents)
+	return show(ctx, o, out, bin, plans, agents, &pusher{regAddr: regAddr, fake: fake, ps: ps, size: int64(o.imageMB) << 20})
+}
+
+// startPubSub starts the Pub/Sub emulator (the in-process fake where it is not installed)
+// with the topic gcr and the agents' subscription to it; the agents reach it through
+// PUBSUB_EMULATOR_HOST (ps.Env).
+func startPubSub(ctx context.Context, out *console, dir string, cl *cleanups) (*lab.PubSub, string, error) {
+	log, err := os.Create(filepath.Join(dir, "pubsub.log"))
+	if err != nil {
+		return nil, "", err
+	}
+	ps, err := lab.StartPubSubOrFake(ctx, "rubin-demo", log)
+	if err != nil {
+		log.Close()
+		return nil, "", err
+	}
+	cl.add("stopped Pub/Sub", func() error { err := ps.Close(); log.Close(); return err })
+	sub, err := ps.CreateSubscription(ctx, "gcr", "cachemachine")
+	if err != nil {
+		return nil, "", err
+	}
+	out.say("Pub/Sub on %s: %s; the agents receive %s", ps.Addr, ps.Kind, sub)
+	return ps, sub, nil
 }
 
 // ensureBinary returns the absolute path of the agent binary, building it when missing.
@@ -159,17 +189,17 @@ func startRegistry(ctx context.Context, o options, out *console, dir string, cl 
 }
 
 // startFakeGAR serves the Artifact Registry API, listing what the registry holds.
-func startFakeGAR(ctx context.Context, out *console, regAddr string, cl *cleanups) (string, error) {
+func startFakeGAR(ctx context.Context, out *console, regAddr string, cl *cleanups) (*gartest.Server, error) {
 	fake, err := gartest.NewServer()
 	if err != nil {
-		return "", fmt.Errorf("fake artifact registry: %w", err)
+		return nil, fmt.Errorf("fake artifact registry: %w", err)
 	}
 	cl.add("stopped fake Artifact Registry", func() error { fake.Close(); return nil })
 	if err := fake.AddFromRegistry(ctx, regAddr, registryRepo, garParent, garImage); err != nil {
-		return "", err
+		return nil, err
 	}
 	out.say("fake Artifact Registry on %s lists %s/%s", fake.Addr(), garHost, registryRepo)
-	return fake.Addr(), nil
+	return fake, nil
 }
 
 // startNodes starts one containerd per node, redirecting the GAR host to the registry.
@@ -196,7 +226,7 @@ func startNodes(ctx context.Context, out *console, dir, regAddr string, cl *clea
 
 // startAgents gives every node its ports, starts the agents and waits until each one joined
 // the cluster.
-func startAgents(ctx context.Context, out *console, bin, dir, garAddr string, plans []nodePlan, cl *cleanups) ([]*lab.Agent, error) {
+func startAgents(ctx context.Context, out *console, bin, dir, garAddr string, ps *lab.PubSub, sub string, plans []nodePlan, cl *cleanups) ([]*lab.Agent, error) {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key) // never fails since Go 1.24
 	keyFile := filepath.Join(dir, "gossip.key")
@@ -216,7 +246,7 @@ func startAgents(ctx context.Context, out *console, bin, dir, garAddr string, pl
 	}
 	var agents []*lab.Agent
 	for _, p := range plans {
-		a, err := lab.StartAgent(lab.AgentOptions{Binary: bin, Node: p.name, Dir: p.dir, Config: agentConfig(p, plans, garAddr, keyFile)})
+		a, err := lab.StartAgent(lab.AgentOptions{Binary: bin, Node: p.name, Dir: p.dir, Config: agentConfig(p, plans, garAddr, sub, keyFile), Env: []string{ps.Env()}})
 		if err != nil {
 			return nil, err
 		}

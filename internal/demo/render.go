@@ -145,6 +145,8 @@ type lineDisplay struct {
 	progress  map[key]string // the progress line last printed per pull
 	desired   string         // the desired tags last announced
 	available int
+	logs      *logWatcher // when set, the leader's push events and listings are shown too
+	fresh     *freshness  // when set, a push to follow
 }
 
 func newLineDisplay(out *console) *lineDisplay {
@@ -163,6 +165,11 @@ func (d *lineDisplay) update(v view, tr tracker, print bool) {
 	say := func(format string, args ...any) {
 		if print {
 			d.out.say(format, args...)
+		}
+	}
+	if d.logs != nil && print {
+		for _, l := range d.logs.poll() {
+			say("%s", l)
 		}
 	}
 	var tags []string
@@ -195,6 +202,9 @@ func (d *lineDisplay) update(v view, tr tracker, print bool) {
 	if n := len(v.dump.AvailableImages); n != d.available {
 		d.available = n
 		say("common_cache: %d/%d desired images on every node", n, len(v.dump.DesiredImages))
+	}
+	if print {
+		d.fresh.check(v, d.out)
 	}
 }
 

@@ -12,9 +12,10 @@ import (
 	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
-// show displays the progress until common_cache is complete, then prints where to look and,
+// show displays the progress until common_cache is complete, then pushes a new weekly (pu)
+// and shows the push event, the listing and the pulls it causes, prints where to look and,
 // unless --until-cached, keeps reporting changes until ctx ends.
-func show(ctx context.Context, o options, out *console, bin string, plans []nodePlan, agents []*lab.Agent) error {
+func show(ctx context.Context, o options, out *console, bin string, plans []nodePlan, agents []*lab.Agent, pu *pusher) error {
 	statusURL := "http://" + plans[0].httpAddr() + "/cachemachine/jupyter"
 	p := newPoller(statusURL, plans)
 	tr := tracker{}
@@ -45,6 +46,29 @@ func show(ctx context.Context, o options, out *console, bin string, plans []node
 		return err
 	}
 	out.say("done: all %d desired images are in common_cache, cached on all %d nodes", len(v.dump.DesiredImages), len(agents))
+
+	// A new weekly arrives: the Pub/Sub event, the listing, the pulls, within seconds.
+	lines.prime(v)
+	lines.logs = newLogWatcher(agents)
+	lines.logs.skip()
+	ref, pushed, err := pu.push(waitCtx, out)
+	if err != nil {
+		if ctx.Err() != nil {
+			return errInterrupted
+		}
+		return err
+	}
+	lines.fresh = &freshness{ref: ref, pushed: pushed}
+	v, err = watch(waitCtx, p, agents, lines, tr, func(view) bool { return lines.fresh.reported })
+	switch {
+	case ctx.Err() != nil:
+		return errInterrupted
+	case err != nil && waitCtx.Err() != nil:
+		printTimeout(out, v, tr, statusURL, agents)
+		return fmt.Errorf("timed out after %s: the pushed %s is not available yet (see above)", o.timeout, freshTag)
+	case err != nil:
+		return err
+	}
 	if o.untilCached {
 		dump, err := p.raw(ctx, statusURL)
 		if err != nil {

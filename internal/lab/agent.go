@@ -75,6 +75,8 @@ type AgentOptions struct {
 	Config config.Config
 	// Args are more flags, after --config and --node-name; flags win over the file.
 	Args []string
+	// Env is added to the agent's environment ("KEY=value"), e.g. PUBSUB_EMULATOR_HOST.
+	Env []string
 }
 
 // Agent is the cachemachine binary running as `cachemachine agent`, a child process of the
@@ -139,7 +141,7 @@ func (a *Agent) Start() error {
 		return fmt.Errorf("start agent %s: %w", a.opts.Node, err)
 	}
 	args := append([]string{"agent", "--config", a.ConfigPath(), "--node-name", a.opts.Node}, a.opts.Args...)
-	proc, err := StartProcess(a.opts.Binary, args, log)
+	proc, err := StartProcessEnv(a.opts.Binary, args, a.opts.Env, log)
 	if err != nil {
 		return fmt.Errorf("start agent %s: %w", a.opts.Node, err)
 	}
