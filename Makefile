@@ -7,7 +7,7 @@ LDFLAGS := -X main.version=$(VERSION)
 BIN := bin/cachemachine
 ARGS ?=
 
-.PHONY: build test deps lint fmt tidy demo bench bench-pull bench-sources bench-cluster manifests-check image clean
+.PHONY: build test deps lint fmt tidy demo bench bench-pull bench-sources bench-cluster bench-freshness manifests-check image clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/cachemachine
@@ -36,7 +36,7 @@ demo: deps build
 	go build -o bin/demo ./internal/demo
 	bin/demo $(ARGS)
 
-bench: bench-pull bench-sources bench-cluster
+bench: bench-pull bench-sources bench-cluster bench-freshness
 
 # Agent pulls vs direct CRI pulls (serial and parallel) on real containerd and registry.
 bench-pull: deps
@@ -47,6 +47,11 @@ bench-sources:
 
 bench-cluster: deps build
 	go run ./internal/bench/cluster $(ARGS)
+
+# Push -> cached on every node and in /available: Pub/Sub (the emulator where installed),
+# registry notifications, and polling, on real containerd nodes with the built agent.
+bench-freshness: deps build
+	go run ./internal/bench/freshness $(ARGS)
 
 manifests-check: deps
 	go test -count=1 ./manifests/...
