@@ -10,6 +10,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/leader"
 	"github.com/cachemachine/cachemachine/sources"
@@ -44,9 +45,10 @@ func TestSnapshotAggregatesNodeStatesOnTheLeader(t *testing.T) {
 	v := view{leader: "n1", self: true, nodes: []coordinator.NodeState{
 		{State: n1, Alive: true}, {State: nodeState("n2", img1), Alive: true}, {State: nodeState("n3"), Alive: false},
 	}}
-	loc := &local{desired: agent.Desired{Version: 5, Images: []image.Image{
+	loc := coordinatortest.NewAgent("n1")
+	loc.SetDesired(agent.Desired{Version: 5, Images: []image.Image{
 		img(repo+":recommended", "Recommended (Weekly 2024_10)", 0xa), img(repo+":w_2024_09", "Weekly 2024_09", 0xb),
-	}}}
+	}})
 	src := &scripted{name: "gar", l: sources.Listing{All: []image.Image{img(repo+":w_2024_10", "w_2024_10", 0xa), img(repo+":w_2024_09", "w_2024_09", 0xb)}}}
 	l, err := leader.New(leader.Config{Name: "jupyter", Labels: map[string]string{"k": "v"}}, []leader.Source{src}, v, loc, nil, nil)
 	require.NoError(t, err)
@@ -74,7 +76,7 @@ func TestSnapshotAggregatesNodeStatesOnTheLeader(t *testing.T) {
 
 func TestSnapshotOnAFollowerPointsAtTheLeader(t *testing.T) {
 	t.Parallel()
-	l, err := leader.New(leader.Config{Name: "jupyter"}, nil, view{leader: "n1", addr: "10.0.0.1:8080"}, &local{}, nil, nil)
+	l, err := leader.New(leader.Config{Name: "jupyter"}, nil, view{leader: "n1", addr: "10.0.0.1:8080"}, coordinatortest.NewAgent("n1"), nil, nil)
 	require.NoError(t, err)
 	_, name, addr, self := l.Snapshot()
 	require.False(t, self)
@@ -89,7 +91,7 @@ func TestSnapshotOnAFollowerPointsAtTheLeader(t *testing.T) {
 
 func TestStandaloneIsItsOwnLeader(t *testing.T) {
 	t.Parallel()
-	loc := &local{state: agent.State{Node: "solo", Cached: map[string]string{}}}
+	loc := coordinatortest.NewAgent("solo")
 	l, err := leader.New(leader.Config{Name: "jupyter"}, nil, coordinator.NewStandalone("solo", "127.0.0.1:8080", loc), loc, nil, nil)
 	require.NoError(t, err)
 	in, name, _, self := l.Snapshot()
@@ -123,7 +125,8 @@ func TestWarmingNodes(t *testing.T) {
 	old := time.Now().Add(-time.Hour)
 	recent := time.Now().Add(-time.Minute)
 	desired := []image.Image{img(repo+":w_2024_02", "Weekly 2024_02", 2), img(repo+":w_2024_01", "Weekly 2024_01", 1)}
-	loc := &local{desired: agent.Desired{Version: 1, Images: desired}}
+	loc := coordinatortest.NewAgent("n1")
+	loc.SetDesired(agent.Desired{Version: 1, Images: desired})
 	cl := &nodesView{leader: "n1"}
 	cl.set(
 		coordinator.NodeState{State: nodeState("n1", w1, w2), Alive: true, Boot: old},
@@ -162,9 +165,7 @@ func TestWarmingNodes(t *testing.T) {
 	_, nv = snap()
 	require.False(t, nv.Nodes[2].Warming)
 	w3 := agent.CachedImage{ID: "i3", Tags: []string{repo + ":w_2024_03"}, Digests: []string{repo + "@" + digest(3)}}
-	loc.mu.Lock()
-	loc.desired = agent.Desired{Version: 2, Images: append([]image.Image{img(repo+":w_2024_03", "Weekly 2024_03", 3)}, desired...)}
-	loc.mu.Unlock()
+	loc.SetDesired(agent.Desired{Version: 2, Images: append([]image.Image{img(repo+":w_2024_03", "Weekly 2024_03", 3)}, desired...)})
 	cl.set(
 		coordinator.NodeState{State: nodeState("n1", w1, w2, w3), Alive: true, Boot: old},
 		coordinator.NodeState{State: nodeState("n2", w1, w2, w3), Alive: true, Boot: old},

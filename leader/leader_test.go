@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/leader"
 	"github.com/cachemachine/cachemachine/sources"
@@ -21,39 +23,15 @@ import (
 
 func digest(n int) string { return fmt.Sprintf("sha256:%064x", n) }
 
-// local is an agent that only keeps its desired list and counts the lists it was given.
-type local struct {
-	mu        sync.Mutex // guards the fields below
-	desired   agent.Desired
-	published int
-	state     agent.State
-}
-
-func (l *local) State() agent.State {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.state.Clone()
-}
-func (l *local) Changes() <-chan struct{} { return nil }
-func (l *local) Desired() agent.Desired {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.desired
-}
-func (l *local) SetDesired(d agent.Desired) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if d.Version <= l.desired.Version {
-		return false
+// published counts the desired lists the agent took.
+func published(a *coordinatortest.Agent) int {
+	n := 0
+	for _, c := range a.Calls() {
+		if strings.HasPrefix(c, "set ") {
+			n++
+		}
 	}
-	l.desired = d
-	l.published++
-	return true
-}
-func (l *local) count() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.published
+	return n
 }
 
 // scripted is a source whose answers are set by the test; block makes List wait for ctx.
@@ -101,9 +79,9 @@ func refs(imgs []image.Image) []string {
 	return out
 }
 
-func start(t *testing.T, cfg leader.Config, srcs ...leader.Source) (*leader.Leader, *local) {
+func start(t *testing.T, cfg leader.Config, srcs ...leader.Source) (*leader.Leader, *coordinatortest.Agent) {
 	t.Helper()
-	loc := &local{state: agent.State{Node: "n1", Cached: map[string]string{}}}
+	loc := coordinatortest.NewAgent("n1")
 	l, err := leader.New(cfg, srcs, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -173,18 +151,18 @@ func TestPublishesOnlyChanges(t *testing.T) {
 	t.Parallel()
 	src := &scripted{name: "s", l: sources.Listing{Desired: []image.Image{img("r.example/a:1", "A", 1)}}}
 	l, loc := start(t, leader.Config{RefreshInterval: time.Hour}, src)
-	eventually(t, "the first list", func() bool { return loc.count() == 1 })
+	eventually(t, "the first list", func() bool { return published(loc) == 1 })
 	v := loc.Desired().Version
 	for range 3 {
 		require.NoError(t, l.Refresh(t.Context()))
 	}
 	require.Equal(t, 4, src.calls())
-	require.Equal(t, 1, loc.count(), "an unchanged list is not published again")
+	require.Equal(t, 1, published(loc), "an unchanged list is not published again")
 	require.Equal(t, v, loc.Desired().Version)
 
 	src.set(sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}, nil, false)
 	require.NoError(t, l.Refresh(t.Context()))
-	eventually(t, "the changed list published", func() bool { return loc.count() == 2 })
+	eventually(t, "the changed list published", func() bool { return published(loc) == 2 })
 	require.Greater(t, loc.Desired().Version, v)
 }
 
@@ -202,9 +180,9 @@ func TestShortNameBecomesAvailable(t *testing.T) {
 	src := sources.NewSimple("simple", []image.Image{{Ref: ref, Name: "Recommended"}}, nil)
 	l, loc := start(t, leader.Config{RefreshInterval: time.Hour}, src)
 	eventually(t, "the list published", func() bool { return len(loc.Desired().Images) == 1 })
-	loc.mu.Lock()
-	loc.state.Images = []agent.CachedImage{{ID: "sha256:c", Tags: []string{"docker.io/lsstsqre/sciplat-lab:recommended"}, Digests: []string{"docker.io/lsstsqre/sciplat-lab@" + digest(7)}}}
-	loc.mu.Unlock()
+	loc.Update(func(st *agent.State) {
+		st.Images = []agent.CachedImage{{ID: "sha256:c", Tags: []string{"docker.io/lsstsqre/sciplat-lab:recommended"}, Digests: []string{"docker.io/lsstsqre/sciplat-lab@" + digest(7)}}}
+	})
 
 	in, _, _, self := l.Snapshot()
 	require.True(t, self)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/leader"
 	"github.com/cachemachine/cachemachine/status"
 )
@@ -124,7 +125,7 @@ func TestNodesViewShowsWhatItClaims(t *testing.T) {
 		Pinned:  []string{ref},
 		Pinning: agent.Pinning{Status: agent.PinHonoured, Detail: "d", BudgetBytes: 3, PinnedBytes: 2, OverBudget: []string{ref + "-over"}},
 	}
-	l, err := leader.New(leader.Config{Name: "jupyter"}, nil, view{leader: "n1", self: true, nodes: []coordinator.NodeState{{State: st, Alive: true}}}, &local{}, nil, nil)
+	l, err := leader.New(leader.Config{Name: "jupyter"}, nil, view{leader: "n1", self: true, nodes: []coordinator.NodeState{{State: st, Alive: true}}}, coordinatortest.NewAgent("n1"), nil, nil)
 	require.NoError(t, err)
 	in, _, _, self := l.Snapshot()
 	require.True(t, self)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/coordinator"
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/leader"
 	"github.com/cachemachine/cachemachine/sources"
@@ -80,7 +81,7 @@ type switchable struct {
 	mu      sync.Mutex // guards self
 	self    bool
 	changes chan struct{}
-	local   *local
+	local   *coordinatortest.Agent
 }
 
 func (s *switchable) Leader() (string, string, bool) {
@@ -121,7 +122,7 @@ func TestEventListsItsSourceOnceAfterTheDebounce(t *testing.T) {
 	a := repoSource{&scripted{name: "a", l: sources.Listing{Desired: []image.Image{img("r.example/a:1", "A", 1)}}}, "r.example/a"}
 	b := repoSource{&scripted{name: "b", l: sources.Listing{Desired: []image.Image{img("r.example/b:1", "B", 2)}}}, "r.example/b"}
 	trig := &fakeTrigger{name: "pushes"}
-	loc := &local{}
+	loc := coordinatortest.NewAgent("n1")
 	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, EventDebounce: 200 * time.Millisecond}, []leader.Source{a, b},
 		coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil, leader.WithTrigger(trig, 0))
 	require.NoError(t, err)
@@ -154,7 +155,7 @@ func TestTriggersRunOnlyWhileLeading(t *testing.T) {
 	t.Parallel()
 	src := repoSource{&scripted{name: "a", l: sources.Listing{Desired: []image.Image{img("r.example/a:1", "A", 1)}}}, "r.example/a"}
 	trig := &fakeTrigger{name: "pushes"}
-	loc := &local{}
+	loc := coordinatortest.NewAgent("n1")
 	cl := &switchable{changes: make(chan struct{}), local: loc}
 	l, err := leader.New(leader.Config{RefreshInterval: time.Hour}, []leader.Source{src}, cl, loc, nil, nil, leader.WithTrigger(trig, 0))
 	require.NoError(t, err)
@@ -181,7 +182,7 @@ func TestTriggerErrorIsASourceError(t *testing.T) {
 	a := repoSource{&scripted{name: "a", l: sources.Listing{Desired: []image.Image{img("r.example/a:1", "A", 1)}}}, "r.example/a"}
 	working := &fakeTrigger{name: "Pub/Sub projects/p/subscriptions/s"}
 	broken := &fakeTrigger{name: "Pub/Sub projects/p/subscriptions/gone", fail: errors.New("subscription not found")}
-	loc := &local{}
+	loc := coordinatortest.NewAgent("n1")
 	l, err := leader.New(leader.Config{RefreshInterval: time.Hour}, []leader.Source{a},
 		coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil, leader.WithTrigger(working, 0), leader.WithTrigger(broken, 0))
 	require.NoError(t, err)
@@ -204,7 +205,7 @@ func TestTriggerErrorIsASourceError(t *testing.T) {
 
 func TestTriggerBoundToAMissingSource(t *testing.T) {
 	t.Parallel()
-	loc := &local{}
+	loc := coordinatortest.NewAgent("n1")
 	_, err := leader.New(leader.Config{}, nil, coordinator.NewStandalone("n1", "", loc), loc, nil, nil, leader.WithTrigger(&fakeTrigger{name: "x"}, 3))
 	require.ErrorContains(t, err, "trigger x: no source 3")
 }
