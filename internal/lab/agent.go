@@ -274,3 +274,45 @@ func (a *Agent) Tail(n int) string {
 	lines := strings.Split(strings.TrimRight(a.Log(), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
+
+// Memory reads the current run's resident memory (ProcMemory).
+func (a *Agent) Memory() (Memory, error) { return ProcMemory(a.Pid()) }
+
+// metricsTimeout bounds one GET /metrics: longer than readiness polls, since a loaded agent
+// may take a moment to render its metrics.
+const metricsTimeout = 5 * time.Second
+
+// Metrics fetches GET /metrics from the status API and returns every sample by its series as
+// the text exposition prints it: `name`, or `name{label="value",…}` with the labels sorted.
+func (a *Agent) Metrics(ctx context.Context) (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, metricsTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.HTTPAddr()+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("agent %s metrics: %w", a.opts.Node, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("agent %s metrics: %w", a.opts.Node, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("agent %s metrics: %s", a.opts.Node, resp.Status)
+	}
+	out := map[string]float64{}
+	for line := range strings.Lines(string(body)) {
+		line = strings.TrimSpace(line)
+		i := strings.LastIndexByte(line, ' ')
+		if line == "" || line[0] == '#' || i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out, nil
+}

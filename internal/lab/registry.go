@@ -302,3 +302,38 @@ http:
 	}
 	return b.String()
 }
+
+// SetPassword replaces the registry's one htpasswd user, as a password rotation does; the
+// registry must have been started with a Username. docker-registry reads the file again when
+// its modification time changes, within a moment: wait for AuthStatus to show the switch.
+func (r *Registry) SetPassword(user, password string) error {
+	path := filepath.Join(r.Dir, "htpasswd")
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("set registry password: no htpasswd (started without a Username?): %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := writeHtpasswd(tmp, user, password); err != nil {
+		return fmt.Errorf("set registry password: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("set registry password: %w", err)
+	}
+	return nil
+}
+
+// AuthStatus is the HTTP status of GET /v2/ with HTTP Basic credentials user and password:
+// 200 when the registry takes them, 401 when it refuses them.
+func (r *Registry) AuthStatus(ctx context.Context, user, password string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.Addr+"/v2/", nil)
+	if err != nil {
+		return 0, err
+	}
+	req.SetBasicAuth(user, password)
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	return resp.StatusCode, nil
+}

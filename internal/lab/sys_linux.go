@@ -82,3 +82,18 @@ func unescapeMountinfo(s string) string {
 	}
 	return b.String()
 }
+
+// RaiseNoFile raises this process's soft open-file limit to the hard one, for programs that
+// hold many sockets (hundreds of in-process memberlists, floods of client connections);
+// children started afterwards inherit it. It returns the new limit.
+func RaiseNoFile() (uint64, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, err
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, err
+	}
+	return lim.Cur, nil
+}
