@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -182,24 +181,11 @@ func criClient(t *testing.T, cd *lab.Containerd) *cri.Client {
 // not on the node.
 func tagDigest(t *testing.T, c *cri.Client, ref string) string {
 	t.Helper()
-	imgs, err := c.ListImages(t.Context())
+	tags, err := lab.TagDigests(t.Context(), c)
 	if err != nil {
 		return ""
 	}
-	repo := ref[:strings.LastIndexByte(ref, ':')]
-	for _, img := range imgs {
-		for _, tag := range img.Tags {
-			if tag != ref {
-				continue
-			}
-			for _, d := range img.Digests {
-				if r, digest, ok := strings.Cut(d, "@"); ok && r == repo {
-					return digest
-				}
-			}
-		}
-	}
-	return ""
+	return tags[ref]
 }
 
 // node is one simulated node: a real containerd in its own temp dir.

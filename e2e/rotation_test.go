@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/base64"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/internal/lab"
@@ -37,7 +35,11 @@ func TestRotatedPasswordListsAndPullsWithoutRestart(t *testing.T) {
 	secretDir := filepath.Join(n.dir, "secret")
 	require.NoError(t, os.Mkdir(secretDir, 0o755))
 	dockerconfig := filepath.Join(secretDir, ".dockerconfigjson")
-	mountSecret(t, secretDir, 1, reg.Addr, user, oldPass)
+	mountSecret := func(n int, pass string) {
+		t.Helper()
+		require.NoError(t, lab.MountSecret(secretDir, n, map[string][]byte{".dockerconfigjson": lab.DockerconfigJSON(reg.Addr, user, pass)}))
+	}
+	mountSecret(1, oldPass)
 	require.NoError(t, os.Symlink("..data/.dockerconfigjson", dockerconfig))
 
 	cfg := lab.AgentConfig(n.dir, n.cd.Endpoint())
@@ -67,12 +69,13 @@ func TestRotatedPasswordListsAndPullsWithoutRestart(t *testing.T) {
 	})
 
 	// Rotate: the registry takes only the new password, then the Secret follows.
-	setHtpasswd(t, reg, user, newPass)
+	require.NoError(t, reg.SetPassword(user, newPass))
 	eventually(t, 10*time.Second, "the registry to refuse the old password", func() bool {
-		return registryStatus(t, reg.Addr, user, oldPass) == http.StatusUnauthorized &&
-			registryStatus(t, reg.Addr, user, newPass) == http.StatusOK
+		oldStatus, _ := reg.AuthStatus(t.Context(), user, oldPass)
+		newStatus, _ := reg.AuthStatus(t.Context(), user, newPass)
+		return oldStatus == http.StatusUnauthorized && newStatus == http.StatusOK
 	})
-	mountSecret(t, secretDir, 2, reg.Addr, user, newPass)
+	mountSecret(2, newPass)
 	w2, err := lab.PushRandomImage(t.Context(), reg.Addr, repo, []string{"w_2024_02"}, 2*mb, 1, &lab.Basic{Username: user, Password: newPass})
 	require.NoError(t, err)
 	time.Sleep(registry.ReloadInterval) // the agent may have read the old file just now
@@ -103,51 +106,4 @@ func TestRotatedPasswordListsAndPullsWithoutRestart(t *testing.T) {
 
 func basicAuth(user, pass string) string {
 	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
-}
-
-// mountSecret writes version n of a Secret volume holding a .dockerconfigjson for registry,
-// as the kubelet does: a new timestamped directory, then an atomic swap of the "..data"
-// symlink to it, then removal of the previous version.
-func mountSecret(t *testing.T, dir string, n int, registry, user, pass string) {
-	t.Helper()
-	version := fmt.Sprintf("..2024_01_01_00_00_0%d.000", n)
-	require.NoError(t, os.Mkdir(filepath.Join(dir, version), 0o755))
-	body := fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, registry, basicAuth(user, pass))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, version, ".dockerconfigjson"), []byte(body), 0o644))
-	tmp := filepath.Join(dir, "..data_tmp")
-	require.NoError(t, os.Symlink(version, tmp))
-	old, _ := os.Readlink(filepath.Join(dir, "..data"))
-	require.NoError(t, os.Rename(tmp, filepath.Join(dir, "..data")))
-	if old != "" {
-		require.NoError(t, os.RemoveAll(filepath.Join(dir, old)))
-	}
-}
-
-// setHtpasswd replaces the registry's one htpasswd user (lab.StartRegistry keeps the file in
-// Dir); docker-registry reads the file again when its modification time changes. The caller
-// checks the switch took effect with registryStatus.
-func setHtpasswd(t *testing.T, reg *lab.Registry, user, pass string) {
-	t.Helper()
-	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
-	require.NoError(t, err)
-	path := filepath.Join(reg.Dir, "htpasswd")
-	_, err = os.Stat(path)
-	require.NoError(t, err, "the lab registry keeps its htpasswd in Dir")
-	tmp := path + ".tmp"
-	require.NoError(t, os.WriteFile(tmp, []byte(user+":"+string(hash)+"\n"), 0o600))
-	require.NoError(t, os.Rename(tmp, path))
-}
-
-// registryStatus is the status of GET /v2/ with HTTP Basic credentials.
-func registryStatus(t *testing.T, addr, user, pass string) int {
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+addr+"/v2/", nil)
-	require.NoError(t, err)
-	req.SetBasicAuth(user, pass)
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		return 0
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	_ = resp.Body.Close()
-	return resp.StatusCode
 }

@@ -34,6 +34,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 type options struct {
@@ -171,7 +173,7 @@ type row struct {
 
 func run(ctx context.Context, o options) error {
 	began := time.Now()
-	if lim, err := raiseNoFile(); err != nil {
+	if lim, err := lab.RaiseNoFile(); err != nil {
 		progress("raising the open-file limit: %v", err)
 	} else {
 		progress("open-file limit %d", lim)
@@ -398,8 +400,8 @@ func printTable(o options, rows []row, notes []string, took time.Duration) {
 	if !o.skipConvergence {
 		sim = fmt.Sprintf("; fake pull latency %s-%s", ms(o.pullMin), ms(o.pullMax))
 	}
-	fmt.Printf("\nbench-cluster: machine: %d cores (%s); measured: %s; production gossip timings (no WithTestTimings; scaled above %d simulated nodes, see notes), AES-256-GCM keyed gossip on 127.0.0.1%s; took %s\n\n",
-		runtime.NumCPU(), cpuModel(), strings.Join(parts, "; "), scaledTimingsAbove, sim, took.Round(time.Second))
+	fmt.Printf("\nbench-cluster: machine: %s; measured: %s; production gossip timings (no WithTestTimings; scaled above %d simulated nodes, see notes), AES-256-GCM keyed gossip on 127.0.0.1%s; took %s\n\n",
+		lab.Machine(), strings.Join(parts, "; "), scaledTimingsAbove, sim, took.Round(time.Second))
 	header := row{"", "measurement", "runs", "median", "p95 / max", "target", "result"}
 	w := []int{3, 10, 4, 6, 9, 6, 6}
 	for _, r := range append([]row{header}, rows...) {
@@ -483,20 +485,6 @@ func progress(format string, args ...any) {
 }
 
 func newLogger(h slog.Handler) *slog.Logger { return slog.New(h) }
-
-// cpuModel is the CPU's model name, "" when unknown.
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return runtime.GOARCH
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return runtime.GOARCH
-}
 
 // cpuUse is CPU use over a span as a fraction of all cores: this process's, and the rest of
 // the machine's: child processes still running (agents, containerd) and other work on a shared

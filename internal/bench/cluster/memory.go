@@ -135,7 +135,8 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 		simNames = append(simNames, nodeName(i))
 	}
 	aliveAtLeader := func() int {
-		v, _ := metricValue(leader.HTTPAddr(), "cachemachine_members")
+		m, _ := leader.Metrics(ctx)
+		v := m["cachemachine_members"]
 		return int(v)
 	}
 	progress("  leader %s (pid %d) up; %d simulated members joining", leader.Node(), leader.Pid(), len(simNames))
@@ -175,16 +176,16 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 			return res, ctx.Err()
 		}
 		for i, p := range procs {
-			rss, err := procStatusKiB(p.Pid(), "VmRSS")
+			rss, err := lab.ProcStatusKiB(p.Pid(), "VmRSS")
 			if err != nil {
 				return res, err
 			}
-			hwm, err := procStatusKiB(p.Pid(), "VmHWM")
+			hwm, err := lab.ProcStatusKiB(p.Pid(), "VmHWM")
 			if err != nil {
 				return res, err
 			}
-			anon, _ := procStatusKiB(p.Pid(), "RssAnon")
-			file, _ := procStatusKiB(p.Pid(), "RssFile")
+			anon, _ := lab.ProcStatusKiB(p.Pid(), "RssAnon")
+			file, _ := lab.ProcStatusKiB(p.Pid(), "RssFile")
 			samples[i] = rssSample{name: p.Node(), rssKiB: max(samples[i].rssKiB, rss), hwmKiB: hwm, anon: anon, file: file}
 		}
 	}
@@ -232,7 +233,7 @@ func containerdRSS(ctx context.Context) (int64, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
-	rss, err := procStatusKiB(pid, "VmRSS")
+	rss, err := lab.ProcStatusKiB(pid, "VmRSS")
 	return rss, v.RuntimeName + " " + v.RuntimeVersion, err
 }
 

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -152,37 +150,6 @@ func getNodes(addr string, timeout time.Duration) (v nodesView, ok bool) {
 		return v, false
 	}
 	return v, json.Unmarshal(body, &v) == nil
-}
-
-// metricValue reads one unlabelled sample from addr's /metrics; ok is false when absent.
-func metricValue(addr, name string) (float64, bool) {
-	code, _, body, err := httpGet(addr, "/metrics", 2*time.Second)
-	if err != nil || code != http.StatusOK {
-		return 0, false
-	}
-	sc := bufio.NewScanner(bytes.NewReader(body))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return f, err == nil
-		}
-	}
-	return 0, false
-}
-
-// procStatusKiB reads a "Vm…" line (in kB) of /proc/PID/status.
-func procStatusKiB(pid int, field string) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, field)
 }
 
 // childPID finds our child process whose command line contains all of args.

@@ -9,20 +9,6 @@ import (
 	"time"
 )
 
-// raiseNoFile raises the soft open-file limit to the hard one: hundreds of in-process
-// memberlists each hold UDP and TCP sockets and open a TCP connection per reliable send.
-func raiseNoFile() (uint64, error) {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
-	}
-	lim.Cur = lim.Max
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
-	}
-	return lim.Cur, nil
-}
-
 // cpuSample is this process's CPU time and the machine's, at one moment.
 type cpuSample struct {
 	at         time.Time

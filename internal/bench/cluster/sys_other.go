@@ -3,13 +3,10 @@
 package main
 
 import (
-	"errors"
 	"runtime"
 	"syscall"
 	"time"
 )
-
-func raiseNoFile() (uint64, error) { return 0, errors.New("not supported on this system") }
 
 type cpuSample struct {
 	at   time.Time
