@@ -175,7 +175,6 @@ type Leader struct {
 	mu       sync.Mutex // guards the fields below
 	last     []*sources.Listing
 	status   []SourceStatus
-	rounds   []uint64      // finished listings per source
 	roundEnd chan struct{} // closed and replaced whenever a listing finishes
 	leading  time.Time     // when this node became the leader; zero while it is not
 	// trigErr is each trigger's last reported error ("" while it works).
@@ -216,7 +215,6 @@ func New(cfg Config, srcs []Source, cluster Cluster, local Local, logger *slog.L
 		changed:  make(chan struct{}, 1),
 		last:     make([]*sources.Listing, len(srcs)),
 		status:   make([]SourceStatus, len(srcs)),
-		rounds:   make([]uint64, len(srcs)),
 		roundEnd: make(chan struct{}),
 		warm:     map[string]int64{},
 	}
@@ -510,7 +508,6 @@ func (l *Leader) list(ctx context.Context, i int, afterEvent bool) {
 		st.Error = err.Error()
 		l.metrics.errors.WithLabelValues(src.Name()).Inc()
 	}
-	l.rounds[i]++
 	close(l.roundEnd)
 	l.roundEnd = make(chan struct{})
 	hasListing := l.last[i] != nil
@@ -587,24 +584,24 @@ var (
 )
 
 // Refresh lists every source now and waits, at most ReconcileWait (or until ctx ends), for
-// the listings to end; the new list is published as they do. On a node that does not lead
+// listings started after the call to end; the new list is published as they do. On a node that does not lead
 // it does nothing. The error names the sources that are late, or else those that failed.
 func (l *Leader) Refresh(ctx context.Context) error {
 	if _, _, self := l.cluster.Leader(); !self {
 		return nil
 	}
-	l.mu.Lock()
-	before := slices.Clone(l.rounds)
-	l.mu.Unlock()
+	// Only a listing that started after the request answers it: one in flight may have
+	// begun before the registry was fixed.
+	asked := time.Now()
 	l.kickAll()
 	timer := time.NewTimer(l.cfg.ReconcileWait)
 	defer timer.Stop()
 	for {
 		l.mu.Lock()
 		var late []string
-		for i, n := range l.rounds {
-			if n == before[i] {
-				late = append(late, l.status[i].Name)
+		for _, st := range l.status {
+			if st.Listing || st.Started.Before(asked) {
+				late = append(late, st.Name)
 			}
 		}
 		wait := l.roundEnd

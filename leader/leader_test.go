@@ -34,13 +34,15 @@ func published(a *coordinatortest.Agent) int {
 	return n
 }
 
-// scripted is a source whose answers are set by the test; block makes List wait for ctx.
+// scripted is a source whose answers are set by the test; hang makes List wait for ctx, slow
+// makes it take that long.
 type scripted struct {
 	name string
 	mu   sync.Mutex // guards the fields below
 	l    sources.Listing
 	err  error
 	hang bool
+	slow time.Duration
 	n    int
 }
 
@@ -48,11 +50,16 @@ func (s *scripted) Name() string { return s.name }
 func (s *scripted) List(ctx context.Context) (sources.Listing, error) {
 	s.mu.Lock()
 	s.n++
-	l, err, hang := s.l, s.err, s.hang
+	l, err, hang, slow := s.l, s.err, s.hang, s.slow
 	s.mu.Unlock()
 	if hang {
 		<-ctx.Done()
 		return sources.Listing{}, ctx.Err()
+	}
+	select {
+	case <-ctx.Done():
+		return sources.Listing{}, ctx.Err()
+	case <-time.After(slow):
 	}
 	return l, err
 }
@@ -191,4 +198,23 @@ func TestShortNameBecomesAvailable(t *testing.T) {
 	require.Empty(t, d.ImagesToCache)
 	require.Equal(t, "docker.io/lsstsqre/sciplat-lab:recommended", d.AvailableImages[0].ImageURL)
 	require.Empty(t, d.AllImages, "a fixed list adds nothing to all_images")
+}
+
+// TestRefreshListsAfterItWasAsked: a reconcile asked for while a listing is in flight used to
+// answer with that listing's outcome; after the registry was fixed, `debug reconcile` still
+// said the source had failed. Refresh now waits for a listing that started after it was asked.
+func TestRefreshListsAfterItWasAsked(t *testing.T) {
+	t.Parallel()
+	src := &scripted{name: "repomen[0] RubinRepoMan 10.0.0.1:5000/lab", hang: true}
+	l, loc := start(t, leader.Config{RefreshInterval: time.Hour, SourceTimeout: 500 * time.Millisecond, FirstListingGrace: 100 * time.Millisecond, ReconcileWait: 5 * time.Second}, src)
+	eventually(t, "the first listing in flight", func() bool { return l.Result().Sources[0].Listing })
+
+	src.set(sources.Listing{Desired: []image.Image{img("r.example/lab:1", "Lab", 1)}}, nil, false) // the registry is fixed
+	src.mu.Lock()
+	src.slow = 200 * time.Millisecond // a listing takes a moment, as over a network
+	src.mu.Unlock()
+	require.NoError(t, l.Refresh(t.Context()), "the reconcile's own listing succeeded")
+	require.Empty(t, l.Result().Sources[0].Error)
+	require.Equal(t, 2, src.calls(), "the hung listing, then the reconcile's")
+	eventually(t, "the list published", func() bool { return len(loc.Desired().Images) == 1 })
 }
