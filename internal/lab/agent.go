@@ -287,21 +287,10 @@ const metricsTimeout = 5 * time.Second
 func (a *Agent) Metrics(ctx context.Context) (map[string]float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, metricsTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.HTTPAddr()+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}).Do(req)
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	body, err := GetBody(ctx, client, "http://"+a.HTTPAddr()+"/metrics")
 	if err != nil {
 		return nil, fmt.Errorf("agent %s metrics: %w", a.opts.Node, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("agent %s metrics: %w", a.opts.Node, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("agent %s metrics: %s", a.opts.Node, resp.Status)
 	}
 	out := map[string]float64{}
 	for line := range strings.Lines(string(body)) {

@@ -66,3 +66,10 @@ func basic(user, pass string) string {
 	r.SetBasicAuth(user, pass)
 	return strings.TrimPrefix(r.Header.Get("Authorization"), "Basic ")
 }
+
+func TestPrintTable(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	PrintTable(&b, [][]string{{"", "result"}, {"(a)", "PASS"}, {"(b)", "→ FAIL"}})
+	require.Equal(t, "|     | result |\n| --- | ------ |\n| (a) | PASS   |\n| (b) | → FAIL |\n", b.String())
+}

@@ -402,30 +402,11 @@ func printTable(o options, rows []row, notes []string, took time.Duration) {
 	}
 	fmt.Printf("\nbench-cluster: machine: %s; measured: %s; production gossip timings (no WithTestTimings; scaled above %d simulated nodes, see notes), AES-256-GCM keyed gossip on 127.0.0.1%s; took %s\n\n",
 		lab.Machine(), strings.Join(parts, "; "), scaledTimingsAbove, sim, took.Round(time.Second))
-	header := row{"", "measurement", "runs", "median", "p95 / max", "target", "result"}
-	w := []int{3, 10, 4, 6, 9, 6, 6}
-	for _, r := range append([]row{header}, rows...) {
-		for i, c := range r.cells() {
-			w[i] = max(w[i], len([]rune(c)))
-		}
-	}
-	line := func(cells []string) {
-		var b strings.Builder
-		b.WriteString("|")
-		for i, c := range cells {
-			fmt.Fprintf(&b, " %s%s |", c, strings.Repeat(" ", w[i]-len([]rune(c))))
-		}
-		fmt.Println(b.String())
-	}
-	line(header.cells())
-	sep := make([]string, len(w))
-	for i := range w {
-		sep[i] = strings.Repeat("-", w[i])
-	}
-	line(sep)
+	table := [][]string{{"", "measurement", "runs", "median", "p95 / max", "target", "result"}}
 	for _, r := range rows {
-		line(r.cells())
+		table = append(table, r.cells())
 	}
+	lab.PrintTable(os.Stdout, table)
 	if len(notes) > 0 {
 		fmt.Println()
 		for _, n := range notes {

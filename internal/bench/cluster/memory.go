@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -246,21 +245,7 @@ func runtimeMemory(ctx context.Context, p *lab.Agent, dir string) (string, float
 			return d.DialContext(ctx, "unix", p.Config().Agent.DebugSocket)
 		},
 	}}
-	get := func(path string) ([]byte, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+path, nil)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("%s: %s", path, resp.Status)
-		}
-		return io.ReadAll(resp.Body)
-	}
+	get := func(path string) ([]byte, error) { return lab.GetBody(ctx, client, "http://agent"+path) }
 	text, err := get("/debug/pprof/heap?debug=1")
 	if err != nil {
 		return "", 0, err
