@@ -7,7 +7,7 @@ LDFLAGS := -X main.version=$(VERSION)
 BIN := bin/cachemachine
 ARGS ?=
 
-.PHONY: build test deps lint fmt tidy demo bench bench-pull bench-sources bench-cluster bench-freshness manifests-check image clean
+.PHONY: build test deps lint fmt tidy demo bench bench-pull bench-sources bench-cluster bench-freshness faults manifests-check image clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/cachemachine
@@ -52,6 +52,11 @@ bench-cluster: deps build
 # registry notifications, and polling, on real containerd nodes with the built agent.
 bench-freshness: deps build
 	go run ./internal/bench/freshness $(ARGS)
+
+# Fault injection on the lab (real containerd and docker-registry, the built agent): one
+# table of scenarios with PASS/FAIL, exit status 1 if any failed; under 10 minutes.
+faults: deps build
+	go run ./internal/faults $(ARGS)
 
 manifests-check: deps
 	go test -count=1 ./manifests/...
