@@ -26,7 +26,7 @@ const (
 // soakEvery for d; common_cache is sampled against every node's CRI ListImages.
 func soak(d time.Duration) group {
 	row := newCheck(fmt.Sprintf("soak: %d agents, desired list changing every %s for %s", soakNodes, secs(soakEvery), secs(d)),
-		fmt.Sprintf("no common_cache sample holds an image some node's containerd lacks; each change in common_cache within %s; RSS flat (< 128 MiB, +%s at most) and goroutines flat (+%d); probes answer",
+		fmt.Sprintf("no common_cache sample holds an image the containerd of a node it counts (alive, not warming) lacks; each change in common_cache within %s; RSS flat (< 128 MiB, +%s at most) and goroutines flat (+%d); probes answer",
 			secs(soakConvergeWithin), mibs(soakRSSGrowthKiB), goroutineSlack))
 	return group{rows: []*check{row}, run: func(ctx context.Context, e *env) error {
 		nodes, err := e.newNodes(ctx, "s", soakNodes)

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/cachemachine/cachemachine/internal/lab"
+	"github.com/cachemachine/cachemachine/status"
 )
 
 // probeTimeout is the DaemonSet's liveness and readiness probe timeout.
@@ -15,9 +17,9 @@ const probeTimeout = 3 * time.Second
 // watcher observes a scenario's agents while it runs, every interval until stop: a
 // liveness probe of each (GET /healthz on a new connection, 3 s timeout as the DaemonSet's
 // probes), each agent's RSS, and whether the status API's common_cache (read from via)
-// claims an image that a node's containerd lacks: common_cache is read first, then every
-// node's CRI ListImages, so an image pulled in between cannot make a false alarm (the lab
-// removes no image behind the agents' backs).
+// claims an image that the containerd of a node it counts lacks: common_cache is read
+// first, then every node's CRI ListImages, so an image pulled in between cannot make a false
+// alarm (the lab removes no image behind the agents' backs).
 type watcher struct {
 	via   *node
 	nodes []*node
@@ -29,7 +31,8 @@ type watcher struct {
 	probeFails   int
 	slowest      time.Duration
 	probeErr     string
-	samples      int // common_cache samples checked against every node
+	samples      int // common_cache samples checked against the nodes it counts
+	unsettled    int // samples not checked: the nodes common_cache counts changed meanwhile
 	falseCached  int // samples with an entry some node's containerd lacked
 	falseExample string
 	peakKiB      int64
@@ -99,7 +102,10 @@ func healthz(ctx context.Context, addr string) error {
 	return err
 }
 
-// sample checks common_cache against every node's containerd once, and takes RSS.
+// sample checks common_cache against the CRI of every node it counts, once, and takes RSS.
+// common_cache counts the alive nodes that are not warming (all alive ones while every one
+// is warming): the nodes that count are read before and after common_cache, and a sample
+// during which they changed is not checked.
 func (w *watcher) sample(ctx context.Context) {
 	for _, n := range w.nodes {
 		w.memory(n, false)
@@ -107,11 +113,29 @@ func (w *watcher) sample(ctx context.Context) {
 	if w.via.agent.Exited() {
 		return
 	}
-	d, err := w.via.dump(ctx)
+	before, err := w.via.nodes(ctx)
 	if err != nil {
 		return // an unanswered status claims nothing; probes judge availability
 	}
+	d, err := w.via.dump(ctx)
+	if err != nil {
+		return
+	}
+	after, err := w.via.nodes(ctx)
+	if err != nil {
+		return
+	}
+	counted := countedNodes(before)
+	if !slices.Equal(counted, countedNodes(after)) {
+		w.mu.Lock()
+		w.unsettled++
+		w.mu.Unlock()
+		return
+	}
 	for _, n := range w.nodes {
+		if !slices.Contains(counted, n.name) {
+			continue
+		}
 		tags, err := lab.TagDigests(ctx, n.cri)
 		if err != nil {
 			return // containerd down: this sample cannot be verified
@@ -130,6 +154,20 @@ func (w *watcher) sample(ctx context.Context) {
 	w.mu.Lock()
 	w.samples++
 	w.mu.Unlock()
+}
+
+// countedNodes are the nodes whose caches common_cache is computed from, as status.Compute
+// picks them: the alive nodes that are not warming, or every alive node when all are.
+func countedNodes(v status.Nodes) []string {
+	allWarming := !slices.ContainsFunc(v.Nodes, func(n status.NodeView) bool { return n.Alive && !n.Warming })
+	var out []string
+	for _, n := range v.Nodes {
+		if n.Alive && (allWarming || !n.Warming) {
+			out = append(out, n.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // memory takes n's agent's RSS, or its peak since the watch began.
@@ -159,6 +197,9 @@ func (w *watcher) report(c *check, probes bool) {
 	c.figure("peak RSS %s of %s", mibs(w.peakKiB), mibs(memLimitBytes/1024))
 	c.expect(w.peakKiB > 0 && w.peakKiB*1024 < memLimitBytes, "peak RSS %s, limit %s", mibs(w.peakKiB), mibs(memLimitBytes/1024))
 	c.figure("%d/%d samples false-cached", w.falseCached, w.samples)
+	if w.unsettled > 0 {
+		c.figure("%d samples skipped as warming ended", w.unsettled)
+	}
 	c.expect(w.falseCached == 0, "%d samples false-cached, e.g. %s", w.falseCached, w.falseExample)
 	c.expect(w.samples > 0, "no common_cache sample could be checked")
 	if probes {
