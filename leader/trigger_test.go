@@ -193,7 +193,7 @@ func TestTriggerErrorIsASourceError(t *testing.T) {
 	})
 	require.Equal(t, "Pub/Sub projects/p/subscriptions/s, Pub/Sub projects/p/subscriptions/gone", l.Result().Sources[0].Triggers)
 	require.Empty(t, l.Result().Sources[0].Error, "the listing itself works")
-	require.Len(t, loc.Desired().Images, 1, "the listing goes on")
+	eventually(t, "the listing to go on and be published", func() bool { return len(loc.Desired().Images) == 1 })
 	eventually(t, "the failed Watch to be called again", func() bool { _, n := broken.state(); return n >= 2 })
 
 	eventually(t, "the working trigger to run", func() bool { return working.events() != nil })
