@@ -4,10 +4,15 @@ SHELL := bash
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
+# make image: the commit and its time make the image reproducible (same commit, same digest).
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+# make image IMAGE=REGISTRY/cachemachine:TAG also pushes there (Docker credentials of the machine).
+IMAGE ?=
 BIN := bin/cachemachine
 ARGS ?=
 
-.PHONY: build test deps lint fmt tidy demo bench bench-pull bench-sources bench-cluster bench-freshness faults manifests-check image clean
+.PHONY: build test deps lint fmt tidy demo bench bench-pull bench-sources bench-cluster bench-freshness faults manifests-check image clean image-docker
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/cachemachine
@@ -61,7 +66,13 @@ faults: deps build
 manifests-check: deps
 	go test -count=1 ./manifests/...
 
+# The agent's OCI image without Docker (go-containerregistry): an OCI layout in bin/image,
+# pushed to $(IMAGE) when set. Reproducible: the same commit gives the same digest.
 image:
+	go run ./internal/mkimage -version '$(VERSION)' -revision '$(REVISION)' -source-date-epoch '$(SOURCE_DATE_EPOCH)' -oci-layout bin/image $(if $(IMAGE),-push '$(IMAGE)')
+
+# The same image with a Docker engine (Dockerfile).
+image-docker:
 	docker build --build-arg VERSION=$(VERSION) -t cachemachine:$(VERSION) .
 
 clean:
