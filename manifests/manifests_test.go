@@ -52,6 +52,7 @@ const (
 	gossipKeyItem  = "key"
 	configPath     = "/etc/cachemachine/config.yaml"
 	containerdSock = "/run/containerd/containerd.sock"
+	containerdRun  = "/run/containerd"
 	httpPort       = 8080
 	gossipPort     = 7946
 	wiAnnotation   = "iam.gke.io/gcp-service-account"
@@ -66,7 +67,9 @@ var agentLabels = map[string]string{
 // hostPath type. Each is mounted at the same path in the container, so that the config's
 // paths and `cachemachine debug` on the node mean the same files.
 var allowedHostPaths = map[string]corev1.HostPathType{
-	containerdSock:          corev1.HostPathSocket,
+	// containerd's directory, never the socket file: a file mount keeps the old socket's
+	// inode when containerd restarts, and every CRI call is refused until the pod restarts.
+	containerdRun:           corev1.HostPathDirectory,
 	"/var/lib/cachemachine": corev1.HostPathDirectoryOrCreate,
 	"/run/cachemachine":     corev1.HostPathDirectoryOrCreate,
 }
@@ -720,6 +723,7 @@ func checkConfig(t *testing.T, tt kustomization, objs *objects, pod corev1.PodSp
 		sock = cfg.Agent.CRISocket
 	}
 	assert.Equal(t, containerdSock, sock, "agent.cri_socket")
+	checkCRISocketMount(t, pod, c, sock)
 	// The agent writes only to host directories; the root filesystem is read-only.
 	assert.Equal(t, "/var/lib/cachemachine", hostDirOf(t, pod, c, cfg.Agent.StateDir), "agent.state_dir")
 	// `cachemachine debug` without --socket, in the pod and on the node, finds the socket.
@@ -739,6 +743,39 @@ func checkConfig(t *testing.T, tt kustomization, objs *objects, pod corev1.PodSp
 	if assert.True(t, ok, "cluster.gossip_key_file %s is not mounted", cfg.Cluster.GossipKeyFile) {
 		assert.Equal(t, fileSource{kind: "secret", name: gossipSecret, key: gossipKeyItem}, key, "cluster.gossip_key_file")
 	}
+}
+
+// checkCRISocketMount: the CRI socket is reached through a mount of its host directory
+// (type Directory, the same path in the container), read-only, with HostToContainer
+// propagation so that container root filesystems that containerd unmounts below it do not
+// stay mounted in the agent's pod.
+func checkCRISocketMount(t *testing.T, pod corev1.PodSpec, c corev1.Container, sock string) {
+	t.Helper()
+	var found bool
+	for _, m := range c.VolumeMounts {
+		i := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+		if i < 0 || pod.Volumes[i].HostPath == nil {
+			continue
+		}
+		if sock == m.MountPath {
+			t.Errorf("agent.cri_socket %s is mounted as a file (volume %s): it goes stale when containerd restarts; mount its directory", sock, m.Name)
+			continue
+		}
+		if path.Dir(sock) != m.MountPath {
+			continue
+		}
+		found = true
+		hp := pod.Volumes[i].HostPath
+		assert.Equal(t, m.MountPath, hp.Path, "volume %s: same path as on the host", m.Name)
+		if assert.NotNil(t, hp.Type, "volume %s: hostPath type", m.Name) {
+			assert.Equal(t, corev1.HostPathDirectory, *hp.Type, "volume %s: hostPath type", m.Name)
+		}
+		assert.True(t, m.ReadOnly, "volume %s: read-only (connecting to a socket needs no write access)", m.Name)
+		if assert.NotNil(t, m.MountPropagation, "volume %s: mountPropagation", m.Name) {
+			assert.Equal(t, corev1.MountPropagationHostToContainer, *m.MountPropagation, "volume %s: mountPropagation", m.Name)
+		}
+	}
+	assert.True(t, found, "agent.cri_socket %s: its directory is not a hostPath mount", sock)
 }
 
 // fileSource is where a file in the container comes from.
