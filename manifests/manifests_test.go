@@ -85,6 +85,14 @@ type kustomization struct {
 	workloadIdentity bool
 	// nodeSelector must be part of the DaemonSet's nodeSelector.
 	nodeSelector map[string]string
+	// ingress, when set, is the Ingress the rendering must hold (none otherwise).
+	ingress *ingressWant
+}
+
+// ingressWant is what an Ingress for the status page is configured with.
+type ingressWant struct {
+	host, class string
+	annotations map[string]string
 }
 
 var kustomizations = []kustomization{
@@ -103,6 +111,15 @@ var kustomizations = []kustomization{
 		pullAuth: config.PullAuthNone, repoman: config.TypeSimpleRepoMan,
 		nodeSelector: map[string]string{"kubernetes.io/os": "linux"},
 	},
+	{
+		name: "dev+ingress", dir: "testdata/ingress",
+		pullAuth: config.PullAuthNone, repoman: config.TypeSimpleRepoMan,
+		nodeSelector: map[string]string{"kubernetes.io/os": "linux"},
+		ingress: &ingressWant{
+			host: "data.example.org", class: "public-nginx",
+			annotations: map[string]string{"nginx.ingress.kubernetes.io/limit-rps": "20"},
+		},
+	},
 }
 
 // TestEveryOverlayIsChecked fails when an overlay is added without a row above.
@@ -118,6 +135,19 @@ func TestEveryOverlayIsChecked(t *testing.T) {
 		assert.Contains(t, dirs, filepath.ToSlash(filepath.Dir(f)), "add %s to kustomizations", filepath.Dir(f))
 	}
 	assert.FileExists(t, "base/kustomization.yaml")
+
+	// Every component is rendered by some row (through a testdata overlay).
+	components, err := filepath.Glob("components/*/kustomization.yaml")
+	require.NoError(t, err)
+	for _, comp := range components {
+		used := false
+		for _, k := range kustomizations {
+			b, err := os.ReadFile(filepath.Join(k.dir, "kustomization.yaml"))
+			require.NoError(t, err)
+			used = used || strings.Contains(string(b), filepath.ToSlash(filepath.Dir(comp)))
+		}
+		assert.True(t, used, "component %s is rendered by no row of kustomizations: add a testdata overlay", filepath.Dir(comp))
+	}
 }
 
 func TestManifests(t *testing.T) {
@@ -144,6 +174,7 @@ func TestManifests(t *testing.T) {
 			t.Run("serviceaccount", func(t *testing.T) { checkServiceAccount(t, tt, objs, pod) })
 			t.Run("config", func(t *testing.T) { checkConfig(t, tt, objs, pod, c) })
 			t.Run("dockerfile", func(t *testing.T) { checkDockerfile(t, c) })
+			t.Run("ingress", func(t *testing.T) { checkIngress(t, tt.ingress, objs, c) })
 		})
 	}
 }
@@ -176,6 +207,7 @@ type objects struct {
 	services        []corev1.Service
 	daemonSets      []appsv1.DaemonSet
 	networkPolicies []networkingv1.NetworkPolicy
+	ingresses       []networkingv1.Ingress
 	// meta is the metadata of every object, for the checks that apply to all of them.
 	meta []objectMeta
 }
@@ -242,6 +274,11 @@ func decodeAll(t *testing.T, out []byte) *objects {
 			var o networkingv1.NetworkPolicy
 			decode(&o)
 			objs.networkPolicies = append(objs.networkPolicies, o)
+			objs.add(head.Kind, o.Name, o.Namespace, o.Labels)
+		case gv == "networking.k8s.io/v1, Kind=Ingress":
+			var o networkingv1.Ingress
+			decode(&o)
+			objs.ingresses = append(objs.ingresses, o)
 			objs.add(head.Kind, o.Name, o.Namespace, o.Labels)
 		case strings.HasPrefix(head.APIVersion, "rbac.authorization.k8s.io/"):
 			t.Errorf("document %d: %s: no RBAC at all: the agent never calls the Kubernetes API (design.md §7)", i, gv)
@@ -594,6 +631,49 @@ func targetPort(p corev1.ServicePort) string {
 		return tp
 	}
 	return strconv.Itoa(int(p.Port))
+}
+
+// checkIngress: the optional Ingress exposes only the status API's /cachemachine path
+// (not /metrics, /healthz or /readyz) of the status Service, with the configured host, class
+// and annotations.
+func checkIngress(t *testing.T, want *ingressWant, objs *objects, c corev1.Container) {
+	if want == nil {
+		assert.Empty(t, objs.ingresses, "no Ingress unless asked for")
+		return
+	}
+	require.Len(t, objs.ingresses, 1, "one Ingress")
+	ing := objs.ingresses[0]
+	assert.Equal(t, namespace, ing.Namespace)
+	if assert.NotNil(t, ing.Spec.IngressClassName, "ingressClassName") {
+		assert.Equal(t, want.class, *ing.Spec.IngressClassName)
+	}
+	for k, v := range want.annotations {
+		assert.Equal(t, v, ing.Annotations[k], "annotation %s", k)
+	}
+	assert.Nil(t, ing.Spec.DefaultBackend, "no default backend: only /cachemachine")
+	require.Len(t, ing.Spec.Rules, 1, "one rule")
+	r := ing.Spec.Rules[0]
+	assert.Equal(t, want.host, r.Host, "host")
+	require.NotNil(t, r.HTTP)
+	require.Len(t, r.HTTP.Paths, 1, "one path")
+	p := r.HTTP.Paths[0]
+	assert.Equal(t, "/cachemachine", p.Path)
+	if assert.NotNil(t, p.PathType) {
+		assert.Equal(t, networkingv1.PathTypePrefix, *p.PathType, "Prefix: /cachemachine and below, not /cachemachinex")
+	}
+	require.NotNil(t, p.Backend.Service, "backend is a Service")
+	assert.Equal(t, statusService, p.Backend.Service.Name)
+	s := objs.service(t, statusService)
+	bp := p.Backend.Service.Port
+	var sp *corev1.ServicePort
+	for i := range s.Spec.Ports {
+		if bp.Name != "" && s.Spec.Ports[i].Name == bp.Name || bp.Name == "" && s.Spec.Ports[i].Port == bp.Number {
+			sp = &s.Spec.Ports[i]
+		}
+	}
+	if assert.NotNil(t, sp, "backend port %v is a port of Service %s", bp, statusService) {
+		assert.Equal(t, httpPort, containerPort(t, c, targetPort(*sp), corev1.ProtocolTCP), "backend reaches the status API")
+	}
 }
 
 // checkNetworkPolicy: gossip is admitted only from agent pods, the status port from any
