@@ -87,6 +87,9 @@ type kustomization struct {
 	nodeSelector map[string]string
 	// ingress, when set, is the Ingress the rendering must hold (none otherwise).
 	ingress *ingressWant
+	// noNamespace: the rendering holds no Namespace object (the Helm chart: the installer
+	// creates the release's namespace).
+	noNamespace bool
 }
 
 // ingressWant is what an Ingress for the status page is configured with.
@@ -155,28 +158,32 @@ func TestManifests(t *testing.T) {
 	for _, tt := range kustomizations {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			objs := decodeAll(t, render(t, tt.dir))
-			ds := objs.agent(t)
-			pod := ds.Spec.Template.Spec
-			c := agentContainer(t, pod)
-
-			t.Run("objects", func(t *testing.T) { checkObjects(t, objs) })
-			t.Run("daemonset", func(t *testing.T) { checkDaemonSet(t, tt, objs, ds) })
-			t.Run("security", func(t *testing.T) { checkSecurity(t, pod) })
-			t.Run("env", func(t *testing.T) { checkEnv(t, c) })
-			t.Run("gomemlimit", func(t *testing.T) { checkGOMEMLIMIT(t, c) })
-			t.Run("probes and ports", func(t *testing.T) { checkProbesAndPorts(t, c) })
-			t.Run("resources", func(t *testing.T) { checkResources(t, c) })
-			t.Run("volumes", func(t *testing.T) { checkVolumes(t, pod, c) })
-			t.Run("services", func(t *testing.T) { checkServices(t, objs, pod, c) })
-			t.Run("networkpolicy", func(t *testing.T) { checkNetworkPolicy(t, objs, c) })
-			t.Run("secrets", func(t *testing.T) { checkSecrets(t, objs) })
-			t.Run("serviceaccount", func(t *testing.T) { checkServiceAccount(t, tt, objs, pod) })
-			t.Run("config", func(t *testing.T) { checkConfig(t, tt, objs, pod, c) })
-			t.Run("dockerfile", func(t *testing.T) { checkDockerfile(t, c) })
-			t.Run("ingress", func(t *testing.T) { checkIngress(t, tt.ingress, objs, c) })
+			checkAll(t, tt, decodeAll(t, render(t, tt.dir)))
 		})
 	}
+}
+
+// checkAll runs every check on one rendering (of a kustomization or of the Helm chart).
+func checkAll(t *testing.T, tt kustomization, objs *objects) {
+	t.Helper()
+	ds := objs.agent(t)
+	pod := ds.Spec.Template.Spec
+	c := agentContainer(t, pod)
+	t.Run("objects", func(t *testing.T) { checkObjects(t, tt, objs) })
+	t.Run("daemonset", func(t *testing.T) { checkDaemonSet(t, tt, objs, ds) })
+	t.Run("security", func(t *testing.T) { checkSecurity(t, pod) })
+	t.Run("env", func(t *testing.T) { checkEnv(t, c) })
+	t.Run("gomemlimit", func(t *testing.T) { checkGOMEMLIMIT(t, c) })
+	t.Run("probes and ports", func(t *testing.T) { checkProbesAndPorts(t, c) })
+	t.Run("resources", func(t *testing.T) { checkResources(t, c) })
+	t.Run("volumes", func(t *testing.T) { checkVolumes(t, pod, c) })
+	t.Run("services", func(t *testing.T) { checkServices(t, objs, pod, c) })
+	t.Run("networkpolicy", func(t *testing.T) { checkNetworkPolicy(t, objs, c) })
+	t.Run("secrets", func(t *testing.T) { checkSecrets(t, objs) })
+	t.Run("serviceaccount", func(t *testing.T) { checkServiceAccount(t, tt, objs, pod) })
+	t.Run("config", func(t *testing.T) { checkConfig(t, tt, objs, pod, c) })
+	t.Run("dockerfile", func(t *testing.T) { checkDockerfile(t, c) })
+	t.Run("ingress", func(t *testing.T) { checkIngress(t, tt.ingress, objs, c) })
 }
 
 // render runs `kubectl kustomize dir`. Without kubectl the test is skipped, except in CI
@@ -344,9 +351,13 @@ func agentContainer(t *testing.T, pod corev1.PodSpec) corev1.Container {
 	return pod.Containers[0]
 }
 
-func checkObjects(t *testing.T, objs *objects) {
-	require.Len(t, objs.namespaces, 1)
-	assert.Equal(t, namespace, objs.namespaces[0].Name)
+func checkObjects(t *testing.T, tt kustomization, objs *objects) {
+	if tt.noNamespace {
+		assert.Empty(t, objs.namespaces)
+	} else {
+		require.Len(t, objs.namespaces, 1)
+		assert.Equal(t, namespace, objs.namespaces[0].Name)
+	}
 	for _, m := range objs.meta {
 		assert.Equal(t, "cachemachine", m.labels["app.kubernetes.io/name"], "%s %s: label app.kubernetes.io/name", m.kind, m.name)
 		if m.kind == "Namespace" {
