@@ -1,0 +1,430 @@
+package k8slab
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
+)
+
+// host records what a cluster changes on the machine, so that Close puts it back: the node
+// address on lo, sysctls, the shared bind mount of the cluster's directory, and the baseline
+// that leftovers (iptables chains, cgroups, host directories) are compared with.
+type host struct {
+	dir      string
+	sysctls  map[string]string // name → value before the cluster
+	chains   map[string]bool   // "iptables/nat/CHAIN" before the cluster
+	absent   []string          // host paths that did not exist before the cluster
+	addrDone bool
+	mounted  bool
+}
+
+// Host paths the kubelet, containerd's CNI and the plugins create when they are not told
+// otherwise; Close removes those the cluster created.
+var hostPathsWatched = []string{
+	"/var/lib/cni", "/run/netns", "/var/log/containers", "/var/log/pods", "/var/lib/kubelet",
+	"/etc/cni", "/opt/cni", "/etc/kubernetes", "/var/lib/cachemachine", "/run/cachemachine",
+}
+
+// cgroupHierarchies returns the mounted cgroup hierarchies (v1 controllers, name=systemd,
+// the unified v2 mount).
+func cgroupHierarchies() []string {
+	var out []string
+	entries, _ := os.ReadDir("/sys/fs/cgroup")
+	for _, e := range entries {
+		p := filepath.Join("/sys/fs/cgroup", e.Name())
+		if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
+			out = append(out, p)
+		}
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		out = append(out, "/sys/fs/cgroup") // pure cgroup v2
+	}
+	return out
+}
+
+// iptablesCommands are the iptables front ends whose tables the cluster touches: the
+// kubelet and kube-proxy use the ones on PATH (nf_tables on Debian 12).
+func iptablesCommands() []string {
+	var out []string
+	for _, c := range []string{"iptables", "ip6tables"} {
+		if _, err := exec.LookPath(c); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// checkHost refuses to start where another Kubernetes (or a crashed lab) left its marks.
+func checkHost() error {
+	var errs []error
+	out, _ := exec.Command("ip", "-o", "addr", "show", "dev", "lo").Output()
+	if bytes.Contains(out, []byte(" "+NodeIP+"/")) {
+		errs = append(errs, fmt.Errorf("%s is already on lo", NodeIP))
+	}
+	if _, err := os.Stat("/sys/class/net/" + bridgeName); err == nil {
+		errs = append(errs, fmt.Errorf("link %s exists", bridgeName))
+	}
+	for _, h := range cgroupHierarchies() {
+		if _, err := os.Stat(filepath.Join(h, "kubepods")); err == nil {
+			errs = append(errs, fmt.Errorf("cgroup %s/kubepods exists", h))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("another Kubernetes node runs on this machine, or a lab cluster was not torn down (%w); remove it first", err)
+	}
+	return nil
+}
+
+func newHost(dir string) (*host, error) {
+	h := &host{dir: dir, sysctls: map[string]string{}}
+	for _, p := range hostPathsWatched {
+		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+			h.absent = append(h.absent, p)
+		}
+	}
+	var err error
+	if h.chains, err = iptablesChains(); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// setup adds the node address, turns on forwarding and makes dir a shared mount (hostPath
+// volumes with HostToContainer propagation, like the agent's /run/containerd, need the host
+// side to be shared, as / is on a systemd host).
+func (h *host) setup() error {
+	if err := run("ip", "addr", "add", NodeIP+"/32", "dev", "lo"); err != nil {
+		return err
+	}
+	h.addrDone = true
+	if err := h.sysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return err
+	}
+	if err := syscall.Mount(h.dir, h.dir, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind mount %s: %w", h.dir, err)
+	}
+	h.mounted = true
+	if err := syscall.Mount("", h.dir, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", h.dir, err)
+	}
+	return nil
+}
+
+// sysctl sets name (dotted) and remembers the value to restore.
+func (h *host) sysctl(name, value string) error {
+	p := "/proc/sys/" + strings.ReplaceAll(name, ".", "/")
+	old, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	if _, ok := h.sysctls[name]; !ok {
+		h.sysctls[name] = strings.TrimSpace(string(old))
+	}
+	return os.WriteFile(p, []byte(value), 0o644)
+}
+
+// restore undoes everything the cluster did to the machine, once every process it started is
+// gone. It goes on after errors and returns them all.
+func (h *host) restore(kubeProxy string) error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Shims of containers whose sandbox could not be removed, or anything else left running
+	// from the cluster's directory.
+	add(killProcessesUnder(h.dir))
+	if h.mounted {
+		add(lab.UnmountUnder(h.dir))
+	}
+	for _, cg := range cgroupHierarchies() {
+		add(removeCgroupTree(filepath.Join(cg, "kubepods")))
+	}
+	if _, err := os.Stat("/sys/class/net/" + bridgeName); err == nil {
+		add(run("ip", "link", "del", bridgeName))
+	}
+	if h.addrDone {
+		add(run("ip", "addr", "del", NodeIP+"/32", "dev", "lo"))
+	}
+	if kubeProxy != "" {
+		// Its own chains in every mode it knows (iptables, ipvs, nftables).
+		if out, err := exec.Command(kubeProxy, "--cleanup").CombinedOutput(); err != nil {
+			add(fmt.Errorf("kube-proxy --cleanup: %w: %s", err, lastLines(string(out), 5)))
+		}
+	}
+	add(removeNewChains(h.chains))
+	for name, v := range h.sysctls {
+		add(os.WriteFile("/proc/sys/"+strings.ReplaceAll(name, ".", "/"), []byte(v), 0o644))
+	}
+	for _, p := range h.absent {
+		add(os.RemoveAll(p))
+	}
+	return errors.Join(errs...)
+}
+
+// leftovers lists what the cluster left on the machine after restore: the lab's own check
+// that it leaves the host as it found it.
+func (h *host) leftovers() []string {
+	var out []string
+	if b, _ := exec.Command("ip", "-o", "addr", "show", "dev", "lo").Output(); bytes.Contains(b, []byte(" "+NodeIP+"/")) {
+		out = append(out, "address "+NodeIP+" on lo")
+	}
+	if _, err := os.Stat("/sys/class/net/" + bridgeName); err == nil {
+		out = append(out, "link "+bridgeName)
+	}
+	for _, cg := range cgroupHierarchies() {
+		if _, err := os.Stat(filepath.Join(cg, "kubepods")); err == nil {
+			out = append(out, "cgroup "+filepath.Join(cg, "kubepods"))
+		}
+	}
+	if now, err := iptablesChains(); err == nil {
+		for c := range now {
+			if !h.chains[c] && isLabChain(c) {
+				out = append(out, "iptables chain "+c)
+			}
+		}
+	}
+	for name, v := range h.sysctls {
+		if b, _ := os.ReadFile("/proc/sys/" + strings.ReplaceAll(name, ".", "/")); strings.TrimSpace(string(b)) != v {
+			out = append(out, fmt.Sprintf("sysctl %s=%s (was %s)", name, strings.TrimSpace(string(b)), v))
+		}
+	}
+	for _, p := range h.absent {
+		if _, err := os.Lstat(p); err == nil {
+			out = append(out, "path "+p)
+		}
+	}
+	if mps, _ := mountsUnder(h.dir); len(mps) > 0 {
+		out = append(out, "mounts under "+h.dir+": "+strings.Join(mps, ", "))
+	}
+	if pids := processesUnder(h.dir); len(pids) > 0 {
+		out = append(out, fmt.Sprintf("processes running from %s: %v", h.dir, pids))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func isLabChain(c string) bool {
+	name := c[strings.LastIndexByte(c, '/')+1:]
+	return strings.HasPrefix(name, "KUBE-") || strings.HasPrefix(name, "CNI-")
+}
+
+// iptablesChains returns "command/table/chain" for every chain of every iptables front end.
+func iptablesChains() (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, cmd := range iptablesCommands() {
+		b, err := exec.Command(cmd + "-save").Output()
+		if err != nil {
+			continue // e.g. no IPv6 in the kernel
+		}
+		table := ""
+		for _, line := range strings.Split(string(b), "\n") {
+			switch {
+			case strings.HasPrefix(line, "*"):
+				table = line[1:]
+			case strings.HasPrefix(line, ":"):
+				name, _, _ := strings.Cut(line[1:], " ")
+				out[cmd+"/"+table+"/"+name] = true
+			}
+		}
+	}
+	return out, nil
+}
+
+// removeNewChains deletes KUBE-* and CNI-* chains that were not there before, with the rules
+// of other chains that jump to them: what the kubelet (its canary and hint chains) and the
+// CNI plugins create and kube-proxy --cleanup does not remove.
+func removeNewChains(before map[string]bool) error {
+	var errs []error
+	for _, cmd := range iptablesCommands() {
+		b, err := exec.Command(cmd + "-save").Output()
+		if err != nil {
+			continue
+		}
+		type rule struct {
+			table, chain string
+			args         []string
+		}
+		var rules []rule
+		fresh := map[string][]string{} // table → new chains
+		table := ""
+		for _, line := range strings.Split(string(b), "\n") {
+			switch {
+			case strings.HasPrefix(line, "*"):
+				table = line[1:]
+			case strings.HasPrefix(line, ":"):
+				name, _, _ := strings.Cut(line[1:], " ")
+				if c := cmd + "/" + table + "/" + name; !before[c] && isLabChain(c) {
+					fresh[table] = append(fresh[table], name)
+				}
+			case strings.HasPrefix(line, "-A "):
+				args := splitRule(line)
+				rules = append(rules, rule{table: table, chain: args[1], args: args[2:]})
+			}
+		}
+		for _, r := range rules {
+			if slices.Contains(fresh[r.table], r.chain) {
+				continue // goes with its chain
+			}
+			i := slices.Index(r.args, "-j")
+			if i < 0 || i+1 >= len(r.args) || !slices.Contains(fresh[r.table], r.args[i+1]) {
+				continue
+			}
+			errs = append(errs, run(cmd, append([]string{"-t", r.table, "-D", r.chain}, r.args...)...))
+		}
+		for t, chains := range fresh {
+			for _, c := range chains {
+				errs = append(errs, run(cmd, "-t", t, "-F", c))
+			}
+			for _, c := range chains {
+				errs = append(errs, run(cmd, "-t", t, "-X", c))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// splitRule splits an iptables-save rule into words, honouring double quotes (comments).
+func splitRule(line string) []string {
+	var out []string
+	var cur strings.Builder
+	inQuote, escaped, have := false, false, false
+	for _, r := range line {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case r == '\\':
+			escaped = true
+		case r == '"':
+			inQuote = !inQuote
+			have = true
+		case r == ' ' && !inQuote:
+			if have {
+				out = append(out, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if have {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+// removeCgroupTree removes a cgroup directory and its children, deepest first. Cgroup
+// directories hold only the kernel's files, so rmdir is how they go.
+func removeCgroupTree(root string) error {
+	if _, err := os.Stat(root); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var dirs []string
+	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	slices.SortFunc(dirs, func(a, b string) int { return len(b) - len(a) })
+	var errs []error
+	for _, d := range dirs {
+		// A cgroup whose last task just exited can be busy for a moment.
+		var err error
+		for range 20 {
+			if err = syscall.Rmdir(d); err == nil || errors.Is(err, syscall.ENOENT) {
+				err = nil
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("rmdir %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// processesUnder returns live processes (not zombies) whose command line names dir: the
+// cluster's daemons and containerd's shims. Zombies are left out: orphans are reaped late on
+// some machines, and a zombie holds nothing.
+func processesUnder(dir string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte(dir)) {
+			continue
+		}
+		if stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
+			if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+				continue
+			}
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// killProcessesUnder SIGKILLs what processesUnder finds and waits up to 5 s for it to go.
+func killProcessesUnder(dir string) error {
+	pids := processesUnder(dir)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(pids) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		pids = processesUnder(dir)
+	}
+	if len(pids) > 0 {
+		return fmt.Errorf("processes from %s survive SIGKILL: %v", dir, pids)
+	}
+	return nil
+}
+
+// mountsUnder lists the mount points at or below dir.
+func mountsUnder(dir string) ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
+			out = append(out, fields[4])
+		}
+	}
+	return out, sc.Err()
+}
+
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
