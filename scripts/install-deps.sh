@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real components the tests and the demo run (containerd, runc, docker-registry,
-# kubectl for the manifest checks, chromium for the status page's browser test) when they are
-# missing, and builds the pinned containerd
+# kubectl for the manifest checks, chromium for the status page's browser test, and for the
+# lab Kubernetes node the CNI plugins, iptables, conntrack and ip) when they are missing, and
+# builds the pinned containerd
 # releases the lab runs beside Debian's 1.6 (scripts/build-containerd.sh, cached outside the
 # repository). Quiet and idempotent: does nothing when all are present.
 set -euo pipefail
@@ -20,6 +21,11 @@ command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 # Headless Chromium renders the status page in status's browser test (and a screenshot).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# The lab Kubernetes node (internal/k8slab): pod networking and kube-proxy.
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
+command -v conntrack >/dev/null 2>&1 || [ -x /usr/sbin/conntrack ] || missing+=(conntrack)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
