@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The cachemachine image: one static binary on distroless. Build with `make image`.
+# The cachemachine image: one static binary on distroless, for people with Docker: `make
+# image-docker`. `make image` builds the same image without Docker (internal/mkimage).
 #
 # The agent runs as root (uid 0) on purpose, so the base is distroless/static (root), not
 # its :nonroot variant: the containerd CRI socket it talks to is root:root mode 0660, and
