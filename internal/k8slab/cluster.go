@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,6 +88,7 @@ type Cluster struct {
 	log     io.Writer
 	host    *host
 	unlock  func()
+	spawn   *spawner
 	mu      sync.Mutex         // guards daemons
 	daemons map[string]*daemon // by name
 	order   []string           // start order; Close stops in reverse
@@ -217,6 +219,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		Bin:           bin,
 		log:           opts.Log,
 		unlock:        unlock,
+		spawn:         newSpawner(),
 		daemons:       map[string]*daemon{},
 		RunContainerd: filepath.Join(dir, "run", "containerd"),
 	}
@@ -385,7 +388,7 @@ func (c *Cluster) start(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	if err := c.run("kube-proxy", c.Bin.KubeProxy, "--config="+proxyConfig, "--v=1"); err != nil {
+	if err := c.run("kube-proxy", c.Bin.KubeProxy, "--config="+proxyConfig, "--v=2"); err != nil {
 		return err
 	}
 
@@ -448,7 +451,7 @@ func (c *Cluster) startDaemon(d *daemon) error {
 	if err != nil {
 		return err
 	}
-	proc, err := lab.StartProcess(d.bin, d.args, f)
+	proc, err := c.spawn.start(d.bin, d.args, f)
 	if err != nil {
 		_ = f.Close()
 		return fmt.Errorf("start %s: %w", d.name, err)
@@ -812,9 +815,11 @@ func (c *Cluster) Close() error {
 		if !ok || d.proc == nil {
 			return
 		}
-		if err := d.proc.Stop(grace); err != nil && !strings.Contains(err.Error(), "had exited") {
-			errs = append(errs, fmt.Errorf("stop %s: %w", name, err))
+		// A daemon that died on its own is news: the cluster ran without it.
+		if err := d.proc.Stop(grace); err != nil {
+			errs = append(errs, fmt.Errorf("stop %s: %w\n%s", name, err, c.LogTail(name, 10)))
 		}
+		d.proc = nil
 		_ = d.file.Close()
 	}
 	// The kubelet first, so that it restarts nothing; then the pods, through containerd.
@@ -842,10 +847,73 @@ func (c *Cluster) Close() error {
 	if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, err)
 	}
+	c.spawn.close()
 	if c.unlock != nil {
 		c.unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// Exited lists the daemons that are not running (they died, or Close stopped them).
+func (c *Cluster) Exited() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, n := range c.order {
+		if d := c.daemons[n]; d.proc == nil || d.proc.Exited() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// spawner starts every daemon from one OS thread that lives as long as the cluster. The
+// children are started with PR_SET_PDEATHSIG (lab.StartProcess), which the kernel sends when
+// the thread that forked them exits, not the process: a daemon started from an ordinary
+// goroutine dies whenever the Go runtime retires that thread. From a locked thread they die
+// only with the test process, or at close.
+type spawner struct {
+	reqs chan spawnReq
+	done chan struct{}
+}
+
+type spawnReq struct {
+	bin   string
+	args  []string
+	out   io.Writer
+	reply chan spawnReply
+}
+
+type spawnReply struct {
+	proc *lab.Process
+	err  error
+}
+
+func newSpawner() *spawner {
+	s := &spawner{reqs: make(chan spawnReq), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		// Never unlocked: when this goroutine returns, its thread exits with it.
+		runtime.LockOSThread()
+		for r := range s.reqs {
+			p, err := lab.StartProcess(r.bin, r.args, r.out)
+			r.reply <- spawnReply{p, err}
+		}
+	}()
+	return s
+}
+
+func (s *spawner) start(bin string, args []string, out io.Writer) (*lab.Process, error) {
+	reply := make(chan spawnReply, 1)
+	s.reqs <- spawnReq{bin: bin, args: args, out: out, reply: reply}
+	r := <-reply
+	return r.proc, r.err
+}
+
+// close ends the thread, once every daemon is stopped.
+func (s *spawner) close() {
+	close(s.reqs)
+	<-s.done
 }
 
 // removeSandboxes stops and removes every pod sandbox through CRI.
