@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -163,6 +164,7 @@ func (e *env) check(t *testing.T, d deployment) {
 		e.waitAvailable(t, ns, want)
 	})
 	d.uninstall(t, e)
+	assert.Empty(t, e.cluster.Exited(), "cluster daemons that died during the checks")
 }
 
 // pod is the part of a Pod the checks read.
@@ -319,6 +321,11 @@ func (e *env) waitAvailable(t *testing.T, ns string, refs []string) {
 	t.Helper()
 	url := e.statusURL(t, ns, "/cachemachine/jupyter/available")
 	client := &http.Client{Timeout: 5 * time.Second}
+	defer func() {
+		if t.Failed() {
+			e.dumpService(t, ns)
+		}
+	}()
 	eventually(t, 90*time.Second, "GET "+url, func() error {
 		resp, err := client.Get(url)
 		if err != nil {
@@ -354,6 +361,32 @@ func (e *env) waitAvailable(t *testing.T, ns string, refs []string) {
 		}
 		return nil
 	})
+}
+
+// dumpService logs what routes the Service: its EndpointSlices, kube-proxy's rules for its
+// ClusterIP, and the agent pod answering directly.
+func (e *env) dumpService(t *testing.T, ns string) {
+	ctx := context.Background()
+	out, _ := e.cluster.Kubectl(ctx, "-n", ns, "get", "svc,endpointslices,pods", "-o", "wide")
+	t.Logf("%s:\n%s", ns, out)
+	ip, _ := e.cluster.Kubectl(ctx, "-n", ns, "get", "svc", "cachemachine", "-o", "jsonpath={.spec.clusterIP}")
+	nat, _ := exec.Command("iptables-save", "-t", "nat").Output()
+	var rules []string
+	for _, l := range strings.Split(string(nat), "\n") {
+		if strings.Contains(l, string(ip)+"/32") || strings.Contains(l, ns+"/cachemachine") {
+			rules = append(rules, l)
+		}
+	}
+	t.Logf("nat rules for %s (%d lines in the table):\n%s", ip, strings.Count(string(nat), "\n"), strings.Join(rules, "\n"))
+	podIP, _ := e.cluster.Kubectl(ctx, "-n", ns, "get", "pods", "-l", "app.kubernetes.io/name=cachemachine", "-o", "jsonpath={.items[0].status.podIP}")
+	if resp, err := (&http.Client{Timeout: 3 * time.Second}).Get("http://" + string(podIP) + ":8080/cachemachine/jupyter/available"); err != nil {
+		t.Logf("pod %s directly: %v", podIP, err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		t.Logf("pod %s directly: %s %s", podIP, resp.Status, b)
+	}
+	t.Logf("daemons not running: %v; kube-proxy log:\n%s", e.cluster.Exited(), e.cluster.LogTail("kube-proxy", 30))
 }
 
 // agentProcess finds the agent's process on the node: the container's entrypoint and
