@@ -182,7 +182,7 @@ func TestChartSettings(t *testing.T) {
 	objs := decodeAll(t, []byte(renderChart(t, nil, map[string]any{
 		"image":         map[string]any{"repository": "registry.example/cachemachine", "tag": "v1.2.3"},
 		"gossip":        map[string]any{"keySecretName": "gossip-from-vault"},
-		"notifications": map[string]any{"tokenSecretName": "push-token"},
+		"notifications": map[string]any{"enabled": true, "tokenSecretName": "push-token"},
 		"hostPaths":     map[string]any{"containerd": "/run/k3s/containerd"},
 		"config":        map[string]any{"cluster": map[string]any{"join": []any{"peers.example:7946"}}},
 		"networkPolicy": map[string]any{"enabled": false},

@@ -50,7 +50,7 @@ paths and ports the DaemonSet provides set.
 {{- $_ := set $cfg "cluster" $cluster -}}
 {{- $http := deepCopy (get $cfg "http" | default dict) -}}
 {{- $_ := set $http "listen" ":8080" -}}
-{{- if .Values.notifications.tokenSecretName -}}
+{{- if .Values.notifications.enabled -}}
 {{- $_ := set $http "notifications_token_file" "/etc/cachemachine/notifications/token" -}}
 {{- end -}}
 {{- $_ := set $cfg "http" $http -}}
