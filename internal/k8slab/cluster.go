@@ -7,7 +7,9 @@
 //
 // The settings are the ones shared/reference/k8s-lab.md lists, each found by a failure on
 // these machines (no systemd, cgroup v1, no CAP_SYS_RESOURCE, no dummy links, no internet).
-// One cluster runs per machine at a time: Start waits for a machine-wide lock.
+// One cluster runs per machine at a time: Start waits for a machine-wide lock. A cluster
+// whose test process was killed leaves a record of the machine's state; the next Start
+// cleans up after it before it begins.
 package k8slab
 
 import (
@@ -202,6 +204,10 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), "cachemachine-k8slab.lock"))
 	if err != nil {
+		return nil, fmt.Errorf("k8slab: %w", err)
+	}
+	if err := recoverCrashed(bin.KubeProxy, opts.Log); err != nil {
+		unlock()
 		return nil, fmt.Errorf("k8slab: %w", err)
 	}
 	if err := checkHost(); err != nil {
@@ -842,6 +848,8 @@ func (c *Cluster) Close() error {
 		}
 		if left := c.host.leftovers(); len(left) > 0 {
 			errs = append(errs, fmt.Errorf("left on the machine: %s", strings.Join(left, "; ")))
+		} else if err := c.host.forget(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := os.RemoveAll(c.Dir); err != nil {

@@ -3,8 +3,10 @@ package k8slab
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,8 +104,17 @@ func newHost(dir string) (*host, error) {
 
 // setup adds the node address, turns on forwarding and makes dir a shared mount (hostPath
 // volumes with HostToContainer propagation, like the agent's /run/containerd, need the host
-// side to be shared, as / is on a systemd host).
+// side to be shared, as / is on a systemd host). It first records the machine's state in
+// recordPath, so that a run killed before Close is cleaned up by the next Start.
 func (h *host) setup() error {
+	old, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		return err
+	}
+	h.sysctls["net.ipv4.ip_forward"] = strings.TrimSpace(string(old))
+	if err := h.save(); err != nil {
+		return err
+	}
 	if err := run("ip", "addr", "add", NodeIP+"/32", "dev", "lo"); err != nil {
 		return err
 	}
@@ -146,6 +157,9 @@ func (h *host) restore(kubeProxy string) error {
 	// Shims of containers whose sandbox could not be removed, or anything else left running
 	// from the cluster's directory.
 	add(killProcessesUnder(h.dir))
+	// Containers whose shim is gone (containerd or the test died) still run in the pods'
+	// cgroups, which only this cluster's kubelet made (checkHost refuses to start otherwise).
+	add(killCgroupProcesses("kubepods"))
 	if h.mounted {
 		add(lab.UnmountUnder(h.dir))
 	}
@@ -155,7 +169,7 @@ func (h *host) restore(kubeProxy string) error {
 	if _, err := os.Stat("/sys/class/net/" + bridgeName); err == nil {
 		add(run("ip", "link", "del", bridgeName))
 	}
-	if h.addrDone {
+	if out, _ := exec.Command("ip", "-o", "addr", "show", "dev", "lo").Output(); h.addrDone && bytes.Contains(out, []byte(" "+NodeIP+"/")) {
 		add(run("ip", "addr", "del", NodeIP+"/32", "dev", "lo"))
 	}
 	if kubeProxy != "" {
@@ -169,9 +183,113 @@ func (h *host) restore(kubeProxy string) error {
 		add(os.WriteFile("/proc/sys/"+strings.ReplaceAll(name, ".", "/"), []byte(v), 0o644))
 	}
 	for _, p := range h.absent {
+		// Pod network namespaces are bind mounts in /run/netns, which containerd removes with
+		// their sandboxes, unless it died first.
+		add(lab.UnmountUnder(p))
 		add(os.RemoveAll(p))
 	}
 	return errors.Join(errs...)
+}
+
+// killCgroupProcesses SIGKILLs every process in the cgroup name (below the root of every
+// hierarchy) and its children, and waits up to 5 s for them to go.
+func killCgroupProcesses(name string) error {
+	pids := func() []int {
+		var out []int
+		for _, h := range cgroupHierarchies() {
+			_ = filepath.WalkDir(filepath.Join(h, name), func(p string, d os.DirEntry, err error) error {
+				if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
+					return nil
+				}
+				b, _ := os.ReadFile(p)
+				for _, f := range strings.Fields(string(b)) {
+					if pid, err := strconv.Atoi(f); err == nil && !slices.Contains(out, pid) {
+						out = append(out, pid)
+					}
+				}
+				return nil
+			})
+		}
+		return out
+	}
+	left := pids()
+	for _, pid := range left {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(left) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		left = pids()
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("processes in cgroup %s survive SIGKILL: %v", name, left)
+	}
+	return nil
+}
+
+// recordPath keeps, while a cluster runs, what its host had before it (hostRecord). Only
+// the holder of the machine-wide lock reads or writes it.
+var recordPath = filepath.Join(os.TempDir(), "cachemachine-k8slab.state")
+
+// hostRecord is what restore needs to put the machine back, saved before any change.
+type hostRecord struct {
+	Dir     string            `json:"dir"`
+	Sysctls map[string]string `json:"sysctls"`
+	Chains  []string          `json:"chains"`
+	Absent  []string          `json:"absent"`
+}
+
+func (h *host) save() error {
+	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent}
+	for c := range h.chains {
+		rec.Chains = append(rec.Chains, c)
+	}
+	slices.Sort(rec.Chains)
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(recordPath, b, 0o600)
+}
+
+// forget removes the record once the machine is back as it was.
+func (h *host) forget() error {
+	if err := os.Remove(recordPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// recoverCrashed cleans up after a cluster whose process died before Close (its children
+// died with it, through PR_SET_PDEATHSIG, but not its address, bridge, chains, cgroups and
+// mounts), from the record it left. Callers hold the machine-wide lock, so no cluster runs.
+func recoverCrashed(kubeProxy string, log io.Writer) error {
+	b, err := os.ReadFile(recordPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var rec hostRecord
+	if err := json.Unmarshal(b, &rec); err != nil || !strings.HasPrefix(filepath.Base(rec.Dir), "cmk") {
+		return fmt.Errorf("%s: not a k8slab record (%v); remove it", recordPath, err)
+	}
+	fmt.Fprintf(log, "k8slab: the cluster in %s was not torn down (its test was killed?); cleaning up after it\n", rec.Dir)
+	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, addrDone: true, mounted: true}
+	for _, c := range rec.Chains {
+		h.chains[c] = true
+	}
+	errs := []error{h.restore(kubeProxy)}
+	if left := h.leftovers(); len(left) > 0 {
+		errs = append(errs, fmt.Errorf("still left: %s", strings.Join(left, "; ")))
+	} else {
+		errs = append(errs, os.RemoveAll(rec.Dir), h.forget())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("clean up after %s: %w", rec.Dir, err)
+	}
+	return nil
 }
 
 // leftovers lists what the cluster left on the machine after restore: the lab's own check
