@@ -587,57 +587,12 @@ func (c *Cluster) writeCNI() error {
 
 func (c *Cluster) writeContainerdConfig(sandbox string, mirrors map[string]string) error {
 	certs := filepath.Join(c.Dir, "containerd", "certs.d")
-	for host, url := range mirrors {
-		if !strings.Contains(url, "://") {
-			url = "http://" + url
-		}
-		// A hosts.toml with only `server` is an invalid host tree: the [host] table is required.
-		text := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", url, url)
-		if err := os.MkdirAll(filepath.Join(certs, host), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(certs, host, "hosts.toml"), []byte(text), 0o644); err != nil {
-			return err
-		}
+	if err := lab.WriteMirrors(certs, mirrors); err != nil {
+		return err
 	}
-	cfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-
-[grpc]
-  address = %q
-
-[ttrpc]
-  address = %q
-
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = %q
-  [plugins."io.containerd.grpc.v1.cri"]
-    sandbox_image = %q
-    # These VMs lack CAP_SYS_RESOURCE: without it runc fails writing oom_score_adj.
-    restrict_oom_score_adj = true
-    disable_tcp_service = true
-    stream_server_address = "127.0.0.1"
-    stream_server_port = "0"
-    stats_collect_period = 1
-    [plugins."io.containerd.grpc.v1.cri".containerd]
-      snapshotter = "overlayfs"
-      default_runtime_name = "runc"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-          SystemdCgroup = false
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = %q
-      conf_dir = %q
-    [plugins."io.containerd.grpc.v1.cri".registry]
-      config_path = %q
-`,
-		filepath.Join(c.Dir, "containerd", "root"), c.RunContainerd,
-		c.ContainerdSocket, c.ContainerdSocket+".ttrpc",
-		filepath.Join(c.Dir, "containerd", "opt"),
-		sandbox, cniBinDir, filepath.Join(c.Dir, "cni", "net.d"), certs)
+	cfg := lab.ContainerdConfigV2(filepath.Join(c.Dir, "containerd"), c.RunContainerd, c.ContainerdSocket, certs, lab.KubeletNode{
+		SandboxImage: sandbox, CNIBinDir: cniBinDir, CNIConfDir: filepath.Join(c.Dir, "cni", "net.d"),
+	})
 	return os.WriteFile(filepath.Join(c.Dir, "containerd", "config.toml"), []byte(cfg), 0o644)
 }
 

@@ -280,7 +280,7 @@ func (c *Containerd) waitReady(ctx context.Context, p *Process) error {
 // certs.d/<host>/hosts.toml per mirror.
 func (c *Containerd) writeConfig(mirrors map[string]string) error {
 	certsDir := filepath.Join(c.Dir, "certs.d")
-	if err := writeMirrors(certsDir, mirrors); err != nil {
+	if err := WriteMirrors(certsDir, mirrors); err != nil {
 		return err
 	}
 	p := configParams{
@@ -305,9 +305,9 @@ func (c *Containerd) writeConfig(mirrors map[string]string) error {
 	return os.WriteFile(c.configPath, []byte(cfg), 0o644)
 }
 
-// writeMirrors writes one certs.d/<host>/hosts.toml per mirror; containerd 1.6, 1.7 and 2.x read
-// the same format.
-func writeMirrors(certsDir string, mirrors map[string]string) error {
+// WriteMirrors writes one certs.d/<host>/hosts.toml per mirror (host -> "127.0.0.1:PORT" or a
+// URL) under certsDir; containerd 1.6, 1.7 and 2.x read the same format.
+func WriteMirrors(certsDir string, mirrors map[string]string) error {
 	if err := os.MkdirAll(certsDir, 0o755); err != nil {
 		return err
 	}
@@ -341,14 +341,35 @@ func writeMirrors(certsDir string, mirrors map[string]string) error {
 // configParams are the per-instance paths and settings of a containerd config.
 type configParams struct {
 	Root, State, Socket, TTRPC, Opt, CDI, Snapshotter, CertsDir string
+	// node holds what a kubelet's node needs beyond image calls (k8slab); nil for lab nodes.
+	node *KubeletNode
+}
+
+// KubeletNode are the settings a containerd under a real kubelet needs beyond the lab's image
+// calls: the pause image, the CNI plugin and config directories, and runc as the runtime.
+type KubeletNode struct {
+	SandboxImage, CNIBinDir, CNIConfDir string
+}
+
+// ContainerdConfigV2 returns a containerd 1.6/1.7 config (format version 2) for the state under
+// dir (root, state, opt), serving on socket, redirecting registries through the hosts.toml files
+// under certsDir (WriteMirrors), with the overlayfs snapshotter, for a kubelet node.
+func ContainerdConfigV2(dir, state, socket, certsDir string, node KubeletNode) string {
+	return configParams{
+		Root: filepath.Join(dir, "root"), State: state, Socket: socket, TTRPC: socket + ".ttrpc",
+		Opt: filepath.Join(dir, "opt"), Snapshotter: "overlayfs", CertsDir: certsDir, node: &node,
+	}.v2()
 }
 
 // v2 is the config for containerd 1.6 and 1.7 (format version 2, one CRI plugin). Settings that
 // matter: no TCP service and the streaming server on a random loopback port, so instances do not
 // collide; stats_collect_period = 1 because ImageFsInfo's used bytes are refreshed in the
-// background at that period (default 10 s: stale right after a pull).
+// background at that period (default 10 s: stale right after a pull). A kubelet node also gets
+// its pause image, runc and CNI; restrict_oom_score_adj because these VMs lack
+// CAP_SYS_RESOURCE, without which runc fails writing oom_score_adj.
 func (p configParams) v2() string {
-	return fmt.Sprintf(`version = 2
+	var b strings.Builder
+	fmt.Fprintf(&b, `version = 2
 root = %q
 state = %q
 
@@ -362,15 +383,32 @@ state = %q
   [plugins."io.containerd.internal.v1.opt"]
     path = %q
   [plugins."io.containerd.grpc.v1.cri"]
-    disable_tcp_service = true
+`, p.Root, p.State, p.Socket, p.TTRPC, p.Opt)
+	if p.node != nil {
+		fmt.Fprintf(&b, "    sandbox_image = %q\n    restrict_oom_score_adj = true\n", p.node.SandboxImage)
+	}
+	fmt.Fprintf(&b, `    disable_tcp_service = true
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
     stats_collect_period = 1
     [plugins."io.containerd.grpc.v1.cri".containerd]
       snapshotter = %q
-    [plugins."io.containerd.grpc.v1.cri".registry]
+`, p.Snapshotter)
+	if p.node != nil {
+		fmt.Fprintf(&b, `      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = %q
+      conf_dir = %q
+`, p.node.CNIBinDir, p.node.CNIConfDir)
+	}
+	fmt.Fprintf(&b, `    [plugins."io.containerd.grpc.v1.cri".registry]
       config_path = %q
-`, p.Root, p.State, p.Socket, p.TTRPC, p.Opt, p.Snapshotter, p.CertsDir)
+`, p.CertsDir)
+	return b.String()
 }
 
 // v3 is the config for containerd 2.x (format version 3). The CRI plugin is split in three
