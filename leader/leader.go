@@ -316,8 +316,14 @@ func (l *Leader) leadershipChanged() (became, lost bool) {
 	switch {
 	case became:
 		l.leading = time.Now()
-	case !self:
+	case lost:
+		// Another leader published meanwhile; this node's listings of its earlier term are
+		// history and must not come back as the list of a later one.
 		l.leading = time.Time{}
+		clear(l.last)
+		for i := range l.status {
+			l.status[i].ListedAt, l.status[i].Images = time.Time{}, 0
+		}
 	}
 	l.mu.Unlock()
 	if became {
@@ -497,7 +503,10 @@ func (l *Leader) list(ctx context.Context, i int, afterEvent bool) {
 	l.mu.Lock()
 	st := &l.status[i]
 	st.Listing = false
-	if err == nil || listing.Partial {
+	if (err == nil || listing.Partial) && !l.leading.IsZero() && !start.Before(l.leading) {
+		// Only a listing made while this term lasts counts: one that ends after the
+		// leadership was lost, or began in an earlier term, might be older than what the
+		// leader in between published.
 		l.last[i] = &listing
 		st.ListedAt = time.Now()
 		st.Images = max(len(listing.All), len(listing.Desired)) // a fixed list lists nothing in all_images

@@ -218,3 +218,28 @@ func TestRefreshListsAfterItWasAsked(t *testing.T) {
 	require.Equal(t, 2, src.calls(), "the hung listing, then the reconcile's")
 	eventually(t, "the list published", func() bool { return len(loc.Desired().Images) == 1 })
 }
+
+// TestLeadingAgainDoesNotRepublishOldListings: a node that led, lost the lead while another
+// leader published a newer list, and leads again while its source fails must not bring its
+// old listing back as the desired list.
+func TestLeadingAgainDoesNotRepublishOldListings(t *testing.T) {
+	t.Parallel()
+	src := &scripted{name: "s", l: sources.Listing{Desired: []image.Image{img("r.example/lab:w10", "Weekly 10", 10)}}}
+	loc := coordinatortest.NewAgent("n1")
+	cl := &switchable{self: true, changes: make(chan struct{}), local: loc}
+	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, FirstListingGrace: 100 * time.Millisecond}, []leader.Source{src}, cl, loc, nil, nil)
+	require.NoError(t, err)
+	run(t, l)
+	eventually(t, "w10 published", func() bool { return len(loc.Desired().Images) == 1 })
+
+	cl.set(false)
+	eventually(t, "the lead lost: the old term's listing forgotten", func() bool { return l.Result().Sources[0].ListedAt.IsZero() })
+	// The other leader publishes w11; then the registry breaks.
+	loc.SetDesired(agent.Desired{Version: loc.Desired().Version + 1_000_000, Images: []image.Image{img("r.example/lab:w11", "Weekly 11", 11)}})
+	src.set(sources.Listing{}, errors.New("registry down"), false)
+	cl.set(true)
+	eventually(t, "the failed listing of the new term", func() bool { return l.Result().Sources[0].Error != "" })
+	time.Sleep(300 * time.Millisecond) // past the first-listing grace: nothing more to wait for
+	require.Equal(t, []string{"r.example/lab:w11"}, refs(loc.Desired().Images), "the list in force stays; the old listing does not come back")
+	require.False(t, l.Result().Complete)
+}
