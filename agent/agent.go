@@ -92,6 +92,9 @@ type Agent struct {
 	slots   chan struct{} // pull concurrency semaphore
 	pulls   sync.WaitGroup
 
+	saveMu sync.Mutex // serialises persist; guards saved
+	saved  uint64     // version of the desired list last persisted
+
 	mu       sync.Mutex // guards the fields below
 	desired  Desired
 	state    State
@@ -327,14 +330,28 @@ func (a *Agent) SetDesired(d Desired) bool {
 	}
 	a.desired = clean
 	a.mu.Unlock()
-	if a.cfg.StateDir != "" {
-		if err := saveDesired(a.cfg.StateDir, clean); err != nil {
-			a.log.Warn("persisting desired list", "err", err)
-		}
-	}
+	a.persist(clean)
 	a.metrics.desired.Set(float64(len(clean.Images)))
 	a.Trigger()
 	return true
+}
+
+// persist saves d in StateDir unless a newer list was saved already: SetDesired may run on
+// the leader's and the gossip's goroutines at once, and the older list must not land last.
+func (a *Agent) persist(d Desired) {
+	if a.cfg.StateDir == "" {
+		return
+	}
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
+	if d.Version < a.saved {
+		return
+	}
+	if err := saveDesired(a.cfg.StateDir, d); err != nil {
+		a.log.Warn("persisting desired list", "err", err)
+		return
+	}
+	a.saved = d.Version
 }
 
 // pass takes a CRI snapshot, diffs it against the desired list, starts the pulls that may
@@ -598,9 +615,9 @@ func (a *Agent) PullNow(ctx context.Context, ref string) (PullResult, error) {
 
 // pullOnce pulls d by tag within the pull timeout and checks the digest the tag now has on
 // the node against the desired digest.
-func (a *Agent) pullOnce(ctx context.Context, d image.Image) (PullResult, error) {
+func (a *Agent) pullOnce(ctx context.Context, d image.Image) (res PullResult, err error) {
 	ref := d.Ref.String()
-	res := PullResult{Ref: ref}
+	res = PullResult{Ref: ref}
 	start := time.Now()
 	defer func() { res.Duration = time.Since(start) }()
 	var auth *cri.Auth

@@ -18,6 +18,15 @@ import (
 	"github.com/cachemachine/cachemachine/image"
 )
 
+// debugLimits are the status API's limits without a write timeout: `debug pull` waits for a
+// pull (up to pull_timeout) and pprof profiles run as long as asked, and only root reaches
+// the socket.
+var debugLimits = func() HTTPLimits {
+	l := DefaultHTTPLimits
+	l.Write = 0
+	return l
+}()
+
 // DebugOptions connects the debug socket to the parts of the system beyond the node.
 type DebugOptions struct {
 	// Cluster returns what GET /v1/cluster shows; nil means standalone.
@@ -80,7 +89,7 @@ func NewDebugServer(path string, a *Agent, opts DebugOptions) (*DebugServer, err
 		return nil, fmt.Errorf("debug socket %s: %w", path, err)
 	}
 	s := &DebugServer{path: path, ln: ln, self: self, log: opts.Logger}
-	s.srv = NewHTTPServer(debugMux(a, opts), DefaultHTTPLimits)
+	s.srv = NewHTTPServer(debugMux(a, opts), debugLimits)
 	return s, nil
 }
 
@@ -154,7 +163,7 @@ func listenPrivate(path string) (net.Listener, error) {
 
 // Run serves until ctx ends, then shuts down within 5 s.
 func (s *DebugServer) Run(ctx context.Context) error {
-	return Serve(ctx, s.srv, s.ln, DefaultHTTPLimits)
+	return Serve(ctx, s.srv, s.ln, debugLimits)
 }
 
 // Close stops listening and removes the socket file, unless the path is no longer the file this

@@ -268,7 +268,10 @@ func jsonProblem(err error) string {
 		if field == "" {
 			field = "value"
 		}
-		return fmt.Sprintf("%s: want a JSON %s, got %s", field, jsonKind(typ.Type.Kind().String()), typ.Value)
+		// typ.Value is the offending value's kind, but for a number it carries the number
+		// itself, which may be a secret: name the kinds only.
+		got, _, _ := strings.Cut(typ.Value, " ")
+		return fmt.Sprintf("%s: want a JSON %s, got %s", field, jsonKind(typ.Type.Kind().String()), got)
 	}
 	return "not valid JSON"
 }

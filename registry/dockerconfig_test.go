@@ -168,6 +168,7 @@ func TestLoadDockerConfigErrors(t *testing.T) {
 			require.ErrorContains(t, err, "dockerconfig "+path+": "+tt.wantErr)
 			require.NotContains(t, err.Error(), secret)
 			require.NotContains(t, err.Error(), strings.TrimRight(b64("a:"+secret), "="))
+			require.NotContains(t, err.Error(), "12345", "a numeric value (perhaps a secret) is not quoted")
 		})
 	}
 

@@ -234,11 +234,20 @@ func (l *Lister) Size(ctx context.Context, digest string) (uint64, error) {
 }
 
 func (l *Lister) size(ctx context.Context, p *remote.Puller, ref name.Digest) (uint64, error) {
+	return l.sizeOf(ctx, p, ref, true)
+}
+
+// sizeOf is size; an index is followed one level at most (index follows whether ref may be
+// one), so a registry cannot make it walk a chain of indexes.
+func (l *Lister) sizeOf(ctx context.Context, p *remote.Puller, ref name.Digest, index bool) (uint64, error) {
 	desc, err := p.Get(ctx, ref)
 	if err != nil {
 		return 0, err
 	}
 	if desc.MediaType.IsIndex() {
+		if !index {
+			return 0, errors.New("an index of indexes")
+		}
 		idx, err := desc.ImageIndex()
 		if err != nil {
 			return 0, err
@@ -260,7 +269,7 @@ func (l *Lister) size(ctx context.Context, p *remote.Puller, ref name.Digest) (u
 		if pick == nil {
 			return 0, errors.New("index has no linux image")
 		}
-		return l.size(ctx, p, ref.Context().Digest(pick.Digest.String()))
+		return l.sizeOf(ctx, p, ref.Context().Digest(pick.Digest.String()), false)
 	}
 	img, err := desc.Image()
 	if err != nil {

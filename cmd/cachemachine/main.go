@@ -235,9 +235,13 @@ func run(ctx context.Context, cfg *config.Config, files files, logger *slog.Logg
 	case err == nil:
 		defer ctd.Close()
 		agentOpts = append(agentOpts, agent.WithPins(ctd), agent.WithDownloads(ctd))
-	default:
+	case errors.Is(err, containerd.ErrUnsupported):
 		// Another CRI runtime (CRI-O): the agent pulls as before, without pins or progress.
 		logger.Warn("no containerd images and content services on the CRI socket: no pinning, no pull progress", "err", err)
+	default:
+		// containerd restarting: fail, and let the pod restart, rather than run a life
+		// without pins.
+		return err
 	}
 	a, err := agent.New(agent.Config{
 		Node:               cfg.Agent.NodeName,
