@@ -407,3 +407,37 @@ func TestRuntimeDownIsShownAsItIs(t *testing.T) {
 		require.Empty(t, a.State().LastError)
 	})
 }
+
+// TestPullNowReportsItsDuration: `debug pull` always printed "duration: 0s".
+func TestPullNowReportsItsDuration(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newRuntime()
+		const ref = "ghcr.io/lsst/lab:w_2024_05"
+		rt.AddRemote(ref, digestA, 100)
+		rt.SetPullLatency(3 * time.Second)
+		a, err := New(Config{ResyncInterval: time.Hour}, rt, nil, nil)
+		require.NoError(t, err)
+		res, err := a.PullNow(t.Context(), ref)
+		require.NoError(t, err)
+		require.Equal(t, 3*time.Second, res.Duration)
+	})
+}
+
+// TestPersistedListIsNeverOlderThanTheOneInForce: lists set at once from two goroutines (the
+// leader's publish and a gossiped list) must leave the newest on disk.
+func TestPersistedListIsNeverOlderThanTheOneInForce(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	a, err := New(Config{StateDir: dir}, newRuntime(), nil, nil)
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for v := range 50 {
+		wg.Go(func() {
+			a.SetDesired(Desired{Version: uint64(v + 1), Images: []image.Image{{Ref: image.MustParseRef(fmt.Sprintf("ghcr.io/lsst/lab:w_%d", v))}}})
+		})
+	}
+	wg.Wait()
+	saved, err := loadDesired(dir)
+	require.NoError(t, err)
+	require.Equal(t, a.Desired().Version, saved.Version)
+}
