@@ -39,6 +39,10 @@ type pinResult struct {
 // that left the list, an image beyond the budget). Records pinned by anybody else are never
 // touched. It also judges whether the runtime reports the pins to the kubelet at all.
 func (a *Agent) reconcilePins(ctx context.Context, desired Desired, inv inventory, disk Disk, runtime string) pinResult {
+	// One pass's pin work is bounded as a whole, not only per call: a slow images service
+	// must not hold up the pulls of this pass for pins × the call deadline.
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.ResyncInterval)
+	defer cancel()
 	var res pinResult
 	// What the kubelet sees, whoever pinned: the desired references whose image is pinned.
 	for _, d := range desired.Images {
