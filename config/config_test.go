@@ -341,6 +341,7 @@ func TestValidateErrors(t *testing.T) {
 		{"rubinrepoman repo invalid", func(c *Config) { c.Repomen[1].Repo = "LSST/Lab" }, "repomen[1].repo", `invalid repository "LSST/Lab"`},
 		{"simple images empty", func(c *Config) { c.Repomen[2].Images = nil }, "repomen[2].images", "required for SimpleRepoMan"},
 		{"image_url empty", func(c *Config) { c.Repomen[2].Images[0].ImageURL = "" }, "repomen[2].images[0].image_url", "required"},
+		{"image name too long", func(c *Config) { c.Repomen[2].Images[0].Name = strings.Repeat("x", 257) }, "repomen[2].images[0].name", "must be at most 256 bytes, got 257"},
 		{"image_url without tag", func(c *Config) { c.Repomen[2].Images[0].ImageURL = "lsstsqre/sciplat-lab" }, "repomen[2].images[0].image_url", "needs a tag or a digest"},
 		{"image_url registry port no tag", func(c *Config) { c.Repomen[2].Images[0].ImageURL = "localhost:5000/lab" }, "repomen[2].images[0].image_url", "needs a tag or a digest"},
 		{"image_url invalid", func(c *Config) { c.Repomen[2].Images[0].ImageURL = "UPPER/case:tag" }, "repomen[2].images[0].image_url", "invalid image reference"},

@@ -206,6 +206,9 @@ func (r *Repoman) validate(v *validator, path string) {
 			} else {
 				r.Images[i].Ref = ref
 			}
+			if len(img.Name) > maxDisplayName {
+				v.addf(ip+".name", "must be at most %d bytes, got %d", maxDisplayName, len(img.Name))
+			}
 			if img.ImageHash != "" && !digestRE.MatchString(img.ImageHash) {
 				v.addf(ip+".image_hash", "must be a digest sha256:<64 hex digits>, got %q", img.ImageHash)
 			}
@@ -288,6 +291,9 @@ func parseImageRef(s string) (image.Ref, error) {
 	}
 	return ref, nil
 }
+
+// maxDisplayName bounds a SimpleRepoMan image's display name: gossip carries 256 bytes of it.
+const maxDisplayName = 256
 
 // maxParallelPulls bounds agent.max_parallel_pulls: every pull holds a download and an
 // unpack in containerd, on a node that runs people's labs.
