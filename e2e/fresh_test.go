@@ -128,12 +128,13 @@ func waitFresh(t *testing.T, nodes []*freshNode, addr, ref, digest string, start
 // metric returns the value of the first sample of /metrics at addr whose line starts with
 // prefix, or "" when there is none.
 func metric(t *testing.T, addr, prefix string) string {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return ""
-	}
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/metrics")
+	require.NoError(t, err, "the agent at %s must answer /metrics", addr)
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	require.NoError(t, err)
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, prefix); ok {
 			return strings.TrimSpace(rest)
