@@ -205,6 +205,25 @@ func Cached() bool {
 	return true
 }
 
+// notBuiltHint is what to do when the cache lacks the lab's binaries.
+const notBuiltHint = "run `make k8s-lab` (go run ./internal/k8slab/cmd/k8slab build; make test runs it first)"
+
+// CachedKubectl returns the path of the kubectl that Build built (KubernetesVersion, with
+// the same kustomize as the cluster), without building: an error saying how to build it
+// when the cache lacks it.
+func CachedKubectl() (string, error) {
+	root, err := CacheDir()
+	if err != nil {
+		return "", fmt.Errorf("k8slab cache: %w", err)
+	}
+	r := kubernetesRecipe()
+	dir := filepath.Join(root, r.dir)
+	if !r.cached(dir) {
+		return "", fmt.Errorf("kubectl %s is not built in %s: %s", KubernetesVersion, dir, notBuiltHint)
+	}
+	return filepath.Join(dir, "bin", "kubectl"), nil
+}
+
 func recipes() []recipe {
 	return []recipe{kubernetesRecipe(), etcdRecipe(), corednsRecipe(), pauseRecipe()}
 }

@@ -54,3 +54,13 @@ func TestRecipes(t *testing.T) {
 		assert.True(t, strings.HasPrefix(r.gomod, "module cachemachine.lab/"), r.dir)
 	}
 }
+
+// TestCachedKubectl: the manifest checks' kubectl comes from the cache, never from a build,
+// and an empty cache says how to fill it.
+func TestCachedKubectl(t *testing.T) {
+	t.Setenv("CACHEMACHINE_CACHE", t.TempDir())
+	_, err := CachedKubectl()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "make k8s-lab")
+	assert.False(t, Cached())
+}
