@@ -668,6 +668,8 @@ authentication:
 authorization:
   mode: AlwaysAllow
 containerRuntimeEndpoint: unix://%s
+# It sets machine-wide kernel tunables (protectKernelDefaults would refuse to start where
+# they differ from its values): host records them before and restores them at Close.
 # No systemd here, cgroup v1 (hybrid), swap allowed, nothing reserved.
 cgroupDriver: cgroupfs
 failSwapOn: false

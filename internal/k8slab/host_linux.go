@@ -20,7 +20,7 @@ import (
 )
 
 // host records what a cluster changes on the machine, so that Close puts it back: the node
-// address on lo, sysctls, the shared bind mount of the cluster's directory, and the baseline
+// address on lo, sysctls (ip_forward and the kubelet's kernel tunables), the shared bind mount of the cluster's directory, and the baseline
 // that leftovers (iptables chains, cgroups, host directories) are compared with.
 type host struct {
 	dir      string
@@ -107,11 +107,13 @@ func newHost(dir string) (*host, error) {
 // side to be shared, as / is on a systemd host). It first records the machine's state in
 // recordPath, so that a run killed before Close is cleaned up by the next Start.
 func (h *host) setup() error {
-	old, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
-	if err != nil {
-		return err
+	for _, name := range append([]string{"net.ipv4.ip_forward"}, kubeletSysctls...) {
+		old, err := os.ReadFile(sysctlPath(name))
+		if err != nil {
+			return err
+		}
+		h.sysctls[name] = strings.TrimSpace(string(old))
 	}
-	h.sysctls["net.ipv4.ip_forward"] = strings.TrimSpace(string(old))
 	if err := h.save(); err != nil {
 		return err
 	}
@@ -132,9 +134,21 @@ func (h *host) setup() error {
 	return nil
 }
 
+// kubeletSysctls are the machine-wide sysctls the kubelet sets at start (its kernel
+// tunables: vm.overcommit_memory=1, vm.panic_on_oom=0, kernel.panic=10,
+// kernel.panic_on_oops=1, kernel.keys.root_maxkeys, kernel.keys.root_maxbytes) unless
+// protectKernelDefaults is set, which would instead refuse to start on a machine whose values
+// differ. setup records them before the kubelet starts; restore puts them back.
+var kubeletSysctls = []string{
+	"vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
+	"kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes",
+}
+
+func sysctlPath(name string) string { return "/proc/sys/" + strings.ReplaceAll(name, ".", "/") }
+
 // sysctl sets name (dotted) and remembers the value to restore.
 func (h *host) sysctl(name, value string) error {
-	p := "/proc/sys/" + strings.ReplaceAll(name, ".", "/")
+	p := sysctlPath(name)
 	old, err := os.ReadFile(p)
 	if err != nil {
 		return err
@@ -180,7 +194,10 @@ func (h *host) restore(kubeProxy string) error {
 	}
 	add(removeNewChains(h.chains))
 	for name, v := range h.sysctls {
-		add(os.WriteFile("/proc/sys/"+strings.ReplaceAll(name, ".", "/"), []byte(v), 0o644))
+		if b, err := os.ReadFile(sysctlPath(name)); err == nil && strings.TrimSpace(string(b)) == v {
+			continue
+		}
+		add(os.WriteFile(sysctlPath(name), []byte(v), 0o644))
 	}
 	for _, p := range h.absent {
 		// Pod network namespaces are bind mounts in /run/netns, which containerd removes with
@@ -314,11 +331,7 @@ func (h *host) leftovers() []string {
 			}
 		}
 	}
-	for name, v := range h.sysctls {
-		if b, _ := os.ReadFile("/proc/sys/" + strings.ReplaceAll(name, ".", "/")); strings.TrimSpace(string(b)) != v {
-			out = append(out, fmt.Sprintf("sysctl %s=%s (was %s)", name, strings.TrimSpace(string(b)), v))
-		}
-	}
+	out = append(out, changedSysctls(h.sysctls)...)
 	for _, p := range h.absent {
 		if _, err := os.Lstat(p); err == nil {
 			out = append(out, "path "+p)
@@ -329,6 +342,18 @@ func (h *host) leftovers() []string {
 	}
 	if pids := processesUnder(h.dir); len(pids) > 0 {
 		out = append(out, fmt.Sprintf("processes running from %s: %v", h.dir, pids))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// changedSysctls lists the sysctls whose value is not the one recorded.
+func changedSysctls(recorded map[string]string) []string {
+	var out []string
+	for name, v := range recorded {
+		if b, _ := os.ReadFile(sysctlPath(name)); strings.TrimSpace(string(b)) != v {
+			out = append(out, fmt.Sprintf("sysctl %s=%s (was %s)", name, strings.TrimSpace(string(b)), v))
+		}
 	}
 	slices.Sort(out)
 	return out
