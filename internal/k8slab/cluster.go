@@ -463,6 +463,11 @@ func (c *Cluster) startDaemon(d *daemon) error {
 		return fmt.Errorf("start %s: %w", d.name, err)
 	}
 	d.proc, d.file = proc, f
+	if c.host != nil {
+		if err := c.host.addDaemon(proc.Pid()); err != nil {
+			return fmt.Errorf("record %s: %w", d.name, err)
+		}
+	}
 	return nil
 }
 

@@ -27,6 +27,7 @@ type host struct {
 	sysctls  map[string]string // name → value before the cluster
 	chains   map[string]bool   // "iptables/nat/CHAIN" before the cluster
 	absent   []string          // host paths that did not exist before the cluster
+	daemons  []procRef         // the daemons the cluster started
 	addrDone bool
 	mounted  bool
 }
@@ -168,9 +169,9 @@ func (h *host) restore(kubeProxy string) error {
 			errs = append(errs, err)
 		}
 	}
-	// Shims of containers whose sandbox could not be removed, or anything else left running
-	// from the cluster's directory.
-	add(killProcessesUnder(h.dir))
+	// Daemons still running (after a crash) and shims of containers whose sandbox could not
+	// be removed: only processes the cluster started.
+	add(h.killOwnProcesses())
 	// Containers whose shim is gone (containerd or the test died) still run in the pods'
 	// cgroups, which only this cluster's kubelet made (checkHost refuses to start otherwise).
 	add(killCgroupProcesses("kubepods"))
@@ -254,10 +255,11 @@ type hostRecord struct {
 	Sysctls map[string]string `json:"sysctls"`
 	Chains  []string          `json:"chains"`
 	Absent  []string          `json:"absent"`
+	Daemons []procRef         `json:"daemons"`
 }
 
 func (h *host) save() error {
-	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent}
+	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent, Daemons: h.daemons}
 	for c := range h.chains {
 		rec.Chains = append(rec.Chains, c)
 	}
@@ -293,7 +295,7 @@ func recoverCrashed(kubeProxy string, log io.Writer) error {
 		return fmt.Errorf("%s: not a k8slab record (%v); remove it", recordPath, err)
 	}
 	fmt.Fprintf(log, "k8slab: the cluster in %s was not torn down (its test was killed?); cleaning up after it\n", rec.Dir)
-	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, addrDone: true, mounted: true}
+	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, daemons: rec.Daemons, addrDone: true, mounted: true}
 	for _, c := range rec.Chains {
 		h.chains[c] = true
 	}
@@ -340,8 +342,8 @@ func (h *host) leftovers() []string {
 	if mps, _ := mountsUnder(h.dir); len(mps) > 0 {
 		out = append(out, "mounts under "+h.dir+": "+strings.Join(mps, ", "))
 	}
-	if pids := processesUnder(h.dir); len(pids) > 0 {
-		out = append(out, fmt.Sprintf("processes running from %s: %v", h.dir, pids))
+	if procs := h.ownProcesses(); len(procs) > 0 {
+		out = append(out, fmt.Sprintf("processes of the cluster in %s: %v", h.dir, procs))
 	}
 	slices.Sort(out)
 	return out
@@ -503,11 +505,80 @@ func removeCgroupTree(root string) error {
 	return errors.Join(errs...)
 }
 
-// processesUnder returns live processes (not zombies) whose command line names dir: the
-// cluster's daemons and containerd's shims. Zombies are left out: orphans are reaped late on
-// some machines, and a zombie holds nothing.
-func processesUnder(dir string) []int {
-	var pids []int
+// procRef names one process: its PID and its start time (in clock ticks since boot, field 22
+// of /proc/PID/stat), so that a PID the kernel gave to another process since is not taken
+// for it.
+type procRef struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"`
+}
+
+// procStat returns a live (not zombie) process's start time from /proc/PID/stat.
+func procStat(pid int) (start uint64, ok bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:])) // from field 3, the state
+	if len(f) < 20 || f[0] == "Z" {
+		return 0, false
+	}
+	start, err = strconv.ParseUint(f[19], 10, 64)
+	return start, err == nil
+}
+
+// refOf returns pid's procRef, false when it is not running.
+func refOf(pid int) (procRef, bool) {
+	start, ok := procStat(pid)
+	return procRef{PID: pid, Start: start}, ok
+}
+
+// alive reports whether r is still the process it named.
+func (r procRef) alive() bool {
+	start, ok := procStat(r.PID)
+	return ok && start == r.Start
+}
+
+// isShimOf reports whether a command line (NUL-separated, as /proc/PID/cmdline) is a
+// containerd shim serving the containerd whose socket is sock: containerd starts its shims
+// with `-address SOCKET`.
+func isShimOf(cmdline []byte, sock string) bool {
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") {
+		return false
+	}
+	for i, a := range args {
+		if (a == "-address" || a == "--address") && i+1 < len(args) && args[i+1] == sock {
+			return true
+		}
+		if a == "-address="+sock || a == "--address="+sock {
+			return true
+		}
+	}
+	return false
+}
+
+// containerdSocket is where the cluster in dir has containerd's socket (Cluster.ContainerdSocket).
+func containerdSocket(dir string) string {
+	return filepath.Join(dir, "run", "containerd", "containerd.sock")
+}
+
+// ownProcesses returns the cluster's live processes: the daemons it started (recorded with
+// their start times) and the shims of its own containerd, found by the socket they serve.
+// Nothing else on the machine, even a process whose command line mentions the cluster's
+// directory, is the cluster's.
+func (h *host) ownProcesses() []procRef {
+	var out []procRef
+	for _, d := range h.daemons {
+		if d.alive() {
+			out = append(out, d)
+		}
+	}
+	sock := containerdSocket(h.dir)
 	entries, _ := os.ReadDir("/proc")
 	self := os.Getpid()
 	for _, e := range entries {
@@ -516,34 +587,44 @@ func processesUnder(dir string) []int {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cmdline, []byte(dir)) {
+		if err != nil || !isShimOf(cmdline, sock) {
 			continue
 		}
-		if stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
-			if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
-				continue
-			}
+		if r, ok := refOf(pid); ok && !slices.Contains(out, r) {
+			out = append(out, r)
 		}
-		pids = append(pids, pid)
 	}
-	return pids
+	return out
 }
 
-// killProcessesUnder SIGKILLs what processesUnder finds and waits up to 5 s for it to go.
-func killProcessesUnder(dir string) error {
-	pids := processesUnder(dir)
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+// killOwnProcesses SIGKILLs what ownProcesses finds and waits up to 5 s for it to go.
+func (h *host) killOwnProcesses() error {
+	procs := h.ownProcesses()
+	for _, p := range procs {
+		if p.alive() {
+			_ = syscall.Kill(p.PID, syscall.SIGKILL)
+		}
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for len(pids) > 0 && time.Now().Before(deadline) {
+	for len(procs) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
-		pids = processesUnder(dir)
+		procs = h.ownProcesses()
 	}
-	if len(pids) > 0 {
-		return fmt.Errorf("processes from %s survive SIGKILL: %v", dir, pids)
+	if len(procs) > 0 {
+		return fmt.Errorf("processes of the cluster in %s survive SIGKILL: %v", h.dir, procs)
 	}
 	return nil
+}
+
+// addDaemon records a daemon the cluster started, in the crash record too, so that a
+// cleanup after a crash kills exactly it.
+func (h *host) addDaemon(pid int) error {
+	r, ok := refOf(pid)
+	if !ok {
+		return nil // already gone
+	}
+	h.daemons = append(h.daemons, r)
+	return h.save()
 }
 
 // mountsUnder lists the mount points at or below dir.

@@ -2,7 +2,9 @@ package k8slab
 
 import (
 	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -25,4 +27,42 @@ func TestKubeletSysctls(t *testing.T) {
 	left := changedSysctls(recorded)
 	require.Len(t, left, 1)
 	assert.Contains(t, left[0], "sysctl kernel.panic=")
+}
+
+// TestIsShimOf: a shim is the cluster's only when it serves the cluster's own containerd
+// socket, exactly; a command line that merely names the cluster's directory is not.
+func TestIsShimOf(t *testing.T) {
+	t.Parallel()
+	sock := containerdSocket("/tmp/cmk123")
+	cmd := func(args ...string) []byte { return []byte(strings.Join(args, "\x00") + "\x00") }
+	assert.True(t, isShimOf(cmd("/usr/bin/containerd-shim-runc-v2", "-namespace", "k8s.io", "-id", "abc", "-address", sock), sock))
+	assert.True(t, isShimOf(cmd("containerd-shim-runc-v2", "--address="+sock), sock))
+	assert.False(t, isShimOf(cmd("/usr/bin/containerd-shim-runc-v2", "-namespace", "k8s.io", "-id", "abc", "-address", containerdSocket("/tmp/cmk1234")), sock))
+	assert.False(t, isShimOf(cmd("/usr/bin/containerd-shim-runc-v2", "-address", "/run/containerd/containerd.sock"), sock))
+	assert.False(t, isShimOf(cmd("tail", "-f", "/tmp/cmk123/logs/kubelet.log"), sock))
+	assert.False(t, isShimOf(cmd("tail", "-address", sock), sock))
+}
+
+// TestOwnProcesses: the cluster's processes are the daemons it recorded, while they are the
+// same processes; another process naming its directory is not one of them.
+func TestOwnProcesses(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	start := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(args[0], args[1:]...)
+		require.NoError(t, cmd.Start())
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd
+	}
+	daemon := start("sleep", "60")
+	bystander := start("sleep", "61", dir) // names dir: not the cluster's
+	h := &host{dir: dir}
+	r, ok := refOf(daemon.Process.Pid)
+	require.True(t, ok)
+	h.daemons = []procRef{r, {PID: bystander.Process.Pid, Start: 1}} // a reused PID: wrong start time
+	assert.Equal(t, []procRef{r}, h.ownProcesses())
+	require.NoError(t, h.killOwnProcesses())
+	assert.Empty(t, h.ownProcesses())
+	assert.Nil(t, bystander.ProcessState, "the bystander still runs")
+	assert.NoError(t, syscall.Kill(bystander.Process.Pid, 0))
 }
