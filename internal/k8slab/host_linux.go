@@ -27,16 +27,27 @@ type host struct {
 	sysctls  map[string]string // name → value before the cluster
 	chains   map[string]bool   // "iptables/nat/CHAIN" before the cluster
 	absent   []string          // host paths that did not exist before the cluster
+	created  []string          // of those, the ones setup created (restore removes them)
 	daemons  []procRef         // the daemons the cluster started
 	addrDone bool
 	mounted  bool
 }
 
 // Host paths the kubelet, containerd's CNI and the plugins create when they are not told
-// otherwise; Close removes those the cluster created.
+// otherwise. One that was absent before the cluster and is there after it is a leftover,
+// unless the lab created it itself (hostPathsCreated); Close removes only those.
 var hostPathsWatched = []string{
 	"/var/lib/cni", "/run/netns", "/var/log/containers", "/var/log/pods", "/var/lib/kubelet",
 	"/etc/cni", "/opt/cni", "/etc/kubernetes", "/var/lib/cachemachine", "/run/cachemachine",
+}
+
+// hostPathsCreated are the watched paths a cluster needs (containerd's pod network
+// namespaces, the CNI plugins' cache, the kubelet's container log links and its fixed
+// directory, the agent's hostPath volumes): setup creates those that are absent, before any
+// daemon starts, and records that it did, so that Close removes exactly what the lab made.
+var hostPathsCreated = []string{
+	"/run/netns", "/var/lib/cni", "/var/log/containers", "/var/lib/kubelet",
+	"/var/lib/cachemachine", "/run/cachemachine",
 }
 
 // cgroupHierarchies returns the mounted cgroup hierarchies (v1 controllers, name=systemd,
@@ -117,6 +128,18 @@ func (h *host) setup() error {
 	}
 	if err := h.save(); err != nil {
 		return err
+	}
+	for _, p := range hostPathsCreated {
+		if !slices.Contains(h.absent, p) {
+			continue
+		}
+		if err := os.Mkdir(p, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", p, err)
+		}
+		h.created = append(h.created, p)
+		if err := h.save(); err != nil {
+			return err
+		}
 	}
 	if err := run("ip", "addr", "add", NodeIP+"/32", "dev", "lo"); err != nil {
 		return err
@@ -200,11 +223,38 @@ func (h *host) restore(kubeProxy string) error {
 		}
 		add(os.WriteFile(sysctlPath(name), []byte(v), 0o644))
 	}
-	for _, p := range h.absent {
-		// Pod network namespaces are bind mounts in /run/netns, which containerd removes with
-		// their sandboxes, unless it died first.
-		add(lab.UnmountUnder(p))
-		add(os.RemoveAll(p))
+	for _, p := range h.created {
+		add(removeCreated(p))
+	}
+	return errors.Join(errs...)
+}
+
+// removeCreated removes a host directory setup created. In /run/netns only containerd's pod
+// network namespaces (bind mounts named cni-*, which containerd removes with their
+// sandboxes unless it died first) go; anything else there keeps the directory, and is
+// reported as a leftover.
+func removeCreated(p string) error {
+	if p != "/run/netns" {
+		if err := lab.UnmountUnder(p); err != nil {
+			return err
+		}
+		return os.RemoveAll(p)
+	}
+	entries, _ := os.ReadDir(p)
+	var errs []error
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), "cni-") {
+			continue
+		}
+		n := filepath.Join(p, e.Name())
+		if err := lab.UnmountUnder(n); err != nil {
+			errs = append(errs, err)
+		} else if err := os.Remove(n); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -256,10 +306,11 @@ type hostRecord struct {
 	Chains  []string          `json:"chains"`
 	Absent  []string          `json:"absent"`
 	Daemons []procRef         `json:"daemons"`
+	Created []string          `json:"created"`
 }
 
 func (h *host) save() error {
-	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent, Daemons: h.daemons}
+	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent, Daemons: h.daemons, Created: h.created}
 	for c := range h.chains {
 		rec.Chains = append(rec.Chains, c)
 	}
@@ -295,7 +346,7 @@ func recoverCrashed(kubeProxy string, log io.Writer) error {
 		return fmt.Errorf("%s: not a k8slab record (%v); remove it", recordPath, err)
 	}
 	fmt.Fprintf(log, "k8slab: the cluster in %s was not torn down (its test was killed?); cleaning up after it\n", rec.Dir)
-	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, daemons: rec.Daemons, addrDone: true, mounted: true}
+	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, created: rec.Created, daemons: rec.Daemons, addrDone: true, mounted: true}
 	for _, c := range rec.Chains {
 		h.chains[c] = true
 	}
@@ -334,11 +385,7 @@ func (h *host) leftovers() []string {
 		}
 	}
 	out = append(out, changedSysctls(h.sysctls)...)
-	for _, p := range h.absent {
-		if _, err := os.Lstat(p); err == nil {
-			out = append(out, "path "+p)
-		}
-	}
+	out = append(out, h.newPaths()...)
 	if mps, _ := mountsUnder(h.dir); len(mps) > 0 {
 		out = append(out, "mounts under "+h.dir+": "+strings.Join(mps, ", "))
 	}
@@ -346,6 +393,24 @@ func (h *host) leftovers() []string {
 		out = append(out, fmt.Sprintf("processes of the cluster in %s: %v", h.dir, procs))
 	}
 	slices.Sort(out)
+	return out
+}
+
+// newPaths lists the watched host paths that were absent before the cluster and are there
+// now: those the lab created and could not remove, and those something else created, which
+// are not the lab's to delete.
+func (h *host) newPaths() []string {
+	var out []string
+	for _, p := range h.absent {
+		if _, err := os.Lstat(p); err != nil {
+			continue
+		}
+		if slices.Contains(h.created, p) {
+			out = append(out, "path "+p+" (created by the lab, not removed)")
+		} else {
+			out = append(out, "path "+p+" (appeared while the cluster ran, not created by the lab: left in place, remove it if it is the cluster's)")
+		}
+	}
 	return out
 }
 

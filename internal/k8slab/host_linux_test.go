@@ -66,3 +66,22 @@ func TestOwnProcesses(t *testing.T) {
 	assert.Nil(t, bystander.ProcessState, "the bystander still runs")
 	assert.NoError(t, syscall.Kill(bystander.Process.Pid, 0))
 }
+
+// TestNewPaths: a watched path that appeared while the cluster ran is a leftover; only the
+// ones the lab created are removed.
+func TestNewPaths(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	mine, other := dir+"/mine", dir+"/other"
+	h := &host{dir: dir, absent: []string{mine, other, dir + "/still-absent"}, created: []string{mine}}
+	require.NoError(t, os.MkdirAll(mine+"/results", 0o755))
+	require.NoError(t, os.Mkdir(other, 0o755))
+	left := h.newPaths()
+	require.Len(t, left, 2)
+	assert.Contains(t, left[0], mine+" (created by the lab")
+	assert.Contains(t, left[1], other+" (appeared while the cluster ran, not created by the lab")
+	require.NoError(t, removeCreated(mine))
+	assert.NoDirExists(t, mine)
+	assert.DirExists(t, other)
+	require.Len(t, h.newPaths(), 1)
+}
