@@ -206,6 +206,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("k8slab: %w", err)
 	}
+	// Another Kubernetes node first: recovery must not take its pods, cgroups and chains for
+	// a crashed lab's.
+	if err := checkNoForeignKubelet(); err != nil {
+		unlock()
+		return nil, fmt.Errorf("k8slab: %w", err)
+	}
 	if err := recoverCrashed(bin.KubeProxy, opts.Log); err != nil {
 		unlock()
 		return nil, fmt.Errorf("k8slab: %w", err)

@@ -195,9 +195,9 @@ func (h *host) restore(kubeProxy string) error {
 	// Daemons still running (after a crash) and shims of containers whose sandbox could not
 	// be removed: only processes the cluster started.
 	add(h.killOwnProcesses())
-	// Containers whose shim is gone (containerd or the test died) still run in the pods'
-	// cgroups, which only this cluster's kubelet made (checkHost refuses to start otherwise).
-	add(killCgroupProcesses("kubepods"))
+	// Containers whose shim is gone (containerd or the test died) still run in their pods'
+	// cgroups: only the cgroups of the pods this cluster's kubelet ran are emptied.
+	add(killPodProcesses(clusterPodUIDs(h.dir)))
 	if h.mounted {
 		add(lab.UnmountUnder(h.dir))
 	}
@@ -259,17 +259,49 @@ func removeCreated(p string) error {
 	return errors.Join(errs...)
 }
 
-// killCgroupProcesses SIGKILLs every process in the cgroup name (below the root of every
-// hierarchy) and its children, and waits up to 5 s for them to go.
-func killCgroupProcesses(name string) error {
-	pids := func() []int {
-		var out []int
-		for _, h := range cgroupHierarchies() {
-			_ = filepath.WalkDir(filepath.Join(h, name), func(p string, d os.DirEntry, err error) error {
+// clusterPodUIDs returns the UIDs of the pods the kubelet of the cluster in dir ran: its
+// root directory's pods/UID and its pod log directories NAMESPACE_NAME_UID.
+func clusterPodUIDs(dir string) []string {
+	var out []string
+	add := func(uid string) {
+		if uid != "" && !slices.Contains(out, uid) {
+			out = append(out, uid)
+		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, "kubelet", "pods"))
+	for _, e := range entries {
+		add(e.Name())
+	}
+	entries, _ = os.ReadDir(filepath.Join(dir, "pod-logs"))
+	for _, e := range entries {
+		if i := strings.LastIndexByte(e.Name(), '_'); i >= 0 {
+			add(e.Name()[i+1:])
+		}
+	}
+	return out
+}
+
+// podCgroupProcesses returns the processes in the cgroups of the pods uids (kubepods/…/
+// podUID and below, in every hierarchy; the kubelet's cgroupfs driver names them so).
+func podCgroupProcesses(uids []string) []int {
+	var out []int
+	if len(uids) == 0 {
+		return nil
+	}
+	for _, h := range cgroupHierarchies() {
+		_ = filepath.WalkDir(filepath.Join(h, "kubepods"), func(p string, d os.DirEntry, err error) error {
+			if err != nil || !d.IsDir() || !strings.HasPrefix(d.Name(), "pod") {
+				return nil
+			}
+			uid := strings.TrimPrefix(d.Name(), "pod")
+			if !slices.Contains(uids, uid) && !slices.Contains(uids, strings.ReplaceAll(uid, "_", "-")) {
+				return nil
+			}
+			_ = filepath.WalkDir(p, func(q string, d os.DirEntry, err error) error {
 				if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
 					return nil
 				}
-				b, _ := os.ReadFile(p)
+				b, _ := os.ReadFile(q)
 				for _, f := range strings.Fields(string(b)) {
 					if pid, err := strconv.Atoi(f); err == nil && !slices.Contains(out, pid) {
 						out = append(out, pid)
@@ -277,20 +309,65 @@ func killCgroupProcesses(name string) error {
 				}
 				return nil
 			})
-		}
-		return out
+			return filepath.SkipDir
+		})
 	}
-	left := pids()
+	return out
+}
+
+// killPodProcesses SIGKILLs every process in the cgroups of the pods uids and waits up to
+// 5 s for them to go.
+func killPodProcesses(uids []string) error {
+	left := podCgroupProcesses(uids)
 	for _, pid := range left {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for len(left) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
-		left = pids()
+		left = podCgroupProcesses(uids)
 	}
 	if len(left) > 0 {
-		return fmt.Errorf("processes in cgroup %s survive SIGKILL: %v", name, left)
+		return fmt.Errorf("processes in the cluster's pod cgroups survive SIGKILL: %v", left)
+	}
+	return nil
+}
+
+// foreignKubelets returns the running kubelets that are not the lab's: not among the daemons
+// of the crash record, if there is one (no lab kubelet runs otherwise: callers hold the
+// machine-wide lock).
+func foreignKubelets() []int {
+	var ours []procRef
+	if b, err := os.ReadFile(recordPath); err == nil {
+		var rec hostRecord
+		if json.Unmarshal(b, &rec) == nil {
+			ours = rec.Daemons
+		}
+	}
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(comm)) != "kubelet" {
+			continue
+		}
+		r, ok := refOf(pid)
+		if ok && !slices.Contains(ours, r) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// checkNoForeignKubelet refuses to start, or to clean up after a crashed lab cluster, while
+// another kubelet runs on the machine: its pods, cgroups and chains are not the lab's.
+func checkNoForeignKubelet() error {
+	if pids := foreignKubelets(); len(pids) > 0 {
+		return fmt.Errorf("a kubelet that is not the lab's runs on this machine (PID %v): refusing to start a lab cluster or clean up after one beside it; stop it first", pids)
 	}
 	return nil
 }
@@ -332,7 +409,9 @@ func (h *host) forget() error {
 
 // recoverCrashed cleans up after a cluster whose process died before Close (its children
 // died with it, through PR_SET_PDEATHSIG, but not its address, bridge, chains, cgroups and
-// mounts), from the record it left. Callers hold the machine-wide lock, so no cluster runs.
+// mounts), from the record it left, and only what that record names: its daemons, the shims
+// of its containerd, its pods' cgroups, the paths it created. Callers hold the machine-wide
+// lock, so no lab cluster runs, and have checked that no other kubelet does.
 func recoverCrashed(kubeProxy string, log io.Writer) error {
 	b, err := os.ReadFile(recordPath)
 	if errors.Is(err, os.ErrNotExist) {

@@ -3,9 +3,11 @@ package k8slab
 import (
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -84,4 +86,39 @@ func TestNewPaths(t *testing.T) {
 	assert.NoDirExists(t, mine)
 	assert.DirExists(t, other)
 	require.Len(t, h.newPaths(), 1)
+}
+
+// TestClusterPodUIDs: the pods whose cgroups a cleanup may empty are the ones the cluster's
+// kubelet left in its own directory, and none when it left none.
+func TestClusterPodUIDs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	assert.Empty(t, clusterPodUIDs(dir))
+	assert.Empty(t, podCgroupProcesses(nil))
+	require.NoError(t, os.MkdirAll(dir+"/kubelet/pods/0b8f-1", 0o755))
+	require.NoError(t, os.MkdirAll(dir+"/pod-logs/cachemachine_agent-x_0b8f-1", 0o755))
+	require.NoError(t, os.MkdirAll(dir+"/pod-logs/default_web_77aa-2", 0o755))
+	assert.Equal(t, []string{"0b8f-1", "77aa-2"}, clusterPodUIDs(dir))
+}
+
+// TestForeignKubelet: a kubelet the lab did not start is found, so that Start refuses to
+// start or to clean up beside it.
+func TestForeignKubelet(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	require.NoError(t, err)
+	kubelet := t.TempDir() + "/kubelet"
+	b, err := os.ReadFile(sleep)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(kubelet, b, 0o755))
+	cmd := exec.Command(kubelet, "30")
+	require.NoError(t, cmd.Start())
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	require.Eventually(t, func() bool {
+		c, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/comm")
+		return strings.TrimSpace(string(c)) == "kubelet"
+	}, 5*time.Second, 10*time.Millisecond)
+	assert.Contains(t, foreignKubelets(), cmd.Process.Pid)
+	err = checkNoForeignKubelet()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not the lab's")
 }
