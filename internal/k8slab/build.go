@@ -353,7 +353,17 @@ func goCmd(ctx context.Context, dir string, log io.Writer, args ...string) error
 	var out bytes.Buffer
 	cmd.Stdout = io.MultiWriter(&out, log)
 	cmd.Stderr = io.MultiWriter(&out, log)
-	if err := cmd.Run(); err != nil {
+	// The go command dies with this process (a killed test or `make k8s-lab`) rather than
+	// build on for minutes. PR_SET_PDEATHSIG fires when the thread that started the child
+	// exits, so the child is started, and waited for, from a locked thread.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		errc <- cmd.Run()
+	}()
+	if err := <-errc; err != nil {
 		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, lastLines(out.String(), 30))
 	}
 	return nil
