@@ -70,7 +70,7 @@ bench-freshness: deps build
 faults: deps build
 	go run ./internal/faults $(ARGS)
 
-manifests-check: deps
+manifests-check: deps k8s-lab
 	go test -count=1 ./manifests/...
 
 # The agent's OCI image without Docker (go-containerregistry): an OCI layout in bin/image,

@@ -205,6 +205,25 @@ func Cached() bool {
 	return true
 }
 
+// notBuiltHint is what to do when the cache lacks the lab's binaries.
+const notBuiltHint = "run `make k8s-lab` (go run ./internal/k8slab/cmd/k8slab build; make test runs it first)"
+
+// CachedKubectl returns the path of the kubectl that Build built (KubernetesVersion, with
+// the same kustomize as the cluster), without building: an error saying how to build it
+// when the cache lacks it.
+func CachedKubectl() (string, error) {
+	root, err := CacheDir()
+	if err != nil {
+		return "", fmt.Errorf("k8slab cache: %w", err)
+	}
+	r := kubernetesRecipe()
+	dir := filepath.Join(root, r.dir)
+	if !r.cached(dir) {
+		return "", fmt.Errorf("kubectl %s is not built in %s: %s", KubernetesVersion, dir, notBuiltHint)
+	}
+	return filepath.Join(dir, "bin", "kubectl"), nil
+}
+
 func recipes() []recipe {
 	return []recipe{kubernetesRecipe(), etcdRecipe(), corednsRecipe(), pauseRecipe()}
 }
@@ -334,7 +353,17 @@ func goCmd(ctx context.Context, dir string, log io.Writer, args ...string) error
 	var out bytes.Buffer
 	cmd.Stdout = io.MultiWriter(&out, log)
 	cmd.Stderr = io.MultiWriter(&out, log)
-	if err := cmd.Run(); err != nil {
+	// The go command dies with this process (a killed test or `make k8s-lab`) rather than
+	// build on for minutes. PR_SET_PDEATHSIG fires when the thread that started the child
+	// exits, so the child is started, and waited for, from a locked thread.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		errc <- cmd.Run()
+	}()
+	if err := <-errc; err != nil {
 		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, lastLines(out.String(), 30))
 	}
 	return nil

@@ -157,11 +157,12 @@ func lookPath(name string) (string, error) {
 	return "", fmt.Errorf("%s not found", name)
 }
 
-// New is Start for tests: Require, Build (when not cached), Start, Close at cleanup (failing
-// t when the machine is not left clean), and the daemons' log tails when t failed.
+// New is Start for tests: Require, RequireBuilt, Start, Close at cleanup (failing t when the
+// machine is not left clean), and the daemons' log tails when t failed.
 func New(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	Require(t)
+	RequireBuilt(t)
 	if opts.Log == nil {
 		opts.Log = testWriter{t}
 	}
@@ -180,6 +181,22 @@ func New(t testing.TB, opts Options) *Cluster {
 		}
 	})
 	return c
+}
+
+// RequireBuilt skips t when the lab's binaries are not in the cache, or fails it when
+// CI=true: a test never builds them (about 15 minutes on 2 cores, longer than go test's
+// default timeout); `make k8s-lab` does, and make test runs it first.
+func RequireBuilt(t testing.TB) {
+	t.Helper()
+	if Cached() {
+		return
+	}
+	dir, _ := CacheDir()
+	msg := fmt.Sprintf("k8slab: the lab Kubernetes %s is not built in %s: %s", KubernetesVersion, dir, notBuiltHint)
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
 }
 
 type testWriter struct{ t testing.TB }
@@ -204,6 +221,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), "cachemachine-k8slab.lock"))
 	if err != nil {
+		return nil, fmt.Errorf("k8slab: %w", err)
+	}
+	// Another Kubernetes node first: recovery must not take its pods, cgroups and chains for
+	// a crashed lab's.
+	if err := checkNoForeignKubelet(); err != nil {
+		unlock()
 		return nil, fmt.Errorf("k8slab: %w", err)
 	}
 	if err := recoverCrashed(bin.KubeProxy, opts.Log); err != nil {
@@ -463,6 +486,11 @@ func (c *Cluster) startDaemon(d *daemon) error {
 		return fmt.Errorf("start %s: %w", d.name, err)
 	}
 	d.proc, d.file = proc, f
+	if c.host != nil {
+		if err := c.host.addDaemon(proc.Pid()); err != nil {
+			return fmt.Errorf("record %s: %w", d.name, err)
+		}
+	}
 	return nil
 }
 
@@ -668,6 +696,8 @@ authentication:
 authorization:
   mode: AlwaysAllow
 containerRuntimeEndpoint: unix://%s
+# It sets machine-wide kernel tunables (protectKernelDefaults would refuse to start where
+# they differ from its values): host records them before and restores them at Close.
 # No systemd here, cgroup v1 (hybrid), swap allowed, nothing reserved.
 cgroupDriver: cgroupfs
 failSwapOn: false

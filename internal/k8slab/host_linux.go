@@ -20,22 +20,34 @@ import (
 )
 
 // host records what a cluster changes on the machine, so that Close puts it back: the node
-// address on lo, sysctls, the shared bind mount of the cluster's directory, and the baseline
+// address on lo, sysctls (ip_forward and the kubelet's kernel tunables), the shared bind mount of the cluster's directory, and the baseline
 // that leftovers (iptables chains, cgroups, host directories) are compared with.
 type host struct {
 	dir      string
 	sysctls  map[string]string // name → value before the cluster
 	chains   map[string]bool   // "iptables/nat/CHAIN" before the cluster
 	absent   []string          // host paths that did not exist before the cluster
+	created  []string          // of those, the ones setup created (restore removes them)
+	daemons  []procRef         // the daemons the cluster started
 	addrDone bool
 	mounted  bool
 }
 
 // Host paths the kubelet, containerd's CNI and the plugins create when they are not told
-// otherwise; Close removes those the cluster created.
+// otherwise. One that was absent before the cluster and is there after it is a leftover,
+// unless the lab created it itself (hostPathsCreated); Close removes only those.
 var hostPathsWatched = []string{
 	"/var/lib/cni", "/run/netns", "/var/log/containers", "/var/log/pods", "/var/lib/kubelet",
 	"/etc/cni", "/opt/cni", "/etc/kubernetes", "/var/lib/cachemachine", "/run/cachemachine",
+}
+
+// hostPathsCreated are the watched paths a cluster needs (containerd's pod network
+// namespaces, the CNI plugins' cache, the kubelet's container log links and its fixed
+// directory, the agent's hostPath volumes): setup creates those that are absent, before any
+// daemon starts, and records that it did, so that Close removes exactly what the lab made.
+var hostPathsCreated = []string{
+	"/run/netns", "/var/lib/cni", "/var/log/containers", "/var/lib/kubelet",
+	"/var/lib/cachemachine", "/run/cachemachine",
 }
 
 // cgroupHierarchies returns the mounted cgroup hierarchies (v1 controllers, name=systemd,
@@ -107,13 +119,27 @@ func newHost(dir string) (*host, error) {
 // side to be shared, as / is on a systemd host). It first records the machine's state in
 // recordPath, so that a run killed before Close is cleaned up by the next Start.
 func (h *host) setup() error {
-	old, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
-	if err != nil {
-		return err
+	for _, name := range append([]string{"net.ipv4.ip_forward"}, kubeletSysctls...) {
+		old, err := os.ReadFile(sysctlPath(name))
+		if err != nil {
+			return err
+		}
+		h.sysctls[name] = strings.TrimSpace(string(old))
 	}
-	h.sysctls["net.ipv4.ip_forward"] = strings.TrimSpace(string(old))
 	if err := h.save(); err != nil {
 		return err
+	}
+	for _, p := range hostPathsCreated {
+		if !slices.Contains(h.absent, p) {
+			continue
+		}
+		if err := os.Mkdir(p, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", p, err)
+		}
+		h.created = append(h.created, p)
+		if err := h.save(); err != nil {
+			return err
+		}
 	}
 	if err := run("ip", "addr", "add", NodeIP+"/32", "dev", "lo"); err != nil {
 		return err
@@ -132,9 +158,21 @@ func (h *host) setup() error {
 	return nil
 }
 
+// kubeletSysctls are the machine-wide sysctls the kubelet sets at start (its kernel
+// tunables: vm.overcommit_memory=1, vm.panic_on_oom=0, kernel.panic=10,
+// kernel.panic_on_oops=1, kernel.keys.root_maxkeys, kernel.keys.root_maxbytes) unless
+// protectKernelDefaults is set, which would instead refuse to start on a machine whose values
+// differ. setup records them before the kubelet starts; restore puts them back.
+var kubeletSysctls = []string{
+	"vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
+	"kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes",
+}
+
+func sysctlPath(name string) string { return "/proc/sys/" + strings.ReplaceAll(name, ".", "/") }
+
 // sysctl sets name (dotted) and remembers the value to restore.
 func (h *host) sysctl(name, value string) error {
-	p := "/proc/sys/" + strings.ReplaceAll(name, ".", "/")
+	p := sysctlPath(name)
 	old, err := os.ReadFile(p)
 	if err != nil {
 		return err
@@ -154,12 +192,12 @@ func (h *host) restore(kubeProxy string) error {
 			errs = append(errs, err)
 		}
 	}
-	// Shims of containers whose sandbox could not be removed, or anything else left running
-	// from the cluster's directory.
-	add(killProcessesUnder(h.dir))
-	// Containers whose shim is gone (containerd or the test died) still run in the pods'
-	// cgroups, which only this cluster's kubelet made (checkHost refuses to start otherwise).
-	add(killCgroupProcesses("kubepods"))
+	// Daemons still running (after a crash) and shims of containers whose sandbox could not
+	// be removed: only processes the cluster started.
+	add(h.killOwnProcesses())
+	// Containers whose shim is gone (containerd or the test died) still run in their pods'
+	// cgroups: only the cgroups of the pods this cluster's kubelet ran are emptied.
+	add(killPodProcesses(clusterPodUIDs(h.dir)))
 	if h.mounted {
 		add(lab.UnmountUnder(h.dir))
 	}
@@ -180,28 +218,90 @@ func (h *host) restore(kubeProxy string) error {
 	}
 	add(removeNewChains(h.chains))
 	for name, v := range h.sysctls {
-		add(os.WriteFile("/proc/sys/"+strings.ReplaceAll(name, ".", "/"), []byte(v), 0o644))
+		if b, err := os.ReadFile(sysctlPath(name)); err == nil && strings.TrimSpace(string(b)) == v {
+			continue
+		}
+		add(os.WriteFile(sysctlPath(name), []byte(v), 0o644))
 	}
-	for _, p := range h.absent {
-		// Pod network namespaces are bind mounts in /run/netns, which containerd removes with
-		// their sandboxes, unless it died first.
-		add(lab.UnmountUnder(p))
-		add(os.RemoveAll(p))
+	for _, p := range h.created {
+		add(removeCreated(p))
 	}
 	return errors.Join(errs...)
 }
 
-// killCgroupProcesses SIGKILLs every process in the cgroup name (below the root of every
-// hierarchy) and its children, and waits up to 5 s for them to go.
-func killCgroupProcesses(name string) error {
-	pids := func() []int {
-		var out []int
-		for _, h := range cgroupHierarchies() {
-			_ = filepath.WalkDir(filepath.Join(h, name), func(p string, d os.DirEntry, err error) error {
+// removeCreated removes a host directory setup created. In /run/netns only containerd's pod
+// network namespaces (bind mounts named cni-*, which containerd removes with their
+// sandboxes unless it died first) go; anything else there keeps the directory, and is
+// reported as a leftover.
+func removeCreated(p string) error {
+	if p != "/run/netns" {
+		if err := lab.UnmountUnder(p); err != nil {
+			return err
+		}
+		return os.RemoveAll(p)
+	}
+	entries, _ := os.ReadDir(p)
+	var errs []error
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), "cni-") {
+			continue
+		}
+		n := filepath.Join(p, e.Name())
+		if err := lab.UnmountUnder(n); err != nil {
+			errs = append(errs, err)
+		} else if err := os.Remove(n); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// clusterPodUIDs returns the UIDs of the pods the kubelet of the cluster in dir ran: its
+// root directory's pods/UID and its pod log directories NAMESPACE_NAME_UID.
+func clusterPodUIDs(dir string) []string {
+	var out []string
+	add := func(uid string) {
+		if uid != "" && !slices.Contains(out, uid) {
+			out = append(out, uid)
+		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, "kubelet", "pods"))
+	for _, e := range entries {
+		add(e.Name())
+	}
+	entries, _ = os.ReadDir(filepath.Join(dir, "pod-logs"))
+	for _, e := range entries {
+		if i := strings.LastIndexByte(e.Name(), '_'); i >= 0 {
+			add(e.Name()[i+1:])
+		}
+	}
+	return out
+}
+
+// podCgroupProcesses returns the processes in the cgroups of the pods uids (kubepods/…/
+// podUID and below, in every hierarchy; the kubelet's cgroupfs driver names them so).
+func podCgroupProcesses(uids []string) []int {
+	var out []int
+	if len(uids) == 0 {
+		return nil
+	}
+	for _, h := range cgroupHierarchies() {
+		_ = filepath.WalkDir(filepath.Join(h, "kubepods"), func(p string, d os.DirEntry, err error) error {
+			if err != nil || !d.IsDir() || !strings.HasPrefix(d.Name(), "pod") {
+				return nil
+			}
+			uid := strings.TrimPrefix(d.Name(), "pod")
+			if !slices.Contains(uids, uid) && !slices.Contains(uids, strings.ReplaceAll(uid, "_", "-")) {
+				return nil
+			}
+			_ = filepath.WalkDir(p, func(q string, d os.DirEntry, err error) error {
 				if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
 					return nil
 				}
-				b, _ := os.ReadFile(p)
+				b, _ := os.ReadFile(q)
 				for _, f := range strings.Fields(string(b)) {
 					if pid, err := strconv.Atoi(f); err == nil && !slices.Contains(out, pid) {
 						out = append(out, pid)
@@ -209,20 +309,65 @@ func killCgroupProcesses(name string) error {
 				}
 				return nil
 			})
-		}
-		return out
+			return filepath.SkipDir
+		})
 	}
-	left := pids()
+	return out
+}
+
+// killPodProcesses SIGKILLs every process in the cgroups of the pods uids and waits up to
+// 5 s for them to go.
+func killPodProcesses(uids []string) error {
+	left := podCgroupProcesses(uids)
 	for _, pid := range left {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for len(left) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
-		left = pids()
+		left = podCgroupProcesses(uids)
 	}
 	if len(left) > 0 {
-		return fmt.Errorf("processes in cgroup %s survive SIGKILL: %v", name, left)
+		return fmt.Errorf("processes in the cluster's pod cgroups survive SIGKILL: %v", left)
+	}
+	return nil
+}
+
+// foreignKubelets returns the running kubelets that are not the lab's: not among the daemons
+// of the crash record, if there is one (no lab kubelet runs otherwise: callers hold the
+// machine-wide lock).
+func foreignKubelets() []int {
+	var ours []procRef
+	if b, err := os.ReadFile(recordPath); err == nil {
+		var rec hostRecord
+		if json.Unmarshal(b, &rec) == nil {
+			ours = rec.Daemons
+		}
+	}
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(comm)) != "kubelet" {
+			continue
+		}
+		r, ok := refOf(pid)
+		if ok && !slices.Contains(ours, r) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// checkNoForeignKubelet refuses to start, or to clean up after a crashed lab cluster, while
+// another kubelet runs on the machine: its pods, cgroups and chains are not the lab's.
+func checkNoForeignKubelet() error {
+	if pids := foreignKubelets(); len(pids) > 0 {
+		return fmt.Errorf("a kubelet that is not the lab's runs on this machine (PID %v): refusing to start a lab cluster or clean up after one beside it; stop it first", pids)
 	}
 	return nil
 }
@@ -237,10 +382,12 @@ type hostRecord struct {
 	Sysctls map[string]string `json:"sysctls"`
 	Chains  []string          `json:"chains"`
 	Absent  []string          `json:"absent"`
+	Daemons []procRef         `json:"daemons"`
+	Created []string          `json:"created"`
 }
 
 func (h *host) save() error {
-	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent}
+	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent, Daemons: h.daemons, Created: h.created}
 	for c := range h.chains {
 		rec.Chains = append(rec.Chains, c)
 	}
@@ -262,7 +409,9 @@ func (h *host) forget() error {
 
 // recoverCrashed cleans up after a cluster whose process died before Close (its children
 // died with it, through PR_SET_PDEATHSIG, but not its address, bridge, chains, cgroups and
-// mounts), from the record it left. Callers hold the machine-wide lock, so no cluster runs.
+// mounts), from the record it left, and only what that record names: its daemons, the shims
+// of its containerd, its pods' cgroups, the paths it created. Callers hold the machine-wide
+// lock, so no lab cluster runs, and have checked that no other kubelet does.
 func recoverCrashed(kubeProxy string, log io.Writer) error {
 	b, err := os.ReadFile(recordPath)
 	if errors.Is(err, os.ErrNotExist) {
@@ -276,7 +425,7 @@ func recoverCrashed(kubeProxy string, log io.Writer) error {
 		return fmt.Errorf("%s: not a k8slab record (%v); remove it", recordPath, err)
 	}
 	fmt.Fprintf(log, "k8slab: the cluster in %s was not torn down (its test was killed?); cleaning up after it\n", rec.Dir)
-	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, addrDone: true, mounted: true}
+	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, created: rec.Created, daemons: rec.Daemons, addrDone: true, mounted: true}
 	for _, c := range rec.Chains {
 		h.chains[c] = true
 	}
@@ -314,21 +463,43 @@ func (h *host) leftovers() []string {
 			}
 		}
 	}
-	for name, v := range h.sysctls {
-		if b, _ := os.ReadFile("/proc/sys/" + strings.ReplaceAll(name, ".", "/")); strings.TrimSpace(string(b)) != v {
-			out = append(out, fmt.Sprintf("sysctl %s=%s (was %s)", name, strings.TrimSpace(string(b)), v))
-		}
-	}
-	for _, p := range h.absent {
-		if _, err := os.Lstat(p); err == nil {
-			out = append(out, "path "+p)
-		}
-	}
+	out = append(out, changedSysctls(h.sysctls)...)
+	out = append(out, h.newPaths()...)
 	if mps, _ := mountsUnder(h.dir); len(mps) > 0 {
 		out = append(out, "mounts under "+h.dir+": "+strings.Join(mps, ", "))
 	}
-	if pids := processesUnder(h.dir); len(pids) > 0 {
-		out = append(out, fmt.Sprintf("processes running from %s: %v", h.dir, pids))
+	if procs := h.ownProcesses(); len(procs) > 0 {
+		out = append(out, fmt.Sprintf("processes of the cluster in %s: %v", h.dir, procs))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// newPaths lists the watched host paths that were absent before the cluster and are there
+// now: those the lab created and could not remove, and those something else created, which
+// are not the lab's to delete.
+func (h *host) newPaths() []string {
+	var out []string
+	for _, p := range h.absent {
+		if _, err := os.Lstat(p); err != nil {
+			continue
+		}
+		if slices.Contains(h.created, p) {
+			out = append(out, "path "+p+" (created by the lab, not removed)")
+		} else {
+			out = append(out, "path "+p+" (appeared while the cluster ran, not created by the lab: left in place, remove it if it is the cluster's)")
+		}
+	}
+	return out
+}
+
+// changedSysctls lists the sysctls whose value is not the one recorded.
+func changedSysctls(recorded map[string]string) []string {
+	var out []string
+	for name, v := range recorded {
+		if b, _ := os.ReadFile(sysctlPath(name)); strings.TrimSpace(string(b)) != v {
+			out = append(out, fmt.Sprintf("sysctl %s=%s (was %s)", name, strings.TrimSpace(string(b)), v))
+		}
 	}
 	slices.Sort(out)
 	return out
@@ -478,11 +649,80 @@ func removeCgroupTree(root string) error {
 	return errors.Join(errs...)
 }
 
-// processesUnder returns live processes (not zombies) whose command line names dir: the
-// cluster's daemons and containerd's shims. Zombies are left out: orphans are reaped late on
-// some machines, and a zombie holds nothing.
-func processesUnder(dir string) []int {
-	var pids []int
+// procRef names one process: its PID and its start time (in clock ticks since boot, field 22
+// of /proc/PID/stat), so that a PID the kernel gave to another process since is not taken
+// for it.
+type procRef struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"`
+}
+
+// procStat returns a live (not zombie) process's start time from /proc/PID/stat.
+func procStat(pid int) (start uint64, ok bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:])) // from field 3, the state
+	if len(f) < 20 || f[0] == "Z" {
+		return 0, false
+	}
+	start, err = strconv.ParseUint(f[19], 10, 64)
+	return start, err == nil
+}
+
+// refOf returns pid's procRef, false when it is not running.
+func refOf(pid int) (procRef, bool) {
+	start, ok := procStat(pid)
+	return procRef{PID: pid, Start: start}, ok
+}
+
+// alive reports whether r is still the process it named.
+func (r procRef) alive() bool {
+	start, ok := procStat(r.PID)
+	return ok && start == r.Start
+}
+
+// isShimOf reports whether a command line (NUL-separated, as /proc/PID/cmdline) is a
+// containerd shim serving the containerd whose socket is sock: containerd starts its shims
+// with `-address SOCKET`.
+func isShimOf(cmdline []byte, sock string) bool {
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") {
+		return false
+	}
+	for i, a := range args {
+		if (a == "-address" || a == "--address") && i+1 < len(args) && args[i+1] == sock {
+			return true
+		}
+		if a == "-address="+sock || a == "--address="+sock {
+			return true
+		}
+	}
+	return false
+}
+
+// containerdSocket is where the cluster in dir has containerd's socket (Cluster.ContainerdSocket).
+func containerdSocket(dir string) string {
+	return filepath.Join(dir, "run", "containerd", "containerd.sock")
+}
+
+// ownProcesses returns the cluster's live processes: the daemons it started (recorded with
+// their start times) and the shims of its own containerd, found by the socket they serve.
+// Nothing else on the machine, even a process whose command line mentions the cluster's
+// directory, is the cluster's.
+func (h *host) ownProcesses() []procRef {
+	var out []procRef
+	for _, d := range h.daemons {
+		if d.alive() {
+			out = append(out, d)
+		}
+	}
+	sock := containerdSocket(h.dir)
 	entries, _ := os.ReadDir("/proc")
 	self := os.Getpid()
 	for _, e := range entries {
@@ -491,34 +731,44 @@ func processesUnder(dir string) []int {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cmdline, []byte(dir)) {
+		if err != nil || !isShimOf(cmdline, sock) {
 			continue
 		}
-		if stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
-			if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
-				continue
-			}
+		if r, ok := refOf(pid); ok && !slices.Contains(out, r) {
+			out = append(out, r)
 		}
-		pids = append(pids, pid)
 	}
-	return pids
+	return out
 }
 
-// killProcessesUnder SIGKILLs what processesUnder finds and waits up to 5 s for it to go.
-func killProcessesUnder(dir string) error {
-	pids := processesUnder(dir)
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+// killOwnProcesses SIGKILLs what ownProcesses finds and waits up to 5 s for it to go.
+func (h *host) killOwnProcesses() error {
+	procs := h.ownProcesses()
+	for _, p := range procs {
+		if p.alive() {
+			_ = syscall.Kill(p.PID, syscall.SIGKILL)
+		}
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for len(pids) > 0 && time.Now().Before(deadline) {
+	for len(procs) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
-		pids = processesUnder(dir)
+		procs = h.ownProcesses()
 	}
-	if len(pids) > 0 {
-		return fmt.Errorf("processes from %s survive SIGKILL: %v", dir, pids)
+	if len(procs) > 0 {
+		return fmt.Errorf("processes of the cluster in %s survive SIGKILL: %v", h.dir, procs)
 	}
 	return nil
+}
+
+// addDaemon records a daemon the cluster started, in the crash record too, so that a
+// cleanup after a crash kills exactly it.
+func (h *host) addDaemon(pid int) error {
+	r, ok := refOf(pid)
+	if !ok {
+		return nil // already gone
+	}
+	h.daemons = append(h.daemons, r)
+	return h.save()
 }
 
 // mountsUnder lists the mount points at or below dir.

@@ -1,6 +1,9 @@
 package k8slab
 
 import (
+	"fmt"
+	"io"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -53,4 +56,57 @@ func TestRecipes(t *testing.T) {
 		keys[r.key()] = r.dir
 		assert.True(t, strings.HasPrefix(r.gomod, "module cachemachine.lab/"), r.dir)
 	}
+}
+
+// TestCachedKubectl: the manifest checks' kubectl comes from the cache, never from a build,
+// and an empty cache says how to fill it.
+func TestCachedKubectl(t *testing.T) {
+	t.Setenv("CACHEMACHINE_CACHE", t.TempDir())
+	_, err := CachedKubectl()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "make k8s-lab")
+	assert.False(t, Cached())
+}
+
+// TestGoCmd: the go command runs with the caller's context, and its failure carries its output.
+func TestGoCmd(t *testing.T) {
+	t.Parallel()
+	var log strings.Builder
+	require.NoError(t, goCmd(t.Context(), t.TempDir(), &log, "env", "CGO_ENABLED"))
+	assert.Equal(t, "0", strings.TrimSpace(log.String()))
+	err := goCmd(t.Context(), t.TempDir(), io.Discard, "no-such-subcommand")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "go no-such-subcommand")
+}
+
+// TestRequireBuilt: without the cache a test is skipped (or fails under CI=true) with what to
+// run, rather than building for a quarter of an hour.
+func TestRequireBuilt(t *testing.T) {
+	t.Setenv("CACHEMACHINE_CACHE", t.TempDir())
+	t.Setenv("CI", "")
+	var skipped bool
+	var msg string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ft := &fakeTB{TB: t}
+		defer func() { skipped, msg = ft.skipped, ft.msg }()
+		RequireBuilt(ft)
+	}()
+	<-done
+	assert.True(t, skipped)
+	assert.Contains(t, msg, "make k8s-lab")
+}
+
+// fakeTB records a Skip instead of ending the test.
+type fakeTB struct {
+	testing.TB
+	skipped bool
+	msg     string
+}
+
+func (f *fakeTB) Helper() {}
+func (f *fakeTB) Skip(args ...any) {
+	f.skipped, f.msg = true, fmt.Sprint(args...)
+	runtime.Goexit()
 }

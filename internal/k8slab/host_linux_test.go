@@ -1,0 +1,124 @@
+package k8slab
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestKubeletSysctls: every sysctl the kubelet sets is one the host records (they exist on
+// this kernel), and a value that differs from the record is a leftover.
+func TestKubeletSysctls(t *testing.T) {
+	t.Parallel()
+	recorded := map[string]string{}
+	for _, name := range []string{"vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops", "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes"} {
+		require.Contains(t, kubeletSysctls, name)
+		b, err := os.ReadFile(sysctlPath(name))
+		require.NoError(t, err)
+		recorded[name] = strings.TrimSpace(string(b))
+	}
+	assert.Empty(t, changedSysctls(recorded))
+	recorded["kernel.panic"] += "7"
+	left := changedSysctls(recorded)
+	require.Len(t, left, 1)
+	assert.Contains(t, left[0], "sysctl kernel.panic=")
+}
+
+// TestIsShimOf: a shim is the cluster's only when it serves the cluster's own containerd
+// socket, exactly; a command line that merely names the cluster's directory is not.
+func TestIsShimOf(t *testing.T) {
+	t.Parallel()
+	sock := containerdSocket("/tmp/cmk123")
+	cmd := func(args ...string) []byte { return []byte(strings.Join(args, "\x00") + "\x00") }
+	assert.True(t, isShimOf(cmd("/usr/bin/containerd-shim-runc-v2", "-namespace", "k8s.io", "-id", "abc", "-address", sock), sock))
+	assert.True(t, isShimOf(cmd("containerd-shim-runc-v2", "--address="+sock), sock))
+	assert.False(t, isShimOf(cmd("/usr/bin/containerd-shim-runc-v2", "-namespace", "k8s.io", "-id", "abc", "-address", containerdSocket("/tmp/cmk1234")), sock))
+	assert.False(t, isShimOf(cmd("/usr/bin/containerd-shim-runc-v2", "-address", "/run/containerd/containerd.sock"), sock))
+	assert.False(t, isShimOf(cmd("tail", "-f", "/tmp/cmk123/logs/kubelet.log"), sock))
+	assert.False(t, isShimOf(cmd("tail", "-address", sock), sock))
+}
+
+// TestOwnProcesses: the cluster's processes are the daemons it recorded, while they are the
+// same processes; another process naming its directory is not one of them.
+func TestOwnProcesses(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	start := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(args[0], args[1:]...)
+		require.NoError(t, cmd.Start())
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd
+	}
+	daemon := start("sleep", "60")
+	bystander := start("sleep", "61", dir) // names dir: not the cluster's
+	h := &host{dir: dir}
+	r, ok := refOf(daemon.Process.Pid)
+	require.True(t, ok)
+	h.daemons = []procRef{r, {PID: bystander.Process.Pid, Start: 1}} // a reused PID: wrong start time
+	assert.Equal(t, []procRef{r}, h.ownProcesses())
+	require.NoError(t, h.killOwnProcesses())
+	assert.Empty(t, h.ownProcesses())
+	assert.Nil(t, bystander.ProcessState, "the bystander still runs")
+	assert.NoError(t, syscall.Kill(bystander.Process.Pid, 0))
+}
+
+// TestNewPaths: a watched path that appeared while the cluster ran is a leftover; only the
+// ones the lab created are removed.
+func TestNewPaths(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	mine, other := dir+"/mine", dir+"/other"
+	h := &host{dir: dir, absent: []string{mine, other, dir + "/still-absent"}, created: []string{mine}}
+	require.NoError(t, os.MkdirAll(mine+"/results", 0o755))
+	require.NoError(t, os.Mkdir(other, 0o755))
+	left := h.newPaths()
+	require.Len(t, left, 2)
+	assert.Contains(t, left[0], mine+" (created by the lab")
+	assert.Contains(t, left[1], other+" (appeared while the cluster ran, not created by the lab")
+	require.NoError(t, removeCreated(mine))
+	assert.NoDirExists(t, mine)
+	assert.DirExists(t, other)
+	require.Len(t, h.newPaths(), 1)
+}
+
+// TestClusterPodUIDs: the pods whose cgroups a cleanup may empty are the ones the cluster's
+// kubelet left in its own directory, and none when it left none.
+func TestClusterPodUIDs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	assert.Empty(t, clusterPodUIDs(dir))
+	assert.Empty(t, podCgroupProcesses(nil))
+	require.NoError(t, os.MkdirAll(dir+"/kubelet/pods/0b8f-1", 0o755))
+	require.NoError(t, os.MkdirAll(dir+"/pod-logs/cachemachine_agent-x_0b8f-1", 0o755))
+	require.NoError(t, os.MkdirAll(dir+"/pod-logs/default_web_77aa-2", 0o755))
+	assert.Equal(t, []string{"0b8f-1", "77aa-2"}, clusterPodUIDs(dir))
+}
+
+// TestForeignKubelet: a kubelet the lab did not start is found, so that Start refuses to
+// start or to clean up beside it.
+func TestForeignKubelet(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	require.NoError(t, err)
+	kubelet := t.TempDir() + "/kubelet"
+	b, err := os.ReadFile(sleep)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(kubelet, b, 0o755))
+	cmd := exec.Command(kubelet, "30")
+	require.NoError(t, cmd.Start())
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	require.Eventually(t, func() bool {
+		c, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/comm")
+		return strings.TrimSpace(string(c)) == "kubelet"
+	}, 5*time.Second, 10*time.Millisecond)
+	assert.Contains(t, foreignKubelets(), cmd.Process.Pid)
+	err = checkNoForeignKubelet()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not the lab's")
+}
