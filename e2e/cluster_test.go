@@ -139,7 +139,25 @@ func TestClusterConvergesFailsOverAndTracksNodes(t *testing.T) {
 		var ok bool
 		var leader string
 		d, leader, ok = converged(nodes[2].httpAddr())
-		return ok && leader == "n1"
+		if !ok || leader != "n1" {
+			return false
+		}
+		// A node still warming (started recently, still pulling) does not count for
+		// common_cache yet: wait until none is, so that every node's CRI must agree.
+		var nv struct {
+			Nodes []struct {
+				Warming bool `json:"warming"`
+			} `json:"nodes"`
+		}
+		if _, ok := getStatus(t, nodes[2].httpAddr(), "/cachemachine/jupyter/nodes", &nv); !ok || len(nv.Nodes) != len(nodes) {
+			return false
+		}
+		for _, n := range nv.Nodes {
+			if n.Warming {
+				return false
+			}
+		}
+		return true
 	})
 	require.Equal(t, "Recommended (Weekly 2024_10)", d.DesiredImages[0].Name)
 	require.Len(t, d.AllImages, 4)
