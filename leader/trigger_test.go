@@ -140,7 +140,7 @@ func TestEventListsItsSourceOnceAfterTheDebounce(t *testing.T) {
 		require.True(t, ev.Changed("r.example/a"))
 	}
 	require.False(t, ev.Changed("r.example/other"), "no source lists it")
-	eventually(t, "the new list published", func() bool { return refs(loc.Desired().Images)[0] == "r.example/a:2" })
+	eventually(t, "the new list published", func() bool { r := refs(loc.Desired().Images); return len(r) > 0 && r[0] == "r.example/a:2" })
 	require.GreaterOrEqual(t, time.Since(sent), 200*time.Millisecond, "listed after the debounce")
 	time.Sleep(400 * time.Millisecond) // nothing else is pending: no second listing comes
 	require.Equal(t, 2, a.calls(), "a burst of events is one listing")
