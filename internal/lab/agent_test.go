@@ -81,10 +81,16 @@ func TestAgentExitBeforeReady(t *testing.T) {
 
 func TestFreePort(t *testing.T) {
 	t.Parallel()
+	// Other tests take loopback ports meanwhile: a port is free at a moment, so the test
+	// takes a fresh one for each check rather than asserting on one across time.
 	port := Port(t)
-	require.True(t, PortFree(port))
-	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	require.Positive(t, port)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer l.Close()
-	require.False(t, PortFree(port), "taken for TCP")
+	require.False(t, PortFree(l.Addr().(*net.TCPAddr).Port), "taken for TCP")
+	u, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer u.Close()
+	require.False(t, PortFree(u.LocalAddr().(*net.UDPAddr).Port), "taken for UDP")
 }
