@@ -251,16 +251,20 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) untilRetry() (time.Duration, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	now := time.Now()
 	var next time.Time
 	for _, st := range a.images {
-		if st.attempts > 0 && !st.pulling && (next.IsZero() || st.nextRetry.Before(next)) {
+		// A backoff that ended already is due: the pass just made started it, or could not
+		// (no free slot, the runtime down), and then a freed slot, a trigger or the resync
+		// tick will. Waiting on it again would spin.
+		if st.attempts > 0 && !st.pulling && st.nextRetry.After(now) && (next.IsZero() || st.nextRetry.Before(next)) {
 			next = st.nextRetry
 		}
 	}
 	if next.IsZero() {
 		return 0, false
 	}
-	return max(0, time.Until(next)), true
+	return next.Sub(now), true
 }
 
 // Close releases nothing today; it exists so every component has the same three verbs.
