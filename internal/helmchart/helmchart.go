@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/cli/values"
@@ -58,11 +59,7 @@ func (r Release) name() string {
 
 // Render returns the manifests `helm template` prints for the release (no cluster needed).
 func Render(ctx context.Context, r Release) (string, error) {
-	chrt, err := loader.Load(r.Chart)
-	if err != nil {
-		return "", fmt.Errorf("load chart %s: %w", r.Chart, err)
-	}
-	vals, err := r.values()
+	chrt, vals, err := r.load()
 	if err != nil {
 		return "", err
 	}
@@ -76,6 +73,19 @@ func Render(ctx context.Context, r Release) (string, error) {
 	return rel.Manifest, nil
 }
 
+// load reads the release's chart and computes its values.
+func (r Release) load() (*chart.Chart, map[string]any, error) {
+	chrt, err := loader.Load(r.Chart)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load chart %s: %w", r.Chart, err)
+	}
+	vals, err := r.values()
+	if err != nil {
+		return nil, nil, err
+	}
+	return chrt, vals, nil
+}
+
 // Install installs the release into the cluster of kubeconfig (the namespace must exist) and,
 // with wait, waits until its DaemonSet is rolled out or timeout passes: `helm install --wait`.
 func Install(ctx context.Context, kubeconfig string, r Release, wait bool, timeout time.Duration, logf func(string, ...any)) error {
@@ -83,11 +93,7 @@ func Install(ctx context.Context, kubeconfig string, r Release, wait bool, timeo
 	if err != nil {
 		return err
 	}
-	chrt, err := loader.Load(r.Chart)
-	if err != nil {
-		return fmt.Errorf("load chart %s: %w", r.Chart, err)
-	}
-	vals, err := r.values()
+	chrt, vals, err := r.load()
 	if err != nil {
 		return err
 	}
@@ -106,11 +112,7 @@ func Upgrade(ctx context.Context, kubeconfig string, r Release, logf func(string
 	if err != nil {
 		return err
 	}
-	chrt, err := loader.Load(r.Chart)
-	if err != nil {
-		return fmt.Errorf("load chart %s: %w", r.Chart, err)
-	}
-	vals, err := r.values()
+	chrt, vals, err := r.load()
 	if err != nil {
 		return err
 	}
