@@ -287,7 +287,7 @@ func (s *Subscription) handle(m *pubsubpb.PubsubMessage, changed func(string) bo
 	}
 	if changed(repo) {
 		s.metrics.messages.WithLabelValues(s.name, "matched").Inc()
-		s.log.Info("push event", "action", n.Action, "repository", repo, "tag", tagOf(n.Tag), "digest", digestOf(n.Digest))
+		s.log.Info("push event", "action", n.Action, "repository", repo, "tag", tagOnly(n.Tag), "digest", digestOnly(n.Digest))
 		return
 	}
 	s.metrics.messages.WithLabelValues(s.name, "ignored").Inc()
@@ -310,15 +310,13 @@ func (s *Subscription) malformed(id string, err error) {
 	s.log.Warn("malformed Pub/Sub message acknowledged and ignored", "message_id", id, "err", err, "suppressed", suppressed)
 }
 
-func tagOf(ref string) string {
-	if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
-		return ref[i+1:]
-	}
-	return ""
+func tagOnly(ref string) string {
+	_, tag := image.SplitTagRef(ref)
+	return tag
 }
 
-func digestOf(ref string) string {
-	_, d, _ := strings.Cut(ref, "@")
+func digestOnly(ref string) string {
+	_, d, _ := image.SplitDigestRef(ref)
 	return d
 }
 
