@@ -510,14 +510,28 @@ func isLabChain(c string) bool {
 	return strings.HasPrefix(name, "KUBE-") || strings.HasPrefix(name, "CNI-")
 }
 
-// iptablesChains returns "command/table/chain" for every chain of every iptables front end.
-func iptablesChains() (map[string]bool, error) {
-	out := map[string]bool{}
+// iptablesDump is one iptables front end's `-save` output: its chains ("table/chain") and
+// rules, in order.
+type iptablesDump struct {
+	cmd    string
+	chains []string
+	rules  []iptablesRule
+}
+
+type iptablesRule struct {
+	table, chain string
+	args         []string
+}
+
+// iptablesSave reads every iptables front end that answers (no IPv6 in the kernel: skipped).
+func iptablesSave() []iptablesDump {
+	var out []iptablesDump
 	for _, cmd := range iptablesCommands() {
 		b, err := exec.Command(cmd + "-save").Output()
 		if err != nil {
-			continue // e.g. no IPv6 in the kernel
+			continue
 		}
+		d := iptablesDump{cmd: cmd}
 		table := ""
 		for _, line := range strings.Split(string(b), "\n") {
 			switch {
@@ -525,8 +539,23 @@ func iptablesChains() (map[string]bool, error) {
 				table = line[1:]
 			case strings.HasPrefix(line, ":"):
 				name, _, _ := strings.Cut(line[1:], " ")
-				out[cmd+"/"+table+"/"+name] = true
+				d.chains = append(d.chains, table+"/"+name)
+			case strings.HasPrefix(line, "-A "):
+				args := splitRule(line)
+				d.rules = append(d.rules, iptablesRule{table: table, chain: args[1], args: args[2:]})
 			}
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// iptablesChains returns "command/table/chain" for every chain of every iptables front end.
+func iptablesChains() (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, d := range iptablesSave() {
+		for _, c := range d.chains {
+			out[d.cmd+"/"+c] = true
 		}
 	}
 	return out, nil
@@ -537,33 +566,16 @@ func iptablesChains() (map[string]bool, error) {
 // CNI plugins create and kube-proxy --cleanup does not remove.
 func removeNewChains(before map[string]bool) error {
 	var errs []error
-	for _, cmd := range iptablesCommands() {
-		b, err := exec.Command(cmd + "-save").Output()
-		if err != nil {
-			continue
-		}
-		type rule struct {
-			table, chain string
-			args         []string
-		}
-		var rules []rule
+	for _, d := range iptablesSave() {
+		cmd := d.cmd
 		fresh := map[string][]string{} // table → new chains
-		table := ""
-		for _, line := range strings.Split(string(b), "\n") {
-			switch {
-			case strings.HasPrefix(line, "*"):
-				table = line[1:]
-			case strings.HasPrefix(line, ":"):
-				name, _, _ := strings.Cut(line[1:], " ")
-				if c := cmd + "/" + table + "/" + name; !before[c] && isLabChain(c) {
-					fresh[table] = append(fresh[table], name)
-				}
-			case strings.HasPrefix(line, "-A "):
-				args := splitRule(line)
-				rules = append(rules, rule{table: table, chain: args[1], args: args[2:]})
+		for _, c := range d.chains {
+			if full := cmd + "/" + c; !before[full] && isLabChain(full) {
+				table, name, _ := strings.Cut(c, "/")
+				fresh[table] = append(fresh[table], name)
 			}
 		}
-		for _, r := range rules {
+		for _, r := range d.rules {
 			if slices.Contains(fresh[r.table], r.chain) {
 				continue // goes with its chain
 			}
