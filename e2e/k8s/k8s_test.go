@@ -320,7 +320,11 @@ func (e *env) statusURL(t *testing.T, ns, path string) string {
 func (e *env) waitAvailable(t *testing.T, ns string, refs []string) {
 	t.Helper()
 	url := e.statusURL(t, ns, "/cachemachine/jupyter/available")
-	client := &http.Client{Timeout: 5 * time.Second}
+	// A fresh connection per poll, through the rules kube-proxy has now. With keep-alive,
+	// one connection opened while the rollout's rules were not translating the ClusterIP
+	// went out the default route (in this sandbox to a proxy, Server "keryx", that answers
+	// 404 with no body to everything) and every later poll reused it for 90 s.
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	defer func() {
 		if t.Failed() {
 			e.dumpService(t, ns)
@@ -337,7 +341,7 @@ func (e *env) waitAvailable(t *testing.T, ns string, refs []string) {
 			return err
 		}
 		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s: %s", resp.Status, body)
+			return fmt.Errorf("%s (Server %q): %s", resp.Status, resp.Header.Get("Server"), body)
 		}
 		if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != "application/json" {
 			return fmt.Errorf("Content-Type %q", resp.Header.Get("Content-Type"))
