@@ -28,6 +28,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/config"
 	"github.com/cachemachine/cachemachine/internal/k8slab"
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 // printMemLimitEnv makes the test binary print the memory limit the Go runtime read from
@@ -196,10 +197,7 @@ func render(t *testing.T, dir string) []byte {
 	t.Helper()
 	kubectl, err := k8slab.CachedKubectl()
 	if err != nil {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
-			t.Fatalf("%v (CI=%s: the manifests must be rendered in CI)", err, os.Getenv("CI"))
-		}
-		t.Skipf("%v: skipping the manifests check (with CI=true this fails)", err)
+		lab.SkipOrFail(t, fmt.Sprintf("%v: the manifests cannot be rendered", err))
 	}
 	cmd := exec.CommandContext(t.Context(), kubectl, "kustomize", dir)
 	var stderr bytes.Buffer

@@ -135,7 +135,7 @@ func NewContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 		Require(t)
 	}
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "lab: containerd needs root (overlayfs mounts)")
+		SkipOrFail(t, "lab: containerd needs root (overlayfs mounts)")
 	}
 	c, err := StartContainerd(context.Background(), opts)
 	if err != nil {

@@ -105,7 +105,7 @@ func RequireContainerd(t testing.TB, v ContainerdVersion) {
 	t.Helper()
 	Require(t)
 	if _, err := v.Binary(); err != nil {
-		skipOrFail(t, "lab: "+err.Error())
+		SkipOrFail(t, "lab: "+err.Error())
 	}
 }
 

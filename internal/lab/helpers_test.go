@@ -73,3 +73,12 @@ func TestPrintTable(t *testing.T) {
 	PrintTable(&b, [][]string{{"", "result"}, {"(a)", "PASS"}, {"(b)", "→ FAIL"}})
 	require.Equal(t, "|     | result |\n| --- | ------ |\n| (a) | PASS   |\n| (b) | → FAIL |\n", b.String())
 }
+
+// TestInCI: CI services set CI to "true", some to "1" or "True"; all of them make a missing
+// real component fail its test, and unset or false values let it skip.
+func TestInCI(t *testing.T) {
+	for v, want := range map[string]bool{"true": true, "1": true, "True": true, "": false, "false": false, "0": false, "yes": false} {
+		t.Setenv("CI", v)
+		require.Equal(t, want, InCI(), "CI=%q", v)
+	}
+}

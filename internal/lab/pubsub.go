@@ -65,7 +65,7 @@ func FindPubSubEmulator() (string, error) {
 func RequirePubSub(t testing.TB) {
 	t.Helper()
 	if _, err := FindPubSubEmulator(); err != nil {
-		skipOrFail(t, "lab: "+err.Error())
+		SkipOrFail(t, "lab: "+err.Error())
 	}
 }
 
