@@ -28,14 +28,12 @@ k8s-lab:
 
 # Everything: real containerd and docker-registry end-to-end tests included, and the
 # manifests and Helm chart deployed on a real single-node Kubernetes.
-test: deps k8s-lab
-	go vet ./...
-	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+test: deps k8s-lab lint
 	go test -race -count=1 -timeout 12m ./...
 
 lint:
 	go vet ./...
-	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
