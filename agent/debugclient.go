@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // ErrUsage marks a debug command line that cannot be run as given.
@@ -133,7 +135,7 @@ func printTable(out io.Writer, cmd string, raw []byte) error {
 		if v.LastError != "" {
 			fmt.Fprintf(tw, "last error:\t%s\n", v.LastError)
 		}
-		fmt.Fprintf(tw, "image fs:\t%s used, %s free of %s (%s)\n", bytesString(v.Disk.UsedBytes), bytesString(v.Disk.FreeBytes), bytesString(v.Disk.CapacityBytes), v.Disk.Path)
+		fmt.Fprintf(tw, "image fs:\t%s used, %s free of %s (%s)\n", image.FormatSize(v.Disk.UsedBytes), image.FormatSize(v.Disk.FreeBytes), image.FormatSize(v.Disk.CapacityBytes), v.Disk.Path)
 		fmt.Fprintf(tw, "pinning:\t%s\n", pinningLine(v.Pinning))
 		if v.Pinning.Detail != "" {
 			fmt.Fprintf(tw, "\t%s\n", v.Pinning.Detail)
@@ -157,7 +159,7 @@ func printTable(out io.Writer, cmd string, raw []byte) error {
 			if img.Pinned {
 				pinned = "pinned"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", tags, digest, bytesString(img.Size), pinned, short(img.ID))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", tags, digest, image.FormatSize(img.Size), pinned, short(img.ID))
 		}
 	case "pulls":
 		var v PullsView
@@ -271,9 +273,9 @@ func pinningLine(p Pinning) string {
 	}
 	budget := "no budget (image filesystem not measured)"
 	if p.BudgetBytes > 0 {
-		budget = "budget " + bytesString(p.BudgetBytes)
+		budget = "budget " + image.FormatSize(p.BudgetBytes)
 	}
-	return fmt.Sprintf("%s, %s pinned, %s", p.Status, bytesString(p.PinnedBytes), budget)
+	return fmt.Sprintf("%s, %s pinned, %s", p.Status, image.FormatSize(p.PinnedBytes), budget)
 }
 
 // progressText is ", downloading 45% (90.0 MiB of 200.0 MiB), 80.0 MiB/s, 1s left", or ""
@@ -285,12 +287,12 @@ func progressText(p Progress, eta *float64) string {
 	out := ", " + p.Phase
 	switch {
 	case p.BytesTotal > 0:
-		out += fmt.Sprintf(" %d%% (%s of %s)", min(p.BytesDone, p.BytesTotal)*100/p.BytesTotal, bytesString(p.BytesDone), bytesString(p.BytesTotal))
+		out += fmt.Sprintf(" %d%% (%s of %s)", min(p.BytesDone, p.BytesTotal)*100/p.BytesTotal, image.FormatSize(p.BytesDone), image.FormatSize(p.BytesTotal))
 	case p.BytesDone > 0:
-		out += " " + bytesString(p.BytesDone)
+		out += " " + image.FormatSize(p.BytesDone)
 	}
 	if p.BytesPerSecond > 0 {
-		out += ", " + bytesString(p.BytesPerSecond) + "/s"
+		out += ", " + image.FormatSize(p.BytesPerSecond) + "/s"
 	}
 	if eta != nil && p.Phase == PhaseDownloading {
 		out += ", " + time.Duration(*eta*float64(time.Second)).Round(time.Second).String() + " left"

@@ -77,18 +77,5 @@ func (a *Agent) diskGuardLocked(d image.Image, disk Disk) string {
 		return ""
 	}
 	return fmt.Sprintf("insufficient disk: pull needs %s, %s free of %s (%s reserved by pulls in flight), %g%% must stay free",
-		bytesString(need), bytesString(disk.FreeBytes), bytesString(disk.CapacityBytes), bytesString(reserved), a.cfg.MinFreeDiskPercent)
-}
-
-func bytesString(b uint64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%d B", b)
-	}
-	div, exp := uint64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+		image.FormatSize(need), image.FormatSize(disk.FreeBytes), image.FormatSize(disk.CapacityBytes), image.FormatSize(reserved), a.cfg.MinFreeDiskPercent)
 }

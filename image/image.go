@@ -199,3 +199,18 @@ func (i Image) WantDigest() string {
 	}
 	return i.Ref.digest
 }
+
+// FormatSize is b bytes in binary units with one decimal ("4.0 GiB", "512 B"), as the agent's
+// messages, the debug client and the status page show image and disk sizes.
+func FormatSize(b uint64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := uint64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}

@@ -119,3 +119,19 @@ func TestSplitTagRef(t *testing.T) {
 		}
 	}
 }
+
+func TestFormatSize(t *testing.T) {
+	for b, want := range map[uint64]string{
+		0:             "0 B",
+		1023:          "1023 B",
+		1024:          "1.0 KiB",
+		24 << 20:      "24.0 MiB",
+		4_294_967_296: "4.0 GiB",
+		1536 << 30:    "1.5 TiB",
+		^uint64(0):    "16.0 EiB",
+	} {
+		if got := FormatSize(b); got != want {
+			t.Errorf("FormatSize(%d) = %q, want %q", b, got, want)
+		}
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cachemachine/cachemachine/image"
 )
 
 // prefersHTML reports whether an Accept header ranks text/html (or XHTML) strictly above
@@ -300,12 +302,12 @@ func progressDetail(p Progress, now time.Time) string {
 	var parts []string
 	switch {
 	case p.BytesTotal > 0:
-		parts = append(parts, fmt.Sprintf("%s of %s", size(p.BytesDone), size(p.BytesTotal)))
+		parts = append(parts, fmt.Sprintf("%s of %s", image.FormatSize(p.BytesDone), image.FormatSize(p.BytesTotal)))
 	case p.BytesDone > 0:
-		parts = append(parts, size(p.BytesDone))
+		parts = append(parts, image.FormatSize(p.BytesDone))
 	}
 	if p.BytesPerSecond > 0 {
-		parts = append(parts, size(p.BytesPerSecond)+"/s")
+		parts = append(parts, image.FormatSize(p.BytesPerSecond)+"/s")
 	}
 	if p.ETASeconds != nil && p.MeasuredAt != nil && p.Phase == "downloading" {
 		left := time.Duration(*p.ETASeconds*float64(time.Second)) - now.Sub(*p.MeasuredAt)
@@ -330,9 +332,9 @@ func pinsText(p Pinning) (string, string) {
 	case "":
 		return "not reported", "this node's agent does not report pins (an older version, or a cluster mid-upgrade)"
 	case "honoured":
-		text := size(p.PinnedBytes) + " pinned"
+		text := image.FormatSize(p.PinnedBytes) + " pinned"
 		if p.BudgetBytes > 0 {
-			text += " of " + size(p.BudgetBytes)
+			text += " of " + image.FormatSize(p.BudgetBytes)
 		}
 		if len(p.OverBudget) > 0 {
 			text += fmt.Sprintf(", %d over budget", len(p.OverBudget))
@@ -348,7 +350,7 @@ func diskUsed(d Disk) string {
 	if d.CapacityBytes == 0 {
 		return "?"
 	}
-	return fmt.Sprintf("%d%% of %s", diskPct(d), size(d.CapacityBytes))
+	return fmt.Sprintf("%d%% of %s", diskPct(d), image.FormatSize(d.CapacityBytes))
 }
 
 func diskPct(d Disk) int {
@@ -356,20 +358,6 @@ func diskPct(d Disk) int {
 		return 0
 	}
 	return int(min(100, d.UsedBytes*100/d.CapacityBytes))
-}
-
-// size is b in binary units with one decimal ("4.0 GiB").
-func size(b uint64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%d B", b)
-	}
-	div, exp := uint64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }
 
 // ago is how long before now t was, as a person says it ("3 s ago", "5 min ago").
