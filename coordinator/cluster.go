@@ -121,6 +121,8 @@ type Cluster struct {
 	// highestDesired is the highest desired version seen anywhere (own list, received lists,
 	// other nodes' states): a new list is published above it.
 	highestDesired uint64
+	// published is the version of the last list this node published as the leader.
+	published uint64
 	// desiredWire caches the encoded desired list of version desiredWireVer.
 	desiredWire    []byte
 	desiredWireVer uint64

@@ -270,6 +270,42 @@ func TestFailover(t *testing.T) {
 	})
 }
 
+// TestLeaderKeepsItsListAfterAPartition: a partition healed, and a node that led its side
+// sends its list, versioned above the leader's, to the leader and to another node. The leader
+// ignores it; the node that took it shows the higher version in its state, and the leader
+// publishes its own list again above it, so every node ends with the leader's images.
+func TestLeaderKeepsItsListAfterAPartition(t *testing.T) {
+	a := coordinatortest.StartNode(t, "pt-a", nil)
+	coordinatortest.WaitFor(t, 5*time.Second, "pt-a ready", a.Cluster.Ready)
+	b := coordinatortest.StartNode(t, "pt-b", []string{a.Addr()})
+	c := coordinatortest.StartNode(t, "pt-c", []string{a.Addr()})
+	coordinatortest.WaitLeader(t, 10*time.Second, "pt-a", a, b, c)
+	ours := []image.Image{{Ref: image.MustParseRef("docker.io/library/busybox:1"), Digest: coordinator.Digest("ours")}}
+	v, err := a.Cluster.PublishDesired(ours)
+	require.NoError(t, err)
+	coordinatortest.WaitFor(t, 3*time.Second, "the leader's list everywhere", func() bool {
+		return b.Agent.Desired().Version == v && c.Agent.Desired().Version == v
+	})
+
+	theirs := agent.Desired{Version: v + uint64(time.Hour), Images: []image.Image{
+		{Ref: image.MustParseRef("docker.io/library/alpine:3"), Digest: coordinator.Digest("theirs")},
+	}}
+	msg, err := coordinator.EncodeDesired("pt-b", theirs)
+	require.NoError(t, err)
+	require.True(t, b.Cluster.SendDesired("pt-c", msg))
+	require.True(t, b.Cluster.SendDesired("pt-a", msg))
+
+	coordinatortest.WaitFor(t, 5*time.Second, "the leader's images on every node, above the other list", func() bool {
+		for _, n := range []*coordinatortest.Node{a, b, c} {
+			d := n.Agent.Desired()
+			if d.Version <= theirs.Version || len(d.Images) != 1 || d.Images[0].Digest != ours[0].Digest {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 func TestWrongKeyCannotJoin(t *testing.T) {
 	a := coordinatortest.StartNode(t, "wk-a", nil)
 	other := bytes.Repeat([]byte{9}, 32)

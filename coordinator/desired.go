@@ -22,6 +22,13 @@ func (c *Cluster) handleDesired(from string, d agent.Desired) {
 	c.mu.Lock()
 	c.highestDesired = max(c.highestDesired, d.Version)
 	c.mu.Unlock()
+	if _, _, self := c.Leader(); self {
+		// The leader's list is the one it publishes. A list from another node (one that led its
+		// side of a partition, sent as the partition healed) must not replace it; the nodes that
+		// took that list show its version in their states, and reassert answers them.
+		c.log.Info("desired list from another node ignored: this node is the leader", "version", d.Version, "peer", from)
+		return
+	}
 	if c.local.SetDesired(d) {
 		c.log.Info("desired list applied", "version", d.Version, "images", len(d.Images), "peer", from)
 	} else {
@@ -29,10 +36,15 @@ func (c *Cluster) handleDesired(from string, d agent.Desired) {
 	}
 }
 
-// catchUp sends d to node when node's state shows an older desired version; a node is sent
-// one version at most once per desiredResend.
+// catchUp, on the leader, sends d to node when node's state shows an older desired version;
+// a node is sent one version at most once per desiredResend. A node showing a newer version
+// than the leader's own list is answered by reassert.
 func (c *Cluster) catchUp(node string, nodeVersion uint64, d agent.Desired) {
-	if d.Version == 0 || nodeVersion >= d.Version {
+	if nodeVersion > d.Version {
+		c.reassert(node, nodeVersion, d)
+		return
+	}
+	if d.Version == 0 || nodeVersion == d.Version {
 		return
 	}
 	now := time.Now()
@@ -52,6 +64,25 @@ func (c *Cluster) catchUp(node string, nodeVersion uint64, d agent.Desired) {
 	}
 	c.log.Debug("sending desired list to catch up", "node", node, "version", d.Version, "node_version", nodeVersion)
 	c.enqueue(mb, msgDesired, b)
+}
+
+// reassert, on the leader, publishes its own list d again, above every version seen, when
+// node holds a list with a higher version: another node's, taken while the cluster was
+// partitioned and each side had a leader. Otherwise that list would stay on such nodes until
+// this leader's selection changed. A leader that has not published yet does nothing: its
+// first list (leader.Leader publishes one once it has listed) supersedes every other.
+func (c *Cluster) reassert(node string, nodeVersion uint64, d agent.Desired) {
+	c.mu.Lock()
+	ours := d.Version != 0 && d.Version == c.published
+	c.mu.Unlock()
+	if !ours {
+		return
+	}
+	c.log.Info("publishing the desired list again: a node holds a newer list from another node",
+		"node", node, "node_version", nodeVersion, "version", d.Version)
+	if _, err := c.PublishDesired(d.Images); err != nil && !errors.Is(err, ErrNotLeader) {
+		c.log.Error("publishing the desired list again", "err", err)
+	}
 }
 
 // desiredWireLocked returns d encoded, cached per version. Callers hold c.mu.
@@ -85,7 +116,7 @@ func (c *Cluster) PublishDesired(images []image.Image) (uint64, error) {
 	current := c.local.Desired().Version
 	c.mu.Lock()
 	v := max(uint64(time.Now().UnixNano()), c.highestDesired+1, current+1)
-	c.highestDesired = v
+	c.highestDesired, c.published = v, v
 	d := agent.Desired{Version: v, Images: clean}
 	b, err := c.desiredWireLocked(d)
 	var targets []member
