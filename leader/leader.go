@@ -562,7 +562,10 @@ func (l *Leader) Result() Result {
 
 // publish is the one publish rule: while this node leads, publish the sources' desired list
 // when it differs from the list in force, once every source has listed or the first
-// listings' grace has passed, and never an empty list made only of missing listings.
+// listings' grace has passed. While a source has not listed in this term, nothing leaves
+// the list: its images are in the list in force (which source selected what is not kept
+// there), so the images in force that the listed sources do not select stay, after theirs,
+// until every source has listed. A slow source at a failover thus unpins nothing.
 func (l *Leader) publish() {
 	if _, _, self := l.cluster.Leader(); !self {
 		return
@@ -571,17 +574,38 @@ func (l *Leader) publish() {
 	since := l.leading
 	l.mu.Unlock()
 	r := l.Result()
-	switch {
-	case !r.Complete && time.Since(since) < l.cfg.FirstListingGrace:
+	if !r.Complete && time.Since(since) < l.cfg.FirstListingGrace {
 		return // a source is still on its first listing
-	case !r.Complete && len(r.Desired) == 0:
-		return // nothing listed yet: keep the list in force rather than empty every node
-	case slices.Equal(r.Desired, l.local.Desired().Images):
+	}
+	inForce := l.local.Desired().Images
+	desired := r.Desired
+	if !r.Complete {
+		desired = keepInForce(desired, inForce)
+	}
+	if slices.Equal(desired, inForce) {
 		return // nothing changed: no new version
 	}
-	if _, err := l.cluster.PublishDesired(r.Desired); err != nil {
+	if _, err := l.cluster.PublishDesired(desired); err != nil {
 		l.log.Warn("publishing desired list", "err", err)
 	}
+}
+
+// keepInForce returns listed followed by the images of inForce whose references listed does
+// not have, in their order, with priorities by position.
+func keepInForce(listed, inForce []image.Image) []image.Image {
+	out := slices.Clone(listed)
+	have := make(map[image.Ref]bool, len(listed))
+	for _, d := range listed {
+		have[d.Ref] = true
+	}
+	for _, d := range inForce {
+		if !have[d.Ref] {
+			have[d.Ref] = true
+			d.Priority = len(out)
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // Refresh's errors wrap one of these.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -151,6 +152,34 @@ func TestHungSourceDelaysNobody(t *testing.T) {
 	require.Contains(t, l.Result().Sources[0].Error, "no answer within 2s")
 	require.False(t, l.Result().Complete)
 	require.Len(t, loc.Desired().Images, 1, "the healthy source's images stay")
+}
+
+// TestSlowSourceAtAFailoverUnpinsNothing: a new leader whose second source has not answered
+// within the first-listing grace publishes the first source's new list, but keeps the images
+// in force (the earlier leader's list, the slow source's among them) until every source has
+// listed; then what no source selects leaves.
+func TestSlowSourceAtAFailoverUnpinsNothing(t *testing.T) {
+	t.Parallel()
+	fast := &scripted{name: "fast", l: sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}}
+	slow := &scripted{name: "slow", l: sources.Listing{Desired: []image.Image{img("r.example/b:1", "B1", 11)}}, hang: true}
+	loc := coordinatortest.NewAgent("n1")
+	loc.SetDesired(agent.Desired{Version: 7, Images: []image.Image{img("r.example/a:1", "A1", 1), img("r.example/b:1", "B1", 11)}})
+	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, SourceTimeout: 300 * time.Millisecond, FirstListingGrace: 100 * time.Millisecond},
+		[]leader.Source{fast, slow}, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
+	require.NoError(t, err)
+	run(t, l)
+
+	eventually(t, "the fast source's list published", func() bool { return loc.Desired().Version > 7 })
+	got := loc.Desired().Images
+	require.Equal(t, []string{"r.example/a:2", "r.example/a:1", "r.example/b:1"}, refs(got), "the listed source's images first, nothing in force left out")
+	require.Equal(t, []int{0, 1, 2}, []int{got[0].Priority, got[1].Priority, got[2].Priority})
+	require.False(t, l.Result().Complete)
+
+	slow.set(slow.l, nil, false)
+	require.NoError(t, l.Refresh(t.Context()))
+	eventually(t, "every source listed: what none selects leaves", func() bool {
+		return slices.Equal(refs(loc.Desired().Images), []string{"r.example/a:2", "r.example/b:1"})
+	})
 }
 
 // TestPublishesOnlyChanges: refreshing an unchanged listing publishes no new version.
