@@ -373,6 +373,7 @@ func (a *Agent) pass(ctx context.Context) {
 		a.mu.Lock()
 		a.publishLocked(a.unavailableLocked(err))
 		a.mu.Unlock()
+		a.metrics.passes.WithLabelValues("runtime_unavailable").Inc()
 		return
 	}
 	fs, err := a.rt.ImageFsInfo(ctx)
@@ -491,6 +492,7 @@ func (a *Agent) pass(ctx context.Context) {
 		}
 	}
 	a.publishLocked(next)
+	a.metrics.passes.WithLabelValues("ok").Inc()
 }
 
 // unavailableLocked is the state while the runtime does not answer: not ready, the error

@@ -12,6 +12,7 @@ type metrics struct {
 	fsUsed      prometheus.Gauge
 	fsCapacity  prometheus.Gauge
 	pullBytes   prometheus.Counter
+	passes      *prometheus.CounterVec
 }
 
 // newMetrics builds the metrics and registers them on r when r is not nil.
@@ -32,12 +33,19 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		fsUsed:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachemachine_image_fs_used_bytes", Help: "Bytes used on the image filesystem, as the runtime reports."}),
 		fsCapacity: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachemachine_image_fs_capacity_bytes", Help: "Capacity of the image filesystem."}),
 		pullBytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "cachemachine_pull_bytes_total", Help: "Bytes the runtime downloaded for the agent's pulls, as containerd's content store shows them (blobs already present are not counted)."}),
+		passes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cachemachine_passes_total",
+			Help: "Reconcile passes (inventory, then pulls and pins) by result: ok, or runtime_unavailable when the runtime did not answer.",
+		}, []string{"result"}),
 	}
 	if r != nil {
-		r.MustRegister(m.pulls, m.pullSeconds, m.cached, m.desired, m.held, m.fsUsed, m.fsCapacity, m.pullBytes)
+		r.MustRegister(m.pulls, m.pullSeconds, m.cached, m.desired, m.held, m.fsUsed, m.fsCapacity, m.pullBytes, m.passes)
 	}
 	for _, res := range []string{"success", "error", "timeout", "canceled"} {
 		m.pulls.WithLabelValues(res)
+	}
+	for _, res := range []string{"ok", "runtime_unavailable"} {
+		m.passes.WithLabelValues(res)
 	}
 	return m
 }

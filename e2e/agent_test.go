@@ -150,7 +150,7 @@ func testDiskGuardHoldsAPullThatWouldNotFit(t *testing.T, version lab.Containerd
 	out, err := p.debug(t, "pulls")
 	require.NoError(t, err)
 	require.Regexp(t, `held\s+insufficient disk`, out)
-	time.Sleep(2 * time.Second) // a few resyncs: still nothing pulled
+	p.waitPasses(t, 3)
 	require.Equal(t, "", tagDigest(t, n.cri, ref))
 }
 

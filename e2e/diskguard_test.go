@@ -3,7 +3,6 @@ package e2e
 import (
 	"os"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -38,11 +37,11 @@ func testDiskGuardKnowsTheSizeOnAFreshNode(t *testing.T, version lab.ContainerdV
 	require.NoError(t, err)
 
 	// 70 % must stay free (44.8 MiB of 64): the 24 MiB image would leave about 40 MiB.
-	_, v := startHeld(t, n, big, 70)
+	p, v := startHeld(t, n, big, 70)
 	require.Equal(t, big, v.Held[0].Ref)
 	require.Contains(t, v.Held[0].Reason, "pull needs 24.0 MiB", "the reason names the image's real size")
 	require.Empty(t, v.Pulling)
-	time.Sleep(2 * time.Second) // a few resyncs: still nothing pulled
+	p.waitPasses(t, 3)
 	require.Equal(t, "", tagDigest(t, n.cri, big))
 	t.Logf("held: %s", v.Held[0].Reason)
 }

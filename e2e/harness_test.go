@@ -167,6 +167,23 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 	}
 }
 
+// waitPasses waits until the agent has completed n more reconcile passes with the runtime
+// answering (cachemachine_passes_total{result="ok"}): what a test waits for before it asserts
+// that the agent did nothing.
+func (p *agentProc) waitPasses(t *testing.T, n int) {
+	t.Helper()
+	const series = `cachemachine_passes_total{result="ok"}`
+	passes := func() float64 {
+		m, err := p.Metrics(t.Context())
+		require.NoError(t, err)
+		v, ok := m[series]
+		require.True(t, ok, "%s in the agent's metrics", series)
+		return v
+	}
+	start := passes()
+	eventually(t, time.Duration(n+10)*time.Second, fmt.Sprintf("%d more passes", n), func() bool { return passes() >= start+float64(n) })
+}
+
 // criClient connects to the node's containerd directly: the test's own eyes, independent of
 // the agent.
 func criClient(t *testing.T, cd *lab.Containerd) *cri.Client {

@@ -135,7 +135,7 @@ func testImageGCSparesPinnedImages(t *testing.T, cv lab.ContainerdVersion) {
 	require.True(t, slices.ContainsFunc(removed, func(img cri.Image) bool { return holds(img, other) }), "the GC removes what nobody pinned")
 	if honours {
 		require.Zero(t, removedDesired, "containerd %s reports the pins: the GC spares every desired image", v.RuntimeVersion)
-		time.Sleep(3 * time.Second) // three resyncs: nothing to pull
+		p.waitPasses(t, 3)
 	} else {
 		require.Equal(t, len(refs), removedDesired, "containerd %s does not report pins: the GC removes them", v.RuntimeVersion)
 	}

@@ -31,8 +31,9 @@ const (
 
 // AgentConfig returns config.Default() for an agent of the lab: the runtime at criEndpoint,
 // the state dir and debug socket under dir, standalone (cluster disabled), and the status API
-// on a loopback port the agent picks. Callers set the sources and whatever else they vary;
-// LoopbackCluster turns gossip on.
+// on loopback port 0, which StartAgent replaces with a free port (so that HTTPAddr, readiness
+// and Metrics reach it). Callers set the sources and whatever else they vary; LoopbackCluster
+// turns gossip on.
 func AgentConfig(dir, criEndpoint string) config.Config {
 	c := config.Default()
 	c.Agent.CRISocket = criEndpoint
@@ -97,6 +98,13 @@ func StartAgent(opts AgentOptions) (*Agent, error) {
 		return nil, fmt.Errorf("start agent %s: %w", opts.Node, err)
 	}
 	a := &Agent{opts: opts, client: &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}}
+	if host, port, err := net.SplitHostPort(opts.Config.HTTP.Listen); err == nil && port == "0" {
+		free, err := FreePort()
+		if err != nil {
+			return nil, fmt.Errorf("start agent %s: %w", opts.Node, err)
+		}
+		a.opts.Config.HTTP.Listen = net.JoinHostPort(host, strconv.Itoa(free))
+	}
 	if err := a.opts.Config.WriteFile(a.ConfigPath()); err != nil {
 		return nil, fmt.Errorf("start agent %s: %w", opts.Node, err)
 	}
