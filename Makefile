@@ -20,7 +20,7 @@ build:
 deps:
 	./scripts/install-deps.sh
 
-# The lab Kubernetes (internal/k8slab): built from the Go module proxy once, ~15 minutes on
+# The lab Kubernetes (internal/k8slab): built from the Go module proxy once, 5–15 minutes on
 # a fresh 2-core machine, and cached in ~/.cache/cachemachine; seconds afterwards. Before the
 # tests, so that the first build is not inside a test's timeout.
 k8s-lab:

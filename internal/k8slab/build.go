@@ -228,7 +228,7 @@ func recipes() []recipe {
 	return []recipe{kubernetesRecipe(), etcdRecipe(), corednsRecipe(), pauseRecipe()}
 }
 
-// Build builds what is missing from the cache (the first time ~10–15 minutes on 2 cores,
+// Build builds what is missing from the cache (the first time 5–15 minutes on 2 cores,
 // most of it Kubernetes) and returns the binaries' paths; a cached build returns at once.
 // Progress goes to log. Concurrent callers (two test binaries, two worktrees) wait for each
 // other through a lock file next to each build.

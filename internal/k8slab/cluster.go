@@ -181,8 +181,8 @@ func New(t testing.TB, opts Options) *Cluster {
 }
 
 // RequireBuilt skips t when the lab's binaries are not in the cache, or fails it when
-// CI=true: a test never builds them (about 15 minutes on 2 cores, longer than go test's
-// default timeout); `make k8s-lab` does, and make test runs it first.
+// CI=true: a test never builds them (5–15 minutes on 2 cores, too long for a test's
+// timeout); `make k8s-lab` does, and make test runs it first.
 func RequireBuilt(t testing.TB) {
 	t.Helper()
 	if Cached() {
