@@ -562,10 +562,10 @@ func (l *Leader) Result() Result {
 
 // publish is the one publish rule: while this node leads, publish the sources' desired list
 // when it differs from the list in force, once every source has listed or the first
-// listings' grace has passed. While a source has not listed in this term, nothing leaves
-// the list: its images are in the list in force (which source selected what is not kept
-// there), so the images in force that the listed sources do not select stay, after theirs,
-// until every source has listed. A slow source at a failover thus unpins nothing.
+// listings' grace has passed. A source that has not listed in this term removes nothing: the
+// images in force of the repository it lists stay, after the listed sources' images, until
+// it has listed (all images in force stay while a fixed list has not: which images were its
+// is not known here). A slow source at a failover thus unpins nothing.
 func (l *Leader) publish() {
 	if _, _, self := l.cluster.Leader(); !self {
 		return
@@ -580,7 +580,7 @@ func (l *Leader) publish() {
 	inForce := l.local.Desired().Images
 	desired := r.Desired
 	if !r.Complete {
-		desired = keepInForce(desired, inForce)
+		desired = keepInForce(desired, inForce, l.unlisted())
 	}
 	if slices.Equal(desired, inForce) {
 		return // nothing changed: no new version
@@ -590,16 +590,34 @@ func (l *Leader) publish() {
 	}
 }
 
-// keepInForce returns listed followed by the images of inForce whose references listed does
-// not have, in their order, with priorities by position.
-func keepInForce(listed, inForce []image.Image) []image.Image {
+// unlisted reports whether a reference may belong to a source that has not listed in this
+// term: one in the repository such a source lists, or any while such a source is a fixed list.
+func (l *Leader) unlisted() func(image.Ref) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	repos := map[string]bool{}
+	for i, ls := range l.last {
+		if ls != nil {
+			continue
+		}
+		if l.sources[i].repo == "" {
+			return func(image.Ref) bool { return true }
+		}
+		repos[l.sources[i].repo] = true
+	}
+	return func(r image.Ref) bool { return repos[r.Repository()] }
+}
+
+// keepInForce returns listed followed by the images of inForce that keep selects and whose
+// references listed does not have, in their order, with priorities by position.
+func keepInForce(listed, inForce []image.Image, keep func(image.Ref) bool) []image.Image {
 	out := slices.Clone(listed)
 	have := make(map[image.Ref]bool, len(listed))
 	for _, d := range listed {
 		have[d.Ref] = true
 	}
 	for _, d := range inForce {
-		if !have[d.Ref] {
+		if !have[d.Ref] && keep(d.Ref) {
 			have[d.Ref] = true
 			d.Priority = len(out)
 			out = append(out, d)

@@ -154,10 +154,11 @@ func TestHungSourceDelaysNobody(t *testing.T) {
 	require.Len(t, loc.Desired().Images, 1, "the healthy source's images stay")
 }
 
-// TestSlowSourceAtAFailoverUnpinsNothing: a new leader whose second source has not answered
-// within the first-listing grace publishes the first source's new list, but keeps the images
-// in force (the earlier leader's list, the slow source's among them) until every source has
-// listed; then what no source selects leaves.
+// TestSlowSourceAtAFailoverUnpinsNothing: a new leader whose second source (a fixed list,
+// whose images are not known) has not answered within the first-listing grace publishes the
+// first source's new list, but keeps every image in force (the earlier leader's list, the
+// slow source's among them) until every source has listed; then what no source selects
+// leaves.
 func TestSlowSourceAtAFailoverUnpinsNothing(t *testing.T) {
 	t.Parallel()
 	fast := &scripted{name: "fast", l: sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}}
@@ -179,6 +180,29 @@ func TestSlowSourceAtAFailoverUnpinsNothing(t *testing.T) {
 	require.NoError(t, l.Refresh(t.Context()))
 	eventually(t, "every source listed: what none selects leaves", func() bool {
 		return slices.Equal(refs(loc.Desired().Images), []string{"r.example/a:2", "r.example/b:1"})
+	})
+}
+
+// TestSlowRepositorySourceKeepsOnlyItsImages: while a source that lists one repository has
+// not answered, the images in force of that repository stay and the others' removals happen.
+func TestSlowRepositorySourceKeepsOnlyItsImages(t *testing.T) {
+	t.Parallel()
+	fast := repoSource{&scripted{name: "fast", l: sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}}, "r.example/a"}
+	slow := repoSource{&scripted{name: "slow", l: sources.Listing{Desired: []image.Image{img("r.example/b:2", "B2", 12)}}, hang: true}, "r.example/b"}
+	loc := coordinatortest.NewAgent("n1")
+	loc.SetDesired(agent.Desired{Version: 7, Images: []image.Image{img("r.example/a:1", "A1", 1), img("r.example/b:1", "B1", 11)}})
+	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, SourceTimeout: 300 * time.Millisecond, FirstListingGrace: 100 * time.Millisecond},
+		[]leader.Source{fast, slow}, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
+	require.NoError(t, err)
+	run(t, l)
+
+	eventually(t, "the fast source's list published", func() bool { return loc.Desired().Version > 7 })
+	require.Equal(t, []string{"r.example/a:2", "r.example/b:1"}, refs(loc.Desired().Images), "a:1 leaves (its source listed), b:1 stays (its source did not)")
+
+	slow.set(slow.l, nil, false)
+	require.NoError(t, l.Refresh(t.Context()))
+	eventually(t, "every source listed", func() bool {
+		return slices.Equal(refs(loc.Desired().Images), []string{"r.example/a:2", "r.example/b:2"})
 	})
 }
 
