@@ -90,6 +90,7 @@ type Cluster struct {
 	inbox    chan []byte   // messages from the delegate to the run loop
 	memberCh chan struct{} // membership changed or ready (coalesced)
 	leaderCh chan struct{} // LeaderChanges (coalesced)
+	newerCh  chan struct{} // Superseded (coalesced)
 	metaCh   chan struct{} // metadata needs an update (coalesced)
 	sendq    chan sendJob  // to the sender goroutines
 
@@ -121,8 +122,8 @@ type Cluster struct {
 	// highestDesired is the highest desired version seen anywhere (own list, received lists,
 	// other nodes' states): a new list is published above it.
 	highestDesired uint64
-	// published is the version of the last list this node published as the leader.
-	published uint64
+	// supersededAt is when the leader last signalled Superseded.
+	supersededAt time.Time
 	// desiredWire caches the encoded desired list of version desiredWireVer.
 	desiredWire    []byte
 	desiredWireVer uint64
@@ -164,6 +165,7 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 		inbox:       make(chan []byte, inboxSize),
 		memberCh:    make(chan struct{}, 1),
 		leaderCh:    make(chan struct{}, 1),
+		newerCh:     make(chan struct{}, 1),
 		metaCh:      make(chan struct{}, 1),
 		sendq:       make(chan sendJob, sendQueue),
 		members:     map[string]member{},

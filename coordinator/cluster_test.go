@@ -272,8 +272,9 @@ func TestFailover(t *testing.T) {
 
 // TestLeaderKeepsItsListAfterAPartition: a partition healed, and a node that led its side
 // sends its list, versioned above the leader's, to the leader and to another node. The leader
-// ignores it; the node that took it shows the higher version in its state, and the leader
-// publishes its own list again above it, so every node ends with the leader's images.
+// ignores it; the node that took it shows the higher version in its state, so the leader is
+// told (Superseded) even though it never published its list itself (it inherited it), and
+// publishing again puts the leader's images on every node above the other list.
 func TestLeaderKeepsItsListAfterAPartition(t *testing.T) {
 	a := coordinatortest.StartNode(t, "pt-a", nil)
 	coordinatortest.WaitFor(t, 5*time.Second, "pt-a ready", a.Cluster.Ready)
@@ -281,24 +282,38 @@ func TestLeaderKeepsItsListAfterAPartition(t *testing.T) {
 	c := coordinatortest.StartNode(t, "pt-c", []string{a.Addr()})
 	coordinatortest.WaitLeader(t, 10*time.Second, "pt-a", a, b, c)
 	ours := []image.Image{{Ref: image.MustParseRef("docker.io/library/busybox:1"), Digest: coordinator.Digest("ours")}}
-	v, err := a.Cluster.PublishDesired(ours)
-	require.NoError(t, err)
+	a.Agent.SetDesired(agent.Desired{Version: 100, Images: ours}) // inherited from an earlier leader
 	coordinatortest.WaitFor(t, 3*time.Second, "the leader's list everywhere", func() bool {
-		return b.Agent.Desired().Version == v && c.Agent.Desired().Version == v
+		return b.Agent.Desired().Version == 100 && c.Agent.Desired().Version == 100
 	})
+	select {
+	case <-a.Cluster.Superseded():
+		t.Fatal("Superseded fired while every node held the leader's list")
+	default:
+	}
 
-	theirs := agent.Desired{Version: v + uint64(time.Hour), Images: []image.Image{
+	theirs := agent.Desired{Version: uint64(time.Now().Add(time.Hour).UnixNano()), Images: []image.Image{
 		{Ref: image.MustParseRef("docker.io/library/alpine:3"), Digest: coordinator.Digest("theirs")},
 	}}
 	msg, err := coordinator.EncodeDesired("pt-b", theirs)
 	require.NoError(t, err)
 	require.True(t, b.Cluster.SendDesired("pt-c", msg))
 	require.True(t, b.Cluster.SendDesired("pt-a", msg))
+	select {
+	case <-a.Cluster.Superseded():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the leader was not told that pt-c holds a newer list")
+	}
+	require.Equal(t, uint64(100), a.Agent.Desired().Version, "the leader did not take the other list")
 
+	// What leader.Leader does when told: list, and publish above every version seen.
+	v, err := a.Cluster.PublishDesired(ours)
+	require.NoError(t, err)
+	require.Greater(t, v, theirs.Version)
 	coordinatortest.WaitFor(t, 5*time.Second, "the leader's images on every node, above the other list", func() bool {
 		for _, n := range []*coordinatortest.Node{a, b, c} {
 			d := n.Agent.Desired()
-			if d.Version <= theirs.Version || len(d.Images) != 1 || d.Images[0].Digest != ours[0].Digest {
+			if d.Version != v || len(d.Images) != 1 || d.Images[0].Digest != ours[0].Digest {
 				return false
 			}
 		}

@@ -25,7 +25,7 @@ func (c *Cluster) handleDesired(from string, d agent.Desired) {
 	if _, _, self := c.Leader(); self {
 		// The leader's list is the one it publishes. A list from another node (one that led its
 		// side of a partition, sent as the partition healed) must not replace it; the nodes that
-		// took that list show its version in their states, and reassert answers them.
+		// took that list show its version in their states, and superseded answers them.
 		c.log.Info("desired list from another node ignored: this node is the leader", "version", d.Version, "peer", from)
 		return
 	}
@@ -38,10 +38,10 @@ func (c *Cluster) handleDesired(from string, d agent.Desired) {
 
 // catchUp, on the leader, sends d to node when node's state shows an older desired version;
 // a node is sent one version at most once per desiredResend. A node showing a newer version
-// than the leader's own list is answered by reassert.
+// than the leader's list is answered by superseded.
 func (c *Cluster) catchUp(node string, nodeVersion uint64, d agent.Desired) {
 	if nodeVersion > d.Version {
-		c.reassert(node, nodeVersion, d)
+		c.superseded(node, nodeVersion, d.Version)
 		return
 	}
 	if d.Version == 0 || nodeVersion == d.Version {
@@ -66,24 +66,28 @@ func (c *Cluster) catchUp(node string, nodeVersion uint64, d agent.Desired) {
 	c.enqueue(mb, msgDesired, b)
 }
 
-// reassert, on the leader, publishes its own list d again, above every version seen, when
-// node holds a list with a higher version: another node's, taken while the cluster was
-// partitioned and each side had a leader. Otherwise that list would stay on such nodes until
-// this leader's selection changed. A leader that has not published yet does nothing: its
-// first list (leader.Leader publishes one once it has listed) supersedes every other.
-func (c *Cluster) reassert(node string, nodeVersion uint64, d agent.Desired) {
+// superseded, on the leader, signals Superseded (at most once per desiredResend) when node
+// holds a list above the leader's: another node's, taken while the cluster was partitioned
+// and each side had a leader. The leader lists its sources and publishes above every version
+// seen; otherwise that list would stay on such nodes until the leader's selection changed.
+func (c *Cluster) superseded(node string, nodeVersion, version uint64) {
+	now := time.Now()
 	c.mu.Lock()
-	ours := d.Version != 0 && d.Version == c.published
-	c.mu.Unlock()
-	if !ours {
+	if now.Sub(c.supersededAt) < c.t.desiredResend {
+		c.mu.Unlock()
 		return
 	}
-	c.log.Info("publishing the desired list again: a node holds a newer list from another node",
-		"node", node, "node_version", nodeVersion, "version", d.Version)
-	if _, err := c.PublishDesired(d.Images); err != nil && !errors.Is(err, ErrNotLeader) {
-		c.log.Error("publishing the desired list again", "err", err)
-	}
+	c.supersededAt = now
+	c.mu.Unlock()
+	c.log.Info("a node holds a newer desired list than the leader's: listing and publishing again",
+		"node", node, "node_version", nodeVersion, "version", version)
+	signal(c.newerCh)
 }
+
+// Superseded receives a value (coalesced) on the leader when a node holds a newer desired
+// list than the leader's own; the receiver should list its sources and publish again, even
+// an unchanged selection (PublishDesired versions it above every list seen).
+func (c *Cluster) Superseded() <-chan struct{} { return c.newerCh }
 
 // desiredWireLocked returns d encoded, cached per version. Callers hold c.mu.
 func (c *Cluster) desiredWireLocked(d agent.Desired) ([]byte, error) {
@@ -116,7 +120,7 @@ func (c *Cluster) PublishDesired(images []image.Image) (uint64, error) {
 	current := c.local.Desired().Version
 	c.mu.Lock()
 	v := max(uint64(time.Now().UnixNano()), c.highestDesired+1, current+1)
-	c.highestDesired, c.published = v, v
+	c.highestDesired = v
 	d := agent.Desired{Version: v, Images: clean}
 	b, err := c.desiredWireLocked(d)
 	var targets []member

@@ -53,6 +53,9 @@ func (s *Standalone) PublishDesired(images []image.Image) (uint64, error) {
 // LeaderChanges never fires: the leader never changes.
 func (s *Standalone) LeaderChanges() <-chan struct{} { return nil }
 
+// Superseded never fires: no other node publishes.
+func (s *Standalone) Superseded() <-chan struct{} { return nil }
+
 // Ready is always true.
 func (s *Standalone) Ready() bool { return true }
 

@@ -28,6 +28,7 @@ func (v view) Leader() (string, string, bool)               { return v.leader, v
 func (v view) NodeStates() []coordinator.NodeState          { return v.nodes }
 func (v view) PublishDesired([]image.Image) (uint64, error) { return 0, coordinator.ErrNotLeader }
 func (v view) LeaderChanges() <-chan struct{}               { return nil }
+func (v view) Superseded() <-chan struct{}                  { return nil }
 
 func nodeState(node string, images ...agent.CachedImage) agent.State {
 	return agent.State{Node: node, Version: 7, Images: images, Cached: map[string]string{}}
@@ -231,3 +232,4 @@ func (v *nodesView) NodeStates() []coordinator.NodeState {
 }
 func (v *nodesView) PublishDesired([]image.Image) (uint64, error) { return 0, nil }
 func (v *nodesView) LeaderChanges() <-chan struct{}               { return nil }
+func (v *nodesView) Superseded() <-chan struct{}                  { return nil }

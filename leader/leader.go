@@ -36,6 +36,11 @@ type repositoryOf interface {
 	Repository() string
 }
 
+// refsOf is a Source that is a fixed list of references (*sources.Simple).
+type refsOf interface {
+	Refs() []image.Ref
+}
+
 // Trigger watches for pushes and tells the leader which repositories changed, e.g. an
 // Artifact Registry Pub/Sub subscription or a registry's notifications endpoint. Watch runs
 // only while this node leads: it is started when the node becomes the leader and its context
@@ -89,6 +94,9 @@ type Cluster interface {
 	PublishDesired(images []image.Image) (uint64, error)
 	// LeaderChanges receives a value whenever the leader changed.
 	LeaderChanges() <-chan struct{}
+	// Superseded receives a value on the leader when a node holds a newer desired list than
+	// the leader's (one that led its side of a healed partition published it).
+	Superseded() <-chan struct{}
 }
 
 // Local is this node's agent as the leader needs it: the desired list in force.
@@ -152,8 +160,9 @@ type Result struct {
 // source is one source and what the leader knows of it.
 type source struct {
 	src  Source
-	repo string        // the repository it lists, normalised; "" for a fixed list
-	kick chan struct{} // capacity 1: coalesces requests for a listing now
+	repo string             // the repository it lists, normalised; "" for a fixed list
+	refs map[image.Ref]bool // a fixed list's references; nil for others
+	kick chan struct{}      // capacity 1: coalesces requests for a listing now
 	// event is signalled by Changed (capacity 1); the source is listed EventDebounce
 	// after the first event.
 	event chan struct{}
@@ -177,6 +186,11 @@ type Leader struct {
 	status   []SourceStatus
 	roundEnd chan struct{} // closed and replaced whenever a listing finishes
 	leading  time.Time     // when this node became the leader; zero while it is not
+	// inherited is the desired list in force when this node became the leader: a source that
+	// has not listed in this term keeps its images of it (see selection).
+	inherited []image.Image
+	// force makes the next publish happen even when the selection did not change (Superseded).
+	force bool
 	// trigErr is each trigger's last reported error ("" while it works).
 	trigErr []string
 	// warm maps a node to the boot time (ns) of the agent run that once held every desired
@@ -222,6 +236,12 @@ func New(cfg Config, srcs []Source, cluster Cluster, local Local, logger *slog.L
 		src := source{src: s, kick: make(chan struct{}, 1), event: make(chan struct{}, 1)}
 		if r, ok := s.(repositoryOf); ok {
 			src.repo = normalRepository(r.Repository())
+		}
+		if r, ok := s.(refsOf); ok {
+			src.refs = map[image.Ref]bool{}
+			for _, ref := range r.Refs() {
+				src.refs[ref] = true
+			}
 		}
 		l.sources = append(l.sources, src)
 		l.status[i].Name = s.Name()
@@ -297,6 +317,13 @@ func (l *Leader) Run(ctx context.Context) error {
 		case <-l.changed:
 		case <-grace.C:
 			// A source still on its first listing: publish what the others gave.
+		case <-l.cluster.Superseded():
+			// Publish again, above the other list, once the sources have listed anew.
+			l.mu.Lock()
+			l.force = !l.leading.IsZero()
+			l.mu.Unlock()
+			l.kickAll()
+			continue
 		case <-warmth.C:
 			l.observeWarmth()
 			continue
@@ -316,10 +343,11 @@ func (l *Leader) leadershipChanged() (became, lost bool) {
 	switch {
 	case became:
 		l.leading = time.Now()
+		l.inherited = slices.Clone(l.local.Desired().Images)
 	case lost:
 		// Another leader published meanwhile; this node's listings of its earlier term are
 		// history and must not come back as the list of a later one.
-		l.leading = time.Time{}
+		l.leading, l.inherited, l.force = time.Time{}, nil, false
 		clear(l.last)
 		for i := range l.status {
 			l.status[i].ListedAt, l.status[i].Images = time.Time{}, 0
@@ -560,70 +588,83 @@ func (l *Leader) Result() Result {
 	return r
 }
 
-// publish is the one publish rule: while this node leads, publish the sources' desired list
-// when it differs from the list in force, once every source has listed or the first
-// listings' grace has passed. A source that has not listed in this term removes nothing: the
-// images in force of the repository it lists stay, after the listed sources' images, until
-// it has listed (all images in force stay while a fixed list has not: which images were its
-// is not known here). A slow source at a failover thus unpins nothing.
+// publish is the one publish rule: while this node leads, publish the selection when it
+// differs from the list in force (or Superseded asked for a new version), once every source
+// has listed in this term or the first listings' grace has passed, and never before one has.
 func (l *Leader) publish() {
 	if _, _, self := l.cluster.Leader(); !self {
 		return
 	}
-	l.mu.Lock()
-	since := l.leading
-	l.mu.Unlock()
-	r := l.Result()
-	if !r.Complete && time.Since(since) < l.cfg.FirstListingGrace {
+	desired, listed, complete, force := l.selection()
+	switch {
+	case !listed:
+		return // nothing listed in this term: the list in force stays
+	case !complete && time.Since(l.since()) < l.cfg.FirstListingGrace:
 		return // a source is still on its first listing
-	}
-	inForce := l.local.Desired().Images
-	desired := r.Desired
-	if !r.Complete {
-		desired = keepInForce(desired, inForce, l.unlisted())
-	}
-	if slices.Equal(desired, inForce) {
+	case !force && slices.Equal(desired, l.local.Desired().Images):
 		return // nothing changed: no new version
 	}
 	if _, err := l.cluster.PublishDesired(desired); err != nil {
 		l.log.Warn("publishing desired list", "err", err)
+		return
 	}
+	l.mu.Lock()
+	l.force = false
+	l.mu.Unlock()
 }
 
-// unlisted reports whether a reference may belong to a source that has not listed in this
-// term: one in the repository such a source lists, or any while such a source is a fixed list.
-func (l *Leader) unlisted() func(image.Ref) bool {
+// since is when this node became the leader.
+func (l *Leader) since() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	repos := map[string]bool{}
-	for i, ls := range l.last {
-		if ls != nil {
-			continue
-		}
-		if l.sources[i].repo == "" {
-			return func(image.Ref) bool { return true }
-		}
-		repos[l.sources[i].repo] = true
-	}
-	return func(r image.Ref) bool { return repos[r.Repository()] }
+	return l.leading
 }
 
-// keepInForce returns listed followed by the images of inForce that keep selects and whose
-// references listed does not have, in their order, with priorities by position.
-func keepInForce(listed, inForce []image.Image, keep func(image.Ref) bool) []image.Image {
-	out := slices.Clone(listed)
-	have := make(map[image.Ref]bool, len(listed))
-	for _, d := range listed {
-		have[d.Ref] = true
-	}
-	for _, d := range inForce {
-		if !have[d.Ref] && keep(d.Ref) {
-			have[d.Ref] = true
+// selection is the list to publish: the sources' desired images in config order, the first
+// source to select a reference winning, priorities by position. A source that has not listed
+// in this term removes nothing: in its place stand its images of the inherited list (those
+// of its repository, or of its fixed list; all of them for a source of neither kind). listed
+// reports whether any source has listed in this term, complete whether all have.
+func (l *Leader) selection() (out []image.Image, listed, complete, force bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	seen := map[image.Ref]bool{}
+	add := func(d image.Image) {
+		if !seen[d.Ref] {
+			seen[d.Ref] = true
 			d.Priority = len(out)
 			out = append(out, d)
 		}
 	}
-	return out
+	complete = true
+	for i, ls := range l.last {
+		if ls != nil {
+			listed = true
+			for _, d := range ls.Desired {
+				add(d)
+			}
+			continue
+		}
+		complete = false
+		for _, d := range l.inherited {
+			if l.sources[i].owns(d.Ref) {
+				add(d)
+			}
+		}
+	}
+	return out, listed, complete, l.force
+}
+
+// owns reports whether ref may be one of the source's images.
+func (s source) owns(ref image.Ref) bool {
+	switch {
+	case s.repo != "":
+		return ref.Repository() == s.repo
+	case s.refs != nil:
+		return s.refs[ref]
+	default:
+		return true
+	}
 }
 
 // Refresh's errors wrap one of these.

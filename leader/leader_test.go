@@ -154,11 +154,10 @@ func TestHungSourceDelaysNobody(t *testing.T) {
 	require.Len(t, loc.Desired().Images, 1, "the healthy source's images stay")
 }
 
-// TestSlowSourceAtAFailoverUnpinsNothing: a new leader whose second source (a fixed list,
-// whose images are not known) has not answered within the first-listing grace publishes the
-// first source's new list, but keeps every image in force (the earlier leader's list, the
-// slow source's among them) until every source has listed; then what no source selects
-// leaves.
+// TestSlowSourceAtAFailoverUnpinsNothing: a new leader whose second source (of neither known
+// kind, so every image may be its) has not answered within the first-listing grace publishes
+// the first source's list, keeping in the slow source's place every image it inherited, but
+// not the first source's later drops; once every source has listed, what none selects leaves.
 func TestSlowSourceAtAFailoverUnpinsNothing(t *testing.T) {
 	t.Parallel()
 	fast := &scripted{name: "fast", l: sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}}
@@ -172,38 +171,109 @@ func TestSlowSourceAtAFailoverUnpinsNothing(t *testing.T) {
 
 	eventually(t, "the fast source's list published", func() bool { return loc.Desired().Version > 7 })
 	got := loc.Desired().Images
-	require.Equal(t, []string{"r.example/a:2", "r.example/a:1", "r.example/b:1"}, refs(got), "the listed source's images first, nothing in force left out")
+	require.Equal(t, []string{"r.example/a:2", "r.example/a:1", "r.example/b:1"}, refs(got), "the listed source's images, then everything inherited")
 	require.Equal(t, []int{0, 1, 2}, []int{got[0].Priority, got[1].Priority, got[2].Priority})
 	require.False(t, l.Result().Complete)
+
+	// What the fast source drops in this term leaves: only the inherited list is kept.
+	fast.set(sources.Listing{Desired: []image.Image{img("r.example/a:3", "A3", 3)}}, nil, false)
+	_ = l.Refresh(t.Context()) // the slow source is late
+	eventually(t, "a:2 dropped, the inherited images kept", func() bool {
+		return slices.Equal(refs(loc.Desired().Images), []string{"r.example/a:3", "r.example/a:1", "r.example/b:1"})
+	})
 
 	slow.set(slow.l, nil, false)
 	require.NoError(t, l.Refresh(t.Context()))
 	eventually(t, "every source listed: what none selects leaves", func() bool {
-		return slices.Equal(refs(loc.Desired().Images), []string{"r.example/a:2", "r.example/b:1"})
+		return slices.Equal(refs(loc.Desired().Images), []string{"r.example/a:3", "r.example/b:1"})
 	})
 }
 
-// TestSlowRepositorySourceKeepsOnlyItsImages: while a source that lists one repository has
-// not answered, the images in force of that repository stay and the others' removals happen.
+// TestSlowRepositorySourceKeepsOnlyItsImages: while a source that lists one repository, first
+// in config order, has not answered, its inherited images keep their place at the top and the
+// other source's removals happen.
 func TestSlowRepositorySourceKeepsOnlyItsImages(t *testing.T) {
 	t.Parallel()
-	fast := repoSource{&scripted{name: "fast", l: sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}}, "r.example/a"}
 	slow := repoSource{&scripted{name: "slow", l: sources.Listing{Desired: []image.Image{img("r.example/b:2", "B2", 12)}}, hang: true}, "r.example/b"}
+	fast := repoSource{&scripted{name: "fast", l: sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}}, "r.example/a"}
 	loc := coordinatortest.NewAgent("n1")
-	loc.SetDesired(agent.Desired{Version: 7, Images: []image.Image{img("r.example/a:1", "A1", 1), img("r.example/b:1", "B1", 11)}})
+	loc.SetDesired(agent.Desired{Version: 7, Images: []image.Image{img("r.example/b:1", "B1", 11), img("r.example/a:1", "A1", 1)}})
 	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, SourceTimeout: 300 * time.Millisecond, FirstListingGrace: 100 * time.Millisecond},
-		[]leader.Source{fast, slow}, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
+		[]leader.Source{slow, fast}, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
 	require.NoError(t, err)
 	run(t, l)
 
 	eventually(t, "the fast source's list published", func() bool { return loc.Desired().Version > 7 })
-	require.Equal(t, []string{"r.example/a:2", "r.example/b:1"}, refs(loc.Desired().Images), "a:1 leaves (its source listed), b:1 stays (its source did not)")
+	require.Equal(t, []string{"r.example/b:1", "r.example/a:2"}, refs(loc.Desired().Images), "b:1 stays first (its source did not list), a:1 leaves (its source listed)")
 
 	slow.set(slow.l, nil, false)
 	require.NoError(t, l.Refresh(t.Context()))
 	eventually(t, "every source listed", func() bool {
-		return slices.Equal(refs(loc.Desired().Images), []string{"r.example/a:2", "r.example/b:2"})
+		return slices.Equal(refs(loc.Desired().Images), []string{"r.example/b:2", "r.example/a:2"})
 	})
+}
+
+// hangingResolver answers no lookup until ctx ends.
+type hangingResolver struct{}
+
+func (hangingResolver) Resolve(ctx context.Context, _ image.Ref) (image.Image, error) {
+	<-ctx.Done()
+	return image.Image{}, ctx.Err()
+}
+
+// TestSlowFixedListKeepsOnlyItsImages: a SimpleRepoMan still looking its digests up after the
+// grace keeps its own inherited images, in its place; an inherited image no source can have
+// selected leaves.
+func TestSlowFixedListKeepsOnlyItsImages(t *testing.T) {
+	t.Parallel()
+	fixed := image.Image{Ref: image.MustParseRef("s.example/fixed:1"), Name: "Fixed"}
+	simple := sources.NewSimple("simple", []image.Image{fixed}, hangingResolver{})
+	fast := repoSource{&scripted{name: "fast", l: sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}}, "r.example/a"}
+	loc := coordinatortest.NewAgent("n1")
+	loc.SetDesired(agent.Desired{Version: 7, Images: []image.Image{img("r.example/gone:1", "Gone", 9), img("s.example/fixed:1", "Fixed", 8)}})
+	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, SourceTimeout: time.Minute, FirstListingGrace: 100 * time.Millisecond},
+		[]leader.Source{simple, fast}, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
+	require.NoError(t, err)
+	run(t, l)
+	eventually(t, "published after the grace", func() bool { return loc.Desired().Version > 7 })
+	got := loc.Desired().Images
+	require.Equal(t, []string{"s.example/fixed:1", "r.example/a:2"}, refs(got))
+	require.Equal(t, digest(8), got[0].Digest, "the fixed image keeps its inherited digest")
+}
+
+// TestNothingListedKeepsTheListInForce: when no source has listed by the end of the grace,
+// nothing is published, even though no source claims the images in force.
+func TestNothingListedKeepsTheListInForce(t *testing.T) {
+	t.Parallel()
+	src := repoSource{&scripted{name: "s", hang: true}, "r.example/new"}
+	loc := coordinatortest.NewAgent("n1")
+	loc.SetDesired(agent.Desired{Version: 7, Images: []image.Image{img("r.example/old:1", "Old", 1)}})
+	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, SourceTimeout: 200 * time.Millisecond, FirstListingGrace: 50 * time.Millisecond},
+		[]leader.Source{src}, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
+	require.NoError(t, err)
+	run(t, l)
+	eventually(t, "the listing timed out", func() bool { return l.Result().Sources[0].Error != "" })
+	require.Equal(t, uint64(7), loc.Desired().Version, "nothing published")
+}
+
+// TestSupersededPublishesAfterListing: told that a node holds a newer list than its own, the
+// leader lists its sources again and publishes its selection under a new version, although
+// it did not change.
+func TestSupersededPublishesAfterListing(t *testing.T) {
+	t.Parallel()
+	src := &scripted{name: "s", l: sources.Listing{Desired: []image.Image{img("r.example/lab:w10", "Weekly 10", 10)}}}
+	loc := coordinatortest.NewAgent("n1")
+	cl := &switchable{self: true, changes: make(chan struct{}), superseded: make(chan struct{}, 1), local: loc}
+	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, FirstListingGrace: 100 * time.Millisecond}, []leader.Source{src}, cl, loc, nil, nil)
+	require.NoError(t, err)
+	run(t, l)
+	eventually(t, "w10 published", func() bool { return len(loc.Desired().Images) == 1 })
+	v, calls := loc.Desired().Version, src.calls()
+
+	cl.superseded <- struct{}{}
+	eventually(t, "published again after a new listing", func() bool { return loc.Desired().Version > v })
+	require.Greater(t, src.calls(), calls, "listed again first")
+	require.Equal(t, []string{"r.example/lab:w10"}, refs(loc.Desired().Images))
 }
 
 // TestPublishesOnlyChanges: refreshing an unchanged listing publishes no new version.

@@ -78,10 +78,11 @@ func (f *fakeTrigger) state() (running bool, starts int) {
 
 // switchable is a cluster whose leadership the test switches.
 type switchable struct {
-	mu      sync.Mutex // guards self
-	self    bool
-	changes chan struct{}
-	local   *coordinatortest.Agent
+	mu         sync.Mutex // guards self
+	self       bool
+	changes    chan struct{}
+	superseded chan struct{} // nil: never
+	local      *coordinatortest.Agent
 }
 
 func (s *switchable) Leader() (string, string, bool) {
@@ -99,6 +100,7 @@ func (s *switchable) PublishDesired(imgs []image.Image) (uint64, error) {
 	return v, nil
 }
 func (s *switchable) LeaderChanges() <-chan struct{} { return s.changes }
+func (s *switchable) Superseded() <-chan struct{}    { return s.superseded }
 func (s *switchable) set(self bool) {
 	s.mu.Lock()
 	s.self = self

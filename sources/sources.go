@@ -151,6 +151,15 @@ func NewSimple(name string, images []image.Image, resolve Resolver) *Simple {
 // Name implements Source.
 func (s *Simple) Name() string { return s.name }
 
+// Refs are the list's references, in config order.
+func (s *Simple) Refs() []image.Ref {
+	out := make([]image.Ref, len(s.images))
+	for i, img := range s.images {
+		out[i] = img.Ref
+	}
+	return out
+}
+
 // List implements Source. It always returns the full list; when a lookup fails the listing
 // is Partial (last known digests) and the error names the images.
 func (s *Simple) List(ctx context.Context) (Listing, error) {
