@@ -66,14 +66,15 @@ func (c *Cluster) catchUp(node string, nodeVersion uint64, d agent.Desired) {
 	c.enqueue(mb, msgDesired, b)
 }
 
-// superseded, on the leader, signals Superseded (at most once per desiredResend) when node
-// holds a list above the leader's: another node's, taken while the cluster was partitioned
-// and each side had a leader. The leader lists its sources and publishes above every version
-// seen; otherwise that list would stay on such nodes until the leader's selection changed.
+// superseded, on the leader, signals Superseded when node holds a list above the leader's:
+// another node's, taken while the cluster was partitioned and each side had a leader. The
+// leader lists its sources and publishes above every version seen; otherwise that list would
+// stay on such nodes until the leader's selection changed. At most once per backstop interval
+// (30 s): a node that never takes the new list costs a listing that often, no more.
 func (c *Cluster) superseded(node string, nodeVersion, version uint64) {
 	now := time.Now()
 	c.mu.Lock()
-	if now.Sub(c.supersededAt) < c.t.desiredResend {
+	if now.Sub(c.supersededAt) < c.t.backstop {
 		c.mu.Unlock()
 		return
 	}
