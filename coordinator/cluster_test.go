@@ -305,6 +305,7 @@ func TestLeaderKeepsItsListAfterAPartition(t *testing.T) {
 		t.Fatal("the leader was not told that pt-c holds a newer list")
 	}
 	require.Equal(t, uint64(100), a.Agent.Desired().Version, "the leader did not take the other list")
+	require.Equal(t, 1.0, testutil.ToFloat64(a.Cluster.Metrics().Superseded))
 
 	// What leader.Leader does when told: list, and publish above every version seen.
 	v, err := a.Cluster.PublishDesired(ours)

@@ -82,6 +82,7 @@ func (c *Cluster) superseded(node string, nodeVersion, version uint64) {
 	c.mu.Unlock()
 	c.log.Info("a node holds a newer desired list than the leader's: listing and publishing again",
 		"node", node, "node_version", nodeVersion, "version", version)
+	c.metrics.superseded.Inc()
 	signal(c.newerCh)
 }
 

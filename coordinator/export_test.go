@@ -46,13 +46,14 @@ type Metrics struct {
 	Dropped        *prometheus.CounterVec
 	BytesSent      *prometheus.CounterVec
 	BytesRecv      *prometheus.CounterVec
+	Superseded     prometheus.Counter
 }
 
 func (c *Cluster) Metrics() Metrics {
 	m := c.metrics
 	return Metrics{
 		IsLeader: m.isLeader, InboundStreams: m.inboundStreams, Sent: m.sent, Received: m.received,
-		Dropped: m.dropped, BytesSent: m.bytesSent, BytesRecv: m.bytesRecv,
+		Dropped: m.dropped, BytesSent: m.bytesSent, BytesRecv: m.bytesRecv, Superseded: m.superseded,
 	}
 }
 

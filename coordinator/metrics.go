@@ -14,6 +14,7 @@ type metrics struct {
 	dropped        *prometheus.CounterVec // by reason
 	bytesSent      *prometheus.CounterVec // all gossip traffic, by transport
 	bytesRecv      *prometheus.CounterVec
+	superseded     prometheus.Counter // Superseded signals
 }
 
 // newMetrics creates the coordinator's metrics and registers them with reg (nil: unregistered).
@@ -51,6 +52,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "cachemachine_gossip_bytes_received_total",
 			Help: "Bytes of all gossip traffic received (as on the wire), by transport (packet = UDP, stream = TCP).",
 		}, []string{"transport"}),
+		superseded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cachemachine_desired_superseded_total",
+			Help: "Times the leader saw a node holding a newer desired list than its own (another node's, after a partition) and listed its sources to publish again; at most once per 30 s.",
+		}),
 	}
 	for _, t := range []msgType{msgState, msgDesired} {
 		m.sent.WithLabelValues(t.String())
@@ -64,7 +69,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.bytesRecv.WithLabelValues(t)
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{m.members, m.isLeader, m.inboundStreams, m.sent, m.received, m.dropped, m.bytesSent, m.bytesRecv} {
+		for _, col := range []prometheus.Collector{m.members, m.isLeader, m.inboundStreams, m.sent, m.received, m.dropped, m.bytesSent, m.bytesRecv, m.superseded} {
 			if err := reg.Register(col); err != nil {
 				return nil, err
 			}
