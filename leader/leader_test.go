@@ -90,13 +90,20 @@ func refs(imgs []image.Image) []string {
 func start(t *testing.T, cfg leader.Config, srcs ...leader.Source) (*leader.Leader, *coordinatortest.Agent) {
 	t.Helper()
 	loc := coordinatortest.NewAgent("n1")
+	return startOn(t, loc, cfg, srcs...), loc
+}
+
+// startOn runs a standalone leader over srcs on loc, the node's agent (with the list in force
+// the test gave it).
+func startOn(t *testing.T, loc *coordinatortest.Agent, cfg leader.Config, srcs ...leader.Source) *leader.Leader {
+	t.Helper()
 	l, err := leader.New(cfg, srcs, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()
 	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-	return l, loc
+	return l
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
@@ -164,10 +171,7 @@ func TestSlowSourceAtAFailoverUnpinsNothing(t *testing.T) {
 	slow := &scripted{name: "slow", l: sources.Listing{Desired: []image.Image{img("r.example/b:1", "B1", 11)}}, hang: true}
 	loc := coordinatortest.NewAgent("n1")
 	loc.SetDesired(agent.Desired{Version: 7, Images: []image.Image{img("r.example/a:1", "A1", 1), img("r.example/b:1", "B1", 11)}})
-	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, SourceTimeout: 300 * time.Millisecond, FirstListingGrace: 100 * time.Millisecond},
-		[]leader.Source{fast, slow}, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
-	require.NoError(t, err)
-	run(t, l)
+	l := startOn(t, loc, leader.Config{RefreshInterval: time.Hour, SourceTimeout: 300 * time.Millisecond, FirstListingGrace: 100 * time.Millisecond}, fast, slow)
 
 	eventually(t, "the fast source's list published", func() bool { return loc.Desired().Version > 7 })
 	got := loc.Desired().Images
@@ -198,10 +202,7 @@ func TestSlowRepositorySourceKeepsOnlyItsImages(t *testing.T) {
 	fast := repoSource{&scripted{name: "fast", l: sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}}, "r.example/a"}
 	loc := coordinatortest.NewAgent("n1")
 	loc.SetDesired(agent.Desired{Version: 7, Images: []image.Image{img("r.example/b:1", "B1", 11), img("r.example/a:1", "A1", 1)}})
-	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, SourceTimeout: 300 * time.Millisecond, FirstListingGrace: 100 * time.Millisecond},
-		[]leader.Source{slow, fast}, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
-	require.NoError(t, err)
-	run(t, l)
+	l := startOn(t, loc, leader.Config{RefreshInterval: time.Hour, SourceTimeout: 300 * time.Millisecond, FirstListingGrace: 100 * time.Millisecond}, slow, fast)
 
 	eventually(t, "the fast source's list published", func() bool { return loc.Desired().Version > 7 })
 	require.Equal(t, []string{"r.example/b:1", "r.example/a:2"}, refs(loc.Desired().Images), "b:1 stays first (its source did not list), a:1 leaves (its source listed)")
@@ -231,10 +232,7 @@ func TestSlowFixedListKeepsOnlyItsImages(t *testing.T) {
 	fast := repoSource{&scripted{name: "fast", l: sources.Listing{Desired: []image.Image{img("r.example/a:2", "A2", 2)}}}, "r.example/a"}
 	loc := coordinatortest.NewAgent("n1")
 	loc.SetDesired(agent.Desired{Version: 7, Images: []image.Image{img("r.example/gone:1", "Gone", 9), img("s.example/fixed:1", "Fixed", 8)}})
-	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, SourceTimeout: time.Minute, FirstListingGrace: 100 * time.Millisecond},
-		[]leader.Source{simple, fast}, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
-	require.NoError(t, err)
-	run(t, l)
+	startOn(t, loc, leader.Config{RefreshInterval: time.Hour, SourceTimeout: time.Minute, FirstListingGrace: 100 * time.Millisecond}, simple, fast)
 	eventually(t, "published after the grace", func() bool { return loc.Desired().Version > 7 })
 	got := loc.Desired().Images
 	require.Equal(t, []string{"s.example/fixed:1", "r.example/a:2"}, refs(got))
@@ -248,10 +246,7 @@ func TestNothingListedKeepsTheListInForce(t *testing.T) {
 	src := repoSource{&scripted{name: "s", hang: true}, "r.example/new"}
 	loc := coordinatortest.NewAgent("n1")
 	loc.SetDesired(agent.Desired{Version: 7, Images: []image.Image{img("r.example/old:1", "Old", 1)}})
-	l, err := leader.New(leader.Config{RefreshInterval: time.Hour, SourceTimeout: 200 * time.Millisecond, FirstListingGrace: 50 * time.Millisecond},
-		[]leader.Source{src}, coordinator.NewStandalone("n1", "127.0.0.1:1", loc), loc, nil, nil)
-	require.NoError(t, err)
-	run(t, l)
+	l := startOn(t, loc, leader.Config{RefreshInterval: time.Hour, SourceTimeout: 200 * time.Millisecond, FirstListingGrace: 50 * time.Millisecond}, src)
 	eventually(t, "the listing timed out", func() bool { return l.Result().Sources[0].Error != "" })
 	require.Equal(t, uint64(7), loc.Desired().Version, "nothing published")
 }
