@@ -420,7 +420,7 @@ func (a *Agent) pass(ctx context.Context) {
 			st = &imageStatus{}
 			a.images[ref] = st
 		}
-		if digest, ok := inv.has(d); ok && !st.pulling {
+		if digest, ok := inv.Has(d); ok && !st.pulling {
 			next.Cached[ref] = digest
 			st.attempts, st.lastErr, st.held = 0, "", ""
 			continue

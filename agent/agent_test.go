@@ -156,6 +156,26 @@ func TestTagMovedIsNotCached(t *testing.T) {
 	})
 }
 
+// TestTagAndDigestReferenceIsCachedOnce: containerd records no tag for "repo:tag@digest",
+// only the digest; the image is cached by its digest, not pulled on every pass.
+func TestTagAndDigestReferenceIsCachedOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt := newRuntime()
+		const ref = "ghcr.io/lsst/lab:w_2024_01@" + digestA
+		rt.AddRemote("ghcr.io/lsst/lab:w_2024_01", digestA, 100)
+		a, err := New(Config{ResyncInterval: time.Second}, rt, nil, nil)
+		require.NoError(t, err)
+		a.SetDesired(Desired{Version: 1, Images: []image.Image{{Ref: image.MustParseRef(ref)}}})
+		startAgent(t, a)
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		st := a.State()
+		require.Equal(t, map[string]string{ref: digestA}, st.Cached)
+		require.Empty(t, st.Missing)
+		require.Equal(t, 1, pullCount(rt, ref))
+	})
+}
+
 func TestRemovedImageIsPulledAgain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rt := newRuntime()

@@ -10,13 +10,13 @@ import (
 
 // inventory indexes one CRI snapshot.
 type inventory struct {
+	Index
 	images  []CachedImage
-	byTag   map[string]*CachedImage
 	largest uint64
 }
 
 func newInventory(imgs []cri.Image) inventory {
-	inv := inventory{images: make([]CachedImage, 0, len(imgs)), byTag: map[string]*CachedImage{}}
+	inv := inventory{images: make([]CachedImage, 0, len(imgs))}
 	for _, img := range imgs {
 		inv.images = append(inv.images, CachedImage{
 			ID:      img.ID,
@@ -28,55 +28,61 @@ func newInventory(imgs []cri.Image) inventory {
 		inv.largest = max(inv.largest, img.Size)
 	}
 	slices.SortFunc(inv.images, func(a, b CachedImage) int { return strings.Compare(a.ID, b.ID) })
-	for i := range inv.images {
-		for _, t := range inv.images[i].Tags {
-			inv.byTag[t] = &inv.images[i]
-		}
-	}
+	inv.Index = NewIndex(inv.images)
 	return inv
 }
 
-// has reports whether the node holds d: the tag is present and, when the desired digest is
-// known, the tag's image has that manifest digest (a reference by digest only: an image of
-// the repository with that digest). It returns the digest on the node.
-func (inv inventory) has(d image.Image) (string, bool) {
-	want := d.WantDigest()
-	if d.Tag() == "" {
-		for _, img := range inv.images {
-			if slices.Contains(img.Digests, d.Ref.Repository()+"@"+want) {
-				return want, true
-			}
-		}
-		return "", false
-	}
-	img := inv.byTag[d.Ref.WithTag(d.Tag()).String()]
-	if img == nil {
-		return "", false
-	}
-	if want != "" {
-		if slices.Contains(digestsOf(img.Digests), want) {
-			return want, true
-		}
-		return "", false
-	}
-	return digestFor(img.Digests, d.Ref.Repository()), true
+// Index finds the desired images in a node's inventory. The agent decides with it what is
+// cached and the leader what a restarted node still misses: both by the same rule.
+type Index struct {
+	byTag    map[string]*CachedImage // "repo:tag" -> its image
+	byDigest map[string]*CachedImage // "repo@sha256:…" -> its image
 }
 
-// imageOf returns the image that holds d on the node (as has decides), nil if none.
-func (inv inventory) imageOf(d image.Image) *CachedImage {
-	if _, ok := inv.has(d); !ok {
-		return nil
-	}
-	if d.Tag() == "" {
-		want := d.Ref.Repository() + "@" + d.WantDigest()
-		for i := range inv.images {
-			if slices.Contains(inv.images[i].Digests, want) {
-				return &inv.images[i]
+// NewIndex indexes images; the Index points into the slice.
+func NewIndex(images []CachedImage) Index {
+	ix := Index{byTag: map[string]*CachedImage{}, byDigest: map[string]*CachedImage{}}
+	for i := range images {
+		for _, t := range images[i].Tags {
+			ix.byTag[t] = &images[i]
+		}
+		for _, d := range images[i].Digests {
+			if ix.byDigest[d] == nil {
+				ix.byDigest[d] = &images[i]
 			}
 		}
+	}
+	return ix
+}
+
+// Has reports whether the node holds d, and the manifest digest it holds it at. A reference
+// that names a digest ("repo@sha256:…", also "repo:tag@sha256:…": the runtime pulls the
+// digest and records no tag for it) is held by an image of the repository with that digest.
+// A reference by tag is held when the tag is present and, when the desired digest is known,
+// the tag's image has that manifest digest.
+func (ix Index) Has(d image.Image) (string, bool) {
+	img := ix.Of(d)
+	switch {
+	case img == nil:
+		return "", false
+	case d.WantDigest() != "":
+		return d.WantDigest(), true
+	default:
+		return digestFor(img.Digests, d.Ref.Repository()), true
+	}
+}
+
+// Of returns the image that holds d on the node (as Has decides), nil if none.
+func (ix Index) Of(d image.Image) *CachedImage {
+	want := d.WantDigest()
+	if d.Ref.Digest() != "" {
+		return ix.byDigest[d.Ref.Repository()+"@"+want]
+	}
+	img := ix.byTag[d.Ref.WithTag(d.Tag()).String()]
+	if img == nil || (want != "" && !slices.Contains(digestsOf(img.Digests), want)) {
 		return nil
 	}
-	return inv.byTag[d.Ref.WithTag(d.Tag()).String()]
+	return img
 }
 
 // imageOfRecord returns the image a containerd image record names: by its ID ("sha256:…")

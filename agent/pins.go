@@ -46,7 +46,7 @@ func (a *Agent) reconcilePins(ctx context.Context, desired Desired, inv inventor
 	var res pinResult
 	// What the kubelet sees, whoever pinned: the desired references whose image is pinned.
 	for _, d := range desired.Images {
-		if img := inv.imageOf(d); img != nil && img.Pinned {
+		if img := inv.Of(d); img != nil && img.Pinned {
 			res.pinned = append(res.pinned, d.Ref.String())
 		}
 	}
@@ -69,7 +69,7 @@ func (a *Agent) reconcilePins(ctx context.Context, desired Desired, inv inventor
 	counted := map[string]bool{} // image IDs already in the budget (one image, several tags)
 	full := false
 	for _, d := range desired.Images {
-		img := inv.imageOf(d)
+		img := inv.Of(d)
 		if img == nil {
 			continue
 		}

@@ -126,28 +126,12 @@ func (l *Leader) ClusterView(cs coordinator.ClusterStatus) ClusterView {
 }
 
 // missingFrom returns the desired references a node's inventory does not hold with the
-// desired digest, in priority order.
+// desired digest, in priority order: by the agent's own rule (agent.Index).
 func missingFrom(st agent.State, desired []image.Image) []string {
-	tags := inventory(st)
-	digests := map[string]bool{}
-	for _, img := range st.Images {
-		for _, rd := range img.Digests {
-			digests[rd] = true
-		}
-	}
+	ix := agent.NewIndex(st.Images)
 	missing := []string{}
 	for _, d := range desired {
-		want := d.WantDigest()
-		var ok bool
-		switch {
-		case d.Tag() == "":
-			ok = digests[d.Ref.Repository()+"@"+want]
-		case want == "":
-			_, ok = tags[d.Ref.String()]
-		default:
-			ok = tags[d.Ref.String()] == want
-		}
-		if !ok {
+		if _, ok := ix.Has(d); !ok {
 			missing = append(missing, d.Ref.String())
 		}
 	}

@@ -483,10 +483,13 @@ func copyImage(img *cri.Image) cri.Image {
 	return c
 }
 
-// splitRef splits repo:tag or repo@digest; the ':' of a registry port is not a tag.
+// splitRef splits repo:tag or repo@digest; the ':' of a registry port is not a tag. Like
+// containerd, it drops the tag of repo:tag@digest: the digest is pulled and recorded, the
+// tag is not.
 func splitRef(ref string) (repo, tag, digest string) {
 	if r, d, ok := strings.Cut(ref, "@"); ok {
-		return r, "", d
+		repo, _, _ = splitRef(r)
+		return repo, "", d
 	}
 	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
 		return ref[:i], ref[i+1:], ""
