@@ -98,7 +98,7 @@ func (a *Agent) reconcilePins(ctx context.Context, desired Desired, inv inventor
 	have := map[string]bool{}
 	var errs []error
 	for _, r := range ours {
-		have[r.Name] = true
+		have[r.Name] = r.Pinned // our label without the pin (someone removed it): pin again
 		if want[r.Name] {
 			continue
 		}

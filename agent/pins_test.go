@@ -231,6 +231,20 @@ func TestNoUnpinningBeforeTheFirstDesiredList(t *testing.T) {
 	})
 }
 
+// TestLostPinIsSetAgain: a record with the agent's own label whose pin label was removed is
+// pinned again on the next pass.
+func TestLostPinIsSetAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, rt, want, _ := pinSetup(t, 1, true, nil)
+		name := "ghcr.io/lsst/lab@" + digestN(0)
+		rt.pins.records[name] = &containerd.Record{Name: name, Ours: true}
+		a.SetDesired(Desired{Version: 1, Images: want})
+		startAgent(t, a)
+		require.True(t, rt.pins.get(name).Pinned)
+		require.Contains(t, rt.pins.calls, "pin "+name)
+	})
+}
+
 func TestPinningOffRemovesOwnPins(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a, rt, want, _ := pinSetup(t, 1, true, func(c *Config) { c.PinImages = false })

@@ -145,7 +145,7 @@ func (c *Client) setPin(ctx context.Context, op, name string, pin bool) (Record,
 	switch {
 	case img.GetTarget() == nil || img.GetTarget().GetDigest() == "":
 		return r, fmt.Errorf("%s: %w: record without a target", op, ErrInvalid)
-	case pin && (r.Ours || r.Pinned): // ours already, or someone else's pin: nothing to do
+	case pin && r.Pinned: // pinned already, by us or by someone else: nothing to do
 		return r, nil
 	case !pin && !r.Ours:
 		return r, nil

@@ -74,6 +74,21 @@ func TestConformanceFake(t *testing.T) {
 	}
 }
 
+// TestPinRestoresALostPin: a record that kept cachemachine's label but lost the pin label is
+// pinned again (was: taken as pinned already, and left to the kubelet's image GC).
+func TestPinRestoresALostPin(t *testing.T) {
+	t.Parallel()
+	s, c := newFake(t)
+	md, _ := fakeImage(t, s, "docker.io/cm/lab", "w1", 1)
+	name := "docker.io/cm/lab@" + md
+	s.SetRecord(name, md, map[string]string{containerd.OwnLabel: "true"})
+	r, err := c.Pin(t.Context(), name)
+	require.NoError(t, err)
+	require.True(t, r.Pinned)
+	require.True(t, r.Ours)
+	require.Equal(t, containerd.PinnedValue, s.Labels(name)[containerd.PinnedLabel])
+}
+
 func TestDownloads(t *testing.T) {
 	t.Parallel()
 	s, c := newFake(t)
