@@ -28,6 +28,11 @@ const (
 	// maxManifestSize bounds a manifest or index read from the content store (registries
 	// refuse manifests above 4 MiB).
 	maxManifestSize = 4 << 20
+	// maxIndexEntries bounds the platform manifests of an index that ImageBlobs looks up (one
+	// Info call each, every time progress is measured while the pull has not fetched one yet).
+	// Real indexes list a handful of platforms plus their attestations; containerd fetches
+	// the node's platform, listed among the first.
+	maxIndexEntries = 16
 	// namespaceKey is the gRPC metadata key containerd reads the namespace from.
 	namespaceKey = "containerd-namespace"
 )
@@ -266,7 +271,7 @@ func (c *Client) ImageBlobs(ctx context.Context, digest string) ([]Blob, error) 
 			return out, nil
 		}
 		next := ""
-		for _, d := range m.Manifests {
+		for _, d := range m.Manifests[:min(len(m.Manifests), maxIndexEntries)] {
 			if _, err := c.BlobSize(ctx, d.Digest); err == nil {
 				next = d.Digest
 				break

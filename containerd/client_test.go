@@ -111,6 +111,27 @@ func TestIndexTakesTheFetchedManifest(t *testing.T) {
 	require.Len(t, blobs, 3)
 }
 
+// TestIndexLooksUpABoundedNumberOfManifests: a huge index costs at most 16 Info calls a
+// measure, not one per entry.
+func TestIndexLooksUpABoundedNumberOfManifests(t *testing.T) {
+	t.Parallel()
+	s, c := newFake(t)
+	var entries []string
+	for i := range 1000 {
+		entries = append(entries, fmt.Sprintf(`{"digest":"sha256:%064x","size":1}`, i))
+	}
+	idx := s.AddBlob([]byte(`{"schemaVersion":2,"manifests":[` + strings.Join(entries, ",") + `]}`))
+	_, err := c.ImageBlobs(t.Context(), idx)
+	require.ErrorIs(t, err, containerd.ErrNotFound)
+	infos := 0
+	for _, call := range s.Calls() {
+		if call.Method == containerdtest.MethodInfo {
+			infos++
+		}
+	}
+	require.LessOrEqual(t, infos, 16)
+}
+
 func TestErrorsMapToSentinels(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
