@@ -22,6 +22,9 @@ type pinMemory struct {
 	verdict string               // PinHonoured or PinUnsupported once judged; "" before
 	warned  bool                 // the unsupported runtime was logged
 	failing string               // the last pin error logged, so a lasting one is logged once
+	// cleaned is set once pinning is off and the pins of an earlier run are all removed:
+	// nothing sets new ones (Config.PinImages does not change while the agent runs).
+	cleaned bool
 }
 
 func newPinMemory() pinMemory { return pinMemory{since: map[string]time.Time{}} }
@@ -202,18 +205,24 @@ func (a *Agent) pinFailed(ctx context.Context, res pinResult, err error) pinResu
 
 // unpinAll removes every pin of the agent's own (pinning was turned off).
 func (a *Agent) unpinAll(ctx context.Context) {
+	if a.pin.cleaned {
+		return
+	}
 	ours, err := a.pins.OwnPins(ctx)
 	if err != nil {
 		return
 	}
+	failed := false
 	for _, r := range ours {
 		if err := a.pins.Unpin(ctx, r.Name); err != nil {
 			a.log.Warn("unpinning image", "image", r.Name, "err", err)
+			failed = true
 			continue
 		}
 		a.log.Info("unpinned image: agent.pin_images is false", "image", r.Name)
 	}
 	clear(a.pin.since)
+	a.pin.cleaned = !failed
 }
 
 func clipText(s string, n int) string {

@@ -25,6 +25,7 @@ type memPins struct {
 	mu      sync.Mutex // guards the fields below
 	records map[string]*containerd.Record
 	calls   []string // "pin NAME", "unpin NAME"
+	lists   int      // OwnPins calls
 }
 
 func newMemPins() *memPins { return &memPins{records: map[string]*containerd.Record{}} }
@@ -32,6 +33,7 @@ func newMemPins() *memPins { return &memPins{records: map[string]*containerd.Rec
 func (m *memPins) OwnPins(context.Context) ([]containerd.Record, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.lists++
 	var out []containerd.Record
 	for _, r := range m.records {
 		if r.Ours {
@@ -255,5 +257,15 @@ func TestPinningOffRemovesOwnPins(t *testing.T) {
 		require.Equal(t, PinOff, a.State().Pinning.Status)
 		require.False(t, rt.pins.get("ghcr.io/lsst/lab@"+digestN(0)).Pinned)
 		require.True(t, rt.pins.get("registry.k8s.io/pause@"+digestA).Pinned)
+
+		// Once the cleanup is done, the passes that follow do not list the pins again.
+		rt.pins.mu.Lock()
+		lists := rt.pins.lists
+		rt.pins.mu.Unlock()
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		rt.pins.mu.Lock()
+		defer rt.pins.mu.Unlock()
+		require.Equal(t, lists, rt.pins.lists)
 	})
 }
