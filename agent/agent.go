@@ -54,9 +54,6 @@ type Config struct {
 	PinImages bool
 	// MaxPinnedPercent caps the pins at this share of the image filesystem; default 50.
 	MaxPinnedPercent float64
-	// ProgressInterval is how often a pull's download progress is measured (WithDownloads);
-	// default 1s.
-	ProgressInterval time.Duration
 }
 
 // Pins is the part of containerd's images service the agent pins images with;
@@ -161,9 +158,6 @@ func New(cfg Config, rt Runtime, creds Credentials, logger *slog.Logger, opts ..
 	}
 	if cfg.MaxPinnedPercent == 0 {
 		cfg.MaxPinnedPercent = 50
-	}
-	if cfg.ProgressInterval <= 0 {
-		cfg.ProgressInterval = time.Second
 	}
 	if cfg.MaxPinnedPercent < 0 || cfg.MaxPinnedPercent > 100 {
 		return nil, fmt.Errorf("agent: max pinned percent %v: must be in (0, 100]", cfg.MaxPinnedPercent)

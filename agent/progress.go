@@ -12,8 +12,10 @@ const (
 	// progressStep is the granularity of the progress that State carries: a pull's progress
 	// reaches the leader when its phase changes or it crosses a tenth of its bytes, so a pull
 	// costs about a dozen state messages however long it takes (the debug socket shows the
-	// progress as measured, every ProgressInterval).
+	// progress as measured, every progressInterval).
 	progressStep = 10
+	// progressInterval is how often a pull's download progress is measured (WithDownloads).
+	progressInterval = time.Second
 	// maxBlobChecks bounds the content Info calls of one measurement.
 	maxBlobChecks = 32
 	// rateWeight is the weight of the newest sample in the smoothed download rate.
@@ -57,10 +59,10 @@ func (a *Agent) LiveProgress(ref string) (Progress, bool) {
 	return lp.current(), true
 }
 
-// progressLoop measures the pulls in flight every ProgressInterval until ctx ends. It makes
+// progressLoop measures the pulls in flight every progressInterval until ctx ends. It makes
 // no call while nothing is pulling.
 func (a *Agent) progressLoop(ctx context.Context) {
-	tick := time.NewTicker(a.cfg.ProgressInterval)
+	tick := time.NewTicker(progressInterval)
 	defer tick.Stop()
 	for {
 		select {

@@ -45,7 +45,6 @@ const downloadFilter = `ref~="^(layer|config|manifest|index)-"`
 // namespace. Its methods are safe for concurrent use; each blocks until containerd answers,
 // ctx ends or the call's deadline passes. Errors wrap a package sentinel or a context error.
 type Client struct {
-	path    string
 	opts    Options
 	conn    *grpc.ClientConn
 	images  imagesapi.ImagesClient
@@ -74,7 +73,7 @@ func New(ctx context.Context, endpoint string, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("containerd socket %s: %w: %v", path, ErrUnavailable, err)
 	}
-	c := &Client{path: path, opts: opts, conn: conn, images: imagesapi.NewImagesClient(conn), content: contentapi.NewContentClient(conn)}
+	c := &Client{opts: opts, conn: conn, images: imagesapi.NewImagesClient(conn), content: contentapi.NewContentClient(conn)}
 	ctx, cancel := c.call(ctx)
 	defer cancel()
 	if _, err := c.content.ListStatuses(ctx, &contentapi.ListStatusesRequest{Filters: []string{`ref=="cachemachine-probe"`}}); err != nil {

@@ -123,13 +123,6 @@ func (s *Server) SetRecord(name, target string, labels map[string]string) {
 	}
 }
 
-// DeleteRecord removes the record name.
-func (s *Server) DeleteRecord(name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.records, name)
-}
-
 // Labels returns the labels of record name (nil when there is no such record).
 func (s *Server) Labels(name string) map[string]string {
 	s.mu.Lock()
@@ -335,6 +328,3 @@ func (c contentServer) Read(req *contentapi.ReadContentRequest, stream contentap
 	}
 	return nil
 }
-
-// ErrInjected is a convenient error for SetError: containerd's answer to a bad request.
-var ErrInjected = status.Error(codes.Internal, "injected failure")
