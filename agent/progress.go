@@ -242,10 +242,15 @@ func coarse(p Progress) coarseProgress {
 // publishProgressLocked publishes the state with the pulls' coarse progress. Callers hold a.mu.
 func (a *Agent) publishProgressLocked() {
 	next := a.state.Clone()
-	for i := range next.Pulling {
-		if lp := a.live[next.Pulling[i].Ref]; lp != nil {
-			next.Pulling[i].Progress = lp.published
+	a.progressLocked(next.Pulling)
+	a.publishLocked(next)
+}
+
+// progressLocked sets the coarse progress of each pull in ps. Callers hold a.mu.
+func (a *Agent) progressLocked(ps []Pulling) {
+	for i := range ps {
+		if lp := a.live[ps[i].Ref]; lp != nil {
+			ps[i].Progress = lp.published
 		}
 	}
-	a.publishLocked(next)
 }
