@@ -26,9 +26,10 @@ func TestConformanceContainerd(t *testing.T) {
 		{name: "anonymous"},
 		{name: "basic auth", auth: &cri.Auth{Username: "puller", Password: "pa55-conformance"}},
 	}
-	for _, v := range lab.ContainerdVersions() {
+	lab.OnEveryContainerd(t, func(t *testing.T, v lab.ContainerdVersion) {
+		t.Parallel()
 		for _, tt := range tests {
-			t.Run("containerd-"+v.String()+"/"+tt.name, func(t *testing.T) {
+			t.Run(tt.name, func(t *testing.T) {
 				t.Parallel()
 				var regOpts lab.RegistryOptions
 				var push *lab.Basic
@@ -57,7 +58,7 @@ func TestConformanceContainerd(t *testing.T) {
 				})
 			})
 		}
-	}
+	})
 }
 
 // TestContainerdRestart checks that one Client keeps working across a containerd crash and
