@@ -92,6 +92,8 @@ type Agent struct {
 	saveMu sync.Mutex // serialises persist; guards saved
 	saved  uint64     // version of the desired list last persisted
 
+	pin pinMemory // only the pass uses it (passes never overlap): not guarded by mu
+
 	mu       sync.Mutex // guards the fields below
 	desired  Desired
 	state    State
@@ -102,7 +104,6 @@ type Agent struct {
 	everSeen bool                     // an inventory succeeded
 	live     map[string]*liveProgress // progress of background pulls in flight, by ref
 	ended    uint64                   // background pulls ended so far
-	pin      pinMemory
 }
 
 // imageStatus is the agent's memory of one desired reference between passes.

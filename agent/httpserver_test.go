@@ -71,9 +71,9 @@ func TestHTTPServerClosesIdleConnections(t *testing.T) {
 	}
 }
 
-func TestHTTPServerBoundsHeadersAndConnections(t *testing.T) {
+func TestHTTPServerRefusesHugeHeaders(t *testing.T) {
 	t.Parallel()
-	limits := HTTPLimits{ReadHeader: 5 * time.Second, Read: 5 * time.Second, Write: 5 * time.Second, Idle: 5 * time.Second, MaxHeaderBytes: 4 << 10, MaxConns: 4}
+	limits := HTTPLimits{ReadHeader: 5 * time.Second, Read: 5 * time.Second, Write: 5 * time.Second, Idle: 5 * time.Second, MaxHeaderBytes: 4 << 10}
 	addr := serveLimited(t, limits, nil)
 
 	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
@@ -83,7 +83,6 @@ func TestHTTPServerBoundsHeadersAndConnections(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, resp.StatusCode)
-
 }
 
 // get makes one request on a new connection and returns the status, 0 on error.

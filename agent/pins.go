@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cachemachine/cachemachine/containerd"
 )
@@ -227,9 +228,13 @@ func (a *Agent) unpinAll(ctx context.Context) {
 	a.pin.cleaned = !failed
 }
 
+// clipText cuts s to at most n bytes and marks the cut, never inside a UTF-8 character.
 func clipText(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -268,4 +269,12 @@ func TestPinningOffRemovesOwnPins(t *testing.T) {
 		defer rt.pins.mu.Unlock()
 		require.Equal(t, lists, rt.pins.lists)
 	})
+}
+
+func TestClipTextKeepsWholeCharacters(t *testing.T) {
+	require.Equal(t, "abc", clipText("abc", 3))
+	require.Equal(t, "ab…", clipText("abcd", 2))
+	s := "aé" // 'é' is two bytes: a cut at 2 would split it
+	require.Equal(t, "a…", clipText(s+"x", 2))
+	require.True(t, utf8.ValidString(clipText(strings.Repeat("é", 300), 511)))
 }
