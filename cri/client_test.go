@@ -83,6 +83,10 @@ func TestPullDeadline(t *testing.T) {
 	require.Contains(t, err.Error(), "pull "+testRef)
 	require.Empty(t, srv.Images(), "a timed-out pull stores nothing")
 
+	// The caller's cancel and deadline, on a client whose own pull deadline is far away (a
+	// cancel 50 ms before a 100 ms deadline could lose the race on a loaded machine).
+	srv, c = newClient(t, cri.Options{PullTimeout: time.Minute})
+	srv.SetPullLatency(time.Minute)
 	ctx, cancel := context.WithCancel(t.Context())
 	time.AfterFunc(50*time.Millisecond, cancel)
 	_, err = c.PullImage(ctx, testRef, nil)
@@ -94,6 +98,7 @@ func TestPullDeadline(t *testing.T) {
 	defer cancel()
 	_, err = c.PullImage(ctx, testRef, nil)
 	require.ErrorIs(t, err, cri.ErrDeadline)
+	require.Empty(t, srv.Images())
 }
 
 func TestInjectedErrors(t *testing.T) {
