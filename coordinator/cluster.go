@@ -369,13 +369,8 @@ func (c *Cluster) handle(b []byte) {
 		c.metrics.received.WithLabelValues(m.Type.String()).Inc()
 		c.handleState(stateFromWire(m.State), m.Version)
 	case msgDesired:
-		d, err := desiredFromWire(m.Desired)
-		if err != nil { // decodeMessage rejects such lists already
-			c.drop(reasonInvalid, err.Error())
-			return
-		}
 		c.metrics.received.WithLabelValues(m.Type.String()).Inc()
-		c.handleDesired(m.Desired.From, d)
+		c.handleDesired(m.Desired.From, desiredFromWire(m.Desired))
 	}
 }
 

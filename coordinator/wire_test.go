@@ -142,9 +142,7 @@ func TestDesiredRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, msgDesired, m.Type)
 	require.Equal(t, "n1", m.Desired.From)
-	got, err := desiredFromWire(m.Desired)
-	require.NoError(t, err)
-	require.Equal(t, d, got)
+	require.Equal(t, d, desiredFromWire(m.Desired))
 
 	empty, err := encodeMessage(message{Type: msgDesired, Desired: desiredToWire("n1", agent.Desired{Version: 1, Images: []image.Image{}})})
 	require.NoError(t, err)
@@ -231,6 +229,7 @@ func TestDecodeRejects(t *testing.T) {
 		{name: "empty ref", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", "", []byte{0})), reason: reasonInvalid},
 		{name: "ref too long", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", strings.Repeat("r", 513), []byte{0})), reason: reasonInvalid},
 		{name: "ref not UTF-8", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", "docker.io/\xff:c", []byte{0})), reason: reasonInvalid},
+		{name: "ref that does not parse", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", "docker.io/A/b:c", []byte{0})), reason: reasonInvalid},
 		{name: "digest algorithm", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", "docker.io/a/b:c", []byte{2})), reason: reasonInvalid},
 		{name: "digest truncated", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", "docker.io/a/b:c", sha[:10])), reason: reasonDecode},
 		{name: "trailing bytes", in: raw(byte(msgDesired), wireVersion, append(desiredBody("n1", "docker.io/a/b:c", sha), 0)), reason: reasonInvalid},
