@@ -195,7 +195,7 @@ func TestHostileStreamsWithinBound(t *testing.T) {
 
 // TestHostileTrickle: a peer that sends a byte now and then is cut off at the stream deadline,
 // whether it trickles the header (before memberlist sees the stream) or the body (when
-// memberlist reads it and has set a deadline of its own, TCPTimeout = 1 s with Fast).
+// memberlist reads it and has set a deadline of its own: TCPTimeout, 1 s at test timings).
 func TestHostileTrickle(t *testing.T) {
 	const deadline = 300 * time.Millisecond
 	n1 := coordinatortest.NewNode(t, coordinatortest.Options{Name: "tr-a", Options: []coordinator.Option{coordinator.WithInboundLimits(0, deadline)}})
