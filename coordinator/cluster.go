@@ -76,7 +76,6 @@ const inboxSize = 1024
 type Cluster struct {
 	cfg      Config
 	t        timings
-	limits   inboundLimits // the inbound stream guard's limits (tests shrink them)
 	local    LocalAgent
 	log      *slog.Logger
 	mlLog    *slog.Logger // memberlist's own log lines
@@ -156,7 +155,6 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 	c := &Cluster{
 		cfg:         cfg,
 		t:           timingsFor(o.fast),
-		limits:      o.limits,
 		local:       local,
 		log:         logger.With("component", "coordinator"),
 		mlLog:       logger.With("component", "memberlist"),
@@ -190,7 +188,7 @@ func New(cfg Config, local LocalAgent, logger *slog.Logger, reg prometheus.Regis
 	mlc.Delegate = delegate{c}
 	mlc.Events = delegate{c}
 	mlc.Logger = memberlistLogger(c.mlLog, c.drops)
-	tr, err := c.newTransport(mlc)
+	tr, err := c.newTransport(mlc, o.limits)
 	if err != nil {
 		return nil, err
 	}
@@ -237,9 +235,10 @@ func validate(cfg Config) error {
 	return nil
 }
 
-// newTransport binds memberlist's sockets through a byte-counting wrapper. With BindPort 0 it
-// retries like memberlist does: the kernel's free TCP port may be taken for UDP.
-func (c *Cluster) newTransport(mlc *memberlist.Config) (*countingTransport, error) {
+// newTransport binds memberlist's sockets through a byte-counting wrapper whose guard has
+// limits (tests shrink them). With BindPort 0 it retries like memberlist does: the kernel's
+// free TCP port may be taken for UDP.
+func (c *Cluster) newTransport(mlc *memberlist.Config, limits inboundLimits) (*countingTransport, error) {
 	bindAddr := mlc.BindAddr
 	if bindAddr == "" {
 		bindAddr = "0.0.0.0"
@@ -269,7 +268,6 @@ func (c *Cluster) newTransport(mlc *memberlist.Config) (*countingTransport, erro
 	if mlc.AdvertisePort == 0 {
 		mlc.AdvertisePort = mlc.BindPort
 	}
-	limits := c.limits
 	if limits.deadline == 0 {
 		limits.deadline = mlc.TCPTimeout
 	}
@@ -369,13 +367,8 @@ func (c *Cluster) handle(b []byte) {
 		c.metrics.received.WithLabelValues(m.Type.String()).Inc()
 		c.handleState(stateFromWire(m.State), m.Version)
 	case msgDesired:
-		d, err := desiredFromWire(m.Desired)
-		if err != nil { // decodeMessage rejects such lists already
-			c.drop(reasonInvalid, err.Error())
-			return
-		}
 		c.metrics.received.WithLabelValues(m.Type.String()).Inc()
-		c.handleDesired(m.Desired.From, d)
+		c.handleDesired(m.Desired.From, desiredFromWire(m.Desired))
 	}
 }
 

@@ -196,23 +196,19 @@ func project(node string, s agent.State) agent.State { return stateFromWire(stat
 func desiredToWire(from string, d agent.Desired) wireDesired {
 	w := wireDesired{From: from, Version: d.Version, Images: make([]wireImage, 0, len(d.Images))}
 	for _, img := range d.Images {
-		w.Images = append(w.Images, wireImage{Ref: img.Ref.String(), Digest: img.Digest, Name: img.Name, Size: img.Size})
+		w.Images = append(w.Images, wireImage{Ref: img.Ref.String(), Digest: img.Digest, Name: img.Name, Size: img.Size, ref: img.Ref})
 	}
 	return w
 }
 
-// desiredFromWire returns the desired list a wire message carries. It fails only for a
-// message decodeMessage would have rejected (a reference that does not parse).
-func desiredFromWire(w wireDesired) (agent.Desired, error) {
+// desiredFromWire returns the desired list a decoded wire message carries (decodeMessage
+// parsed its references, and rejected the message if one did not parse).
+func desiredFromWire(w wireDesired) agent.Desired {
 	d := agent.Desired{Version: w.Version, Images: make([]image.Image, 0, len(w.Images))}
 	for i, img := range w.Images {
-		ref, err := image.ParseRef(img.Ref)
-		if err != nil {
-			return agent.Desired{}, fmt.Errorf("desired image: %w", err)
-		}
-		d.Images = append(d.Images, image.Image{Ref: ref, Digest: img.Digest, Name: img.Name, Size: img.Size, Priority: i})
+		d.Images = append(d.Images, image.Image{Ref: img.ref, Digest: img.Digest, Name: img.Name, Size: img.Size, Priority: i})
 	}
-	return d, nil
+	return d
 }
 
 // cleanDesired returns the images of d that can travel, and the reasons for those that cannot.

@@ -22,7 +22,7 @@ import (
 // agent far past its 128 MiB pod limit. The guard reads the stream's header first (label,
 // message type, declared length) and closes, before memberlist sees them, streams with the
 // wrong label or a declared size above maxStreamBytes; it admits at most limits.streams
-// streams and limits.budget declared bytes at a time, and no stream lives longer than
+// streams and defaultStreamBudget declared bytes at a time, and no stream lives longer than
 // limits.deadline, whatever deadlines memberlist sets.
 //
 // The largest legitimate stream is a push/pull exchange of the largest cluster we support:
@@ -49,14 +49,15 @@ const (
 	maxStreamBytes       = encryptOverheadBytes + pushPullHeaderBytes + maxClusterMembers*maxPushNodeBytes + maxMessageBytes
 )
 
-// Defaults of inboundLimits. A stream that is still being admitted holds a goroutine and a
-// small buffer; an admitted one holds what memberlist buffers for it, up to about three
-// times its declared size until it is decrypted (ciphertext buffer growth plus plaintext), so
-// the budget, not the count, keeps hostile streams under ~25 MiB of heap while leaving room
-// for several legitimate exchanges of the largest size at once. Legitimate streams are
-// short-lived (a state send or a push/pull: milliseconds on a LAN); 128 is memberlist's own
-// cap on concurrent push/pulls, and bench-cluster's 500 in-process agents on 2 cores, whose
-// streams last far longer than on real nodes, reached 64 at the leader a couple of times.
+// The guard's default stream count and its byte budget (see inboundLimits). A stream that is
+// still being admitted holds a goroutine and a small buffer; an admitted one holds what
+// memberlist buffers for it, up to about three times its declared size until it is decrypted
+// (ciphertext buffer growth plus plaintext), so the budget, not the count, keeps hostile
+// streams under ~25 MiB of heap while leaving room for several legitimate exchanges of the
+// largest size at once. Legitimate streams are short-lived (a state send or a push/pull:
+// milliseconds on a LAN); 128 is memberlist's own cap on concurrent push/pulls, and
+// bench-cluster's 500 in-process agents on 2 cores, whose streams last far longer than on real
+// nodes, reached 64 at the leader a couple of times.
 const (
 	defaultInboundStreams = 128
 	defaultStreamBudget   = 8 << 20
@@ -70,7 +71,7 @@ const (
 	reasonMalformed       = "malformed"        // truncated or undecodable framing
 	reasonOversizedStream = "oversized_stream" // declares (or sends) more than maxStreamBytes
 	reasonTooManyStreams  = "too_many_streams" // over limits.streams (or memberlist's push/pull cap)
-	reasonStreamBudget    = "stream_budget"    // admitting it would exceed limits.budget
+	reasonStreamBudget    = "stream_budget"    // admitting it would exceed defaultStreamBudget
 	reasonStreamTimeout   = "stream_timeout"   // not done within limits.deadline
 )
 
@@ -96,11 +97,11 @@ const peekSize = 512
 // errStreamTooLong is what memberlist reads when a stream goes on past its bound.
 var errStreamTooLong = errors.New("gossip stream exceeds its size bound")
 
-// inboundLimits bounds inbound gossip streams; zero fields take the defaults.
+// inboundLimits bounds inbound gossip streams. Admitted streams may declare up to
+// defaultStreamBudget bytes in flight.
 type inboundLimits struct {
-	streams  int           // concurrent inbound streams (defaultInboundStreams)
-	budget   int64         // declared bytes of admitted streams in flight (defaultStreamBudget)
-	deadline time.Duration // how long an inbound stream may live (memberlist's TCPTimeout)
+	streams  int           // concurrent inbound streams; zero: defaultInboundStreams
+	deadline time.Duration // how long an inbound stream may live; zero: memberlist's TCPTimeout (set by newTransport)
 }
 
 // guardConfig is what the guard needs to know of memberlist's configuration.
@@ -124,12 +125,6 @@ type inboundGuard struct {
 func newInboundGuard(cfg guardConfig, drops *dropLog, open prometheus.Gauge) *inboundGuard {
 	if cfg.limits.streams <= 0 {
 		cfg.limits.streams = defaultInboundStreams
-	}
-	if cfg.limits.budget <= 0 {
-		cfg.limits.budget = defaultStreamBudget
-	}
-	if cfg.limits.deadline <= 0 {
-		cfg.limits.deadline = 10 * time.Second // memberlist's default TCPTimeout
 	}
 	return &inboundGuard{cfg: cfg, drops: drops, open: open, slots: make(chan struct{}, cfg.limits.streams)}
 }
@@ -156,7 +151,7 @@ func (g *inboundGuard) release(reserved int64) {
 func (g *inboundGuard) reserve(n int64) bool {
 	for {
 		cur := g.budget.Load()
-		if cur+n > g.cfg.limits.budget {
+		if cur+n > defaultStreamBudget {
 			return false
 		}
 		if g.budget.CompareAndSwap(cur, cur+n) {
@@ -181,7 +176,7 @@ func (g *inboundGuard) admit(ctx context.Context, c net.Conn) net.Conn {
 		return nil
 	}
 	if reason == "" && !g.reserve(declared) {
-		reason, detail = reasonStreamBudget, fmt.Sprintf("%d bytes declared, %d of %d in flight", declared, g.budget.Load(), g.cfg.limits.budget)
+		reason, detail = reasonStreamBudget, fmt.Sprintf("%d bytes declared, %d of %d in flight", declared, g.budget.Load(), defaultStreamBudget)
 	}
 	if reason != "" {
 		g.drops.reject(reason, detail, peerOf(c))

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/coordinator"
 	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 // Hostile-input tests: a peer without the gossip key talks to a node's gossip port. They do
@@ -62,21 +62,10 @@ func (s *heapSampler) growth() float64 {
 	return float64(s.peak-s.base) / (1 << 20)
 }
 
-// rssMiB is this process's resident set size (Linux), for the log only.
+// rssMiB is this process's resident set size (Linux; 0 elsewhere), for the log only.
 func rssMiB() float64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			if f := strings.Fields(rest); len(f) > 0 {
-				kb, _ := strconv.ParseFloat(f[0], 64)
-				return kb / 1024
-			}
-		}
-	}
-	return 0
+	kib, _ := lab.ProcStatusKiB(os.Getpid(), "VmRSS")
+	return float64(kib) / 1024
 }
 
 // closedByPeer waits up to timeout for conn to be closed by the other side: a read that
@@ -206,7 +195,7 @@ func TestHostileStreamsWithinBound(t *testing.T) {
 
 // TestHostileTrickle: a peer that sends a byte now and then is cut off at the stream deadline,
 // whether it trickles the header (before memberlist sees the stream) or the body (when
-// memberlist reads it and has set a deadline of its own, TCPTimeout = 1 s with Fast).
+// memberlist reads it and has set a deadline of its own: TCPTimeout, 1 s at test timings).
 func TestHostileTrickle(t *testing.T) {
 	const deadline = 300 * time.Millisecond
 	n1 := coordinatortest.NewNode(t, coordinatortest.Options{Name: "tr-a", Options: []coordinator.Option{coordinator.WithInboundLimits(0, deadline)}})

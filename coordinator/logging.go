@@ -166,9 +166,6 @@ type dropWindow struct {
 }
 
 func newDropLog(logger *slog.Logger, dropped *prometheus.CounterVec) *dropLog {
-	for _, r := range guardReasons {
-		dropped.WithLabelValues(r)
-	}
 	return &dropLog{log: logger, dropped: dropped, windows: map[string]*dropWindow{}}
 }
 

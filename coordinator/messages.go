@@ -141,10 +141,12 @@ type wireDesired struct {
 
 // wireImage is one desired image.
 type wireImage struct {
-	Ref    string // a reference image.ParseRef accepts
+	Ref    string // a reference image.ParseRef accepts, as it travels
 	Digest string // "sha256:<64 hex>" or ""
 	Name   string
 	Size   uint64
+
+	ref image.Ref // Ref parsed; not on the wire (set by decodeDesired and desiredToWire)
 }
 
 func encodeState(w *wbuf, s wireState, version byte) {
@@ -354,10 +356,12 @@ func decodeDesired(r *rbuf) wireDesired {
 		if r.err != nil {
 			break
 		}
-		if _, err := image.ParseRef(img.Ref); err != nil {
+		ref, err := image.ParseRef(img.Ref)
+		if err != nil {
 			r.fail(reasonInvalid, "desired image: %v", err)
 			break
 		}
+		img.ref = ref
 		d.Images = append(d.Images, img)
 	}
 	return d

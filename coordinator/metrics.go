@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.sent.WithLabelValues(t.String())
 		m.received.WithLabelValues(t.String())
 	}
-	for _, r := range []string{reasonShort, reasonUnknownType, reasonBadVersion, reasonTooLarge, reasonDecode, reasonInvalid, reasonOverflow, reasonSendFailed, reasonSendQueue} {
+	for _, r := range append([]string{reasonShort, reasonUnknownType, reasonBadVersion, reasonTooLarge, reasonDecode, reasonInvalid, reasonOverflow, reasonSendFailed, reasonSendQueue}, guardReasons...) {
 		m.dropped.WithLabelValues(r)
 	}
 	for _, t := range []string{"packet", "stream"} {

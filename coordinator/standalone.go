@@ -80,9 +80,10 @@ func (s *Standalone) Close() error { return nil }
 
 // Status is this node's view of its cluster of one, for `cachemachine debug cluster`.
 func (s *Standalone) Status() ClusterStatus {
+	version := s.local.State().Version
 	return ClusterStatus{
 		Node: s.node, Ready: true, Leader: s.node, LeaderHTTPAddr: s.httpAddr, IsLeader: true,
 		DesiredVersion: s.local.Desired().Version,
-		Members:        []Member{{Name: s.node, State: "alive", Alive: true, Leader: true, HTTPAddr: s.httpAddr, StateVersion: s.local.State().Version, StoredVersion: s.local.State().Version}},
+		Members:        []Member{{Name: s.node, State: "alive", Alive: true, Leader: true, HTTPAddr: s.httpAddr, StateVersion: version, StoredVersion: version}},
 	}
 }

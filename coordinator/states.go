@@ -24,17 +24,12 @@ type NodeState struct {
 	Boot time.Time `json:"boot"`
 }
 
-// stateVersion is the state format this node sends: version 2 (pins and pull progress) when
-// every alive member announces it understands it, else version 1. During a rolling upgrade
+// stateVersionLocked is the state format this node sends: version 2 (pins and pull progress)
+// when every alive member announces it understands it, else version 1. During a rolling upgrade
 // the nodes therefore speak version 1 until the last old agent is gone: the old leader keeps
-// seeing every state (without pins and progress), and a new leader shows those as not
-// reported. One rule for every send keeps LocalState, which any peer may ask for, safe.
-func (c *Cluster) stateVersion() byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.stateVersionLocked()
-}
-
+// seeing every state (without pins and progress), and a new leader shows those as not reported.
+// One rule for every send keeps LocalState, which any peer may ask for, safe. The caller holds
+// c.mu.
 func (c *Cluster) stateVersionLocked() byte {
 	for _, mb := range c.members {
 		if mb.alive && mb.dmax < delegatePins {
@@ -46,7 +41,9 @@ func (c *Cluster) stateVersionLocked() byte {
 
 // encodeLocal encodes this node's state for sending and for LocalState.
 func (c *Cluster) encodeLocal(st agent.State) error {
-	version := c.stateVersion()
+	c.mu.Lock()
+	version := c.stateVersionLocked()
+	c.mu.Unlock()
 	b, err := encodeMessage(message{Type: msgState, Version: version, State: stateToWire(c.cfg.NodeName, st)})
 	if err != nil {
 		return fmt.Errorf("coordinator: encoding own state: %w", err)

@@ -28,7 +28,7 @@ type countingTransport struct {
 	streams chan net.Conn
 	sent    *prometheus.CounterVec // by transport: packet, stream
 	recv    *prometheus.CounterVec
-	guard   *inboundGuard // nil: packets and streams pass unchecked
+	guard   *inboundGuard
 
 	// ctx ends on Shutdown: it cuts short the inspection of streams still being admitted.
 	ctx    context.Context
@@ -43,7 +43,7 @@ type countingTransport struct {
 	wg       sync.WaitGroup
 }
 
-// newCountingTransport starts forwarding nt's packets and streams; guard may be nil.
+// newCountingTransport starts forwarding nt's packets and streams, which guard admits.
 func newCountingTransport(nt *memberlist.NetTransport, sent, recv *prometheus.CounterVec, guard *inboundGuard) *countingTransport {
 	t := &countingTransport{
 		NetTransport: nt,
@@ -66,7 +66,7 @@ func (t *countingTransport) forward() {
 		select {
 		case p := <-inPackets:
 			t.recv.WithLabelValues("packet").Add(float64(len(p.Buf)))
-			if t.guard != nil && !t.guard.packetOK(p.Buf, p.From) {
+			if !t.guard.packetOK(p.Buf, p.From) {
 				continue
 			}
 			// NetTransport reads each packet into a fresh 64 KiB buffer, and memberlist's
@@ -81,19 +81,16 @@ func (t *countingTransport) forward() {
 			}
 		case c := <-inStreams:
 			c = t.wrap(c)
-			switch {
-			case t.guard == nil:
-				t.handOn(c)
-			case t.guard.acquire(c):
-				// This goroutine is counted in t.wg, so the counter is above zero here.
-				t.wg.Go(func() {
-					if c := t.guard.admit(t.ctx, c); c != nil {
-						t.handOn(c)
-					}
-				})
-			default:
+			if !t.guard.acquire(c) {
 				_ = c.Close()
+				continue
 			}
+			// This goroutine is counted in t.wg, so the counter is above zero here.
+			t.wg.Go(func() {
+				if c := t.guard.admit(t.ctx, c); c != nil {
+					t.handOn(c)
+				}
+			})
 		case <-t.done:
 			return
 		}

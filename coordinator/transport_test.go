@@ -21,7 +21,7 @@ func TestTransportCopiesPackets(t *testing.T) {
 	require.NoError(t, err)
 	sent := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sent"}, []string{"transport"})
 	recv := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "recv"}, []string{"transport"})
-	tr := newCountingTransport(nt, sent, recv, nil)
+	tr := newCountingTransport(nt, sent, recv, newInboundGuard(guardConfig{}, nil, nil)) // no label: lets "hello" through
 	defer func() { require.NoError(t, tr.Shutdown()) }()
 
 	conn, err := net.Dial("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(nt.GetAutoBindPort())))

@@ -16,7 +16,6 @@ import (
 // agent), states travel as version 1, which it decodes; pins and progress arrive once it is
 // gone, even at the same state version.
 func TestRollingUpgradeStateVersion(t *testing.T) {
-	t.Parallel()
 	a := coordinatortest.StartNode(t, "node-a", nil)
 	b := coordinatortest.StartNode(t, "node-b", []string{a.Addr()})
 	old := coordinatortest.NewNode(t, coordinatortest.Options{Name: "node-c", Join: []string{a.Addr()}, Options: []coordinator.Option{

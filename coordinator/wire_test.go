@@ -142,9 +142,7 @@ func TestDesiredRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, msgDesired, m.Type)
 	require.Equal(t, "n1", m.Desired.From)
-	got, err := desiredFromWire(m.Desired)
-	require.NoError(t, err)
-	require.Equal(t, d, got)
+	require.Equal(t, d, desiredFromWire(m.Desired))
 
 	empty, err := encodeMessage(message{Type: msgDesired, Desired: desiredToWire("n1", agent.Desired{Version: 1, Images: []image.Image{}})})
 	require.NoError(t, err)
@@ -231,6 +229,7 @@ func TestDecodeRejects(t *testing.T) {
 		{name: "empty ref", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", "", []byte{0})), reason: reasonInvalid},
 		{name: "ref too long", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", strings.Repeat("r", 513), []byte{0})), reason: reasonInvalid},
 		{name: "ref not UTF-8", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", "docker.io/\xff:c", []byte{0})), reason: reasonInvalid},
+		{name: "ref that does not parse", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", "docker.io/A/b:c", []byte{0})), reason: reasonInvalid},
 		{name: "digest algorithm", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", "docker.io/a/b:c", []byte{2})), reason: reasonInvalid},
 		{name: "digest truncated", in: raw(byte(msgDesired), wireVersion, desiredBody("n1", "docker.io/a/b:c", sha[:10])), reason: reasonDecode},
 		{name: "trailing bytes", in: raw(byte(msgDesired), wireVersion, append(desiredBody("n1", "docker.io/a/b:c", sha), 0)), reason: reasonInvalid},
@@ -295,24 +294,60 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// FuzzDecodeBody fuzzes the decompressed body, where FuzzDecode's random bytes rarely reach.
-func FuzzDecodeBody(f *testing.F) {
+// fuzzBodyArgs maps FuzzDecodeBody's typ argument to a message type and format version:
+// even typ is a state (typ 0 version 1, typ 2 version 2, and so on alternating), odd typ a
+// desired list.
+func fuzzBodyArgs(typ byte) (msgType, byte) {
+	if typ%2 == 0 {
+		return msgState, wireVersion + (typ/2)%2
+	}
+	return msgDesired, wireVersion
+}
+
+type bodySeed struct {
+	typ  byte
+	body []byte
+}
+
+// fuzzBodySeeds are FuzzDecodeBody's seeds: a state in each format version and a desired
+// list, each valid so that plain go test reaches the round trip (TestFuzzBodySeedsDecode).
+func fuzzBodySeeds() []bodySeed {
 	s := bigState(2)
+	var seeds []bodySeed
 	for _, v := range []byte{wireVersion, stateVersionPins} {
 		var w wbuf
 		encodeState(&w, stateToWire(s.Node, s), v)
-		f.Add(byte(msgState)+2*v, w.b)
+		seeds = append(seeds, bodySeed{typ: 2 * (v - wireVersion), body: w.b})
 	}
-	f.Add(byte(msgDesired), desiredBody("n1", "docker.io/a/b:c", append([]byte{1}, make([]byte, 32)...)))
+	return append(seeds, bodySeed{typ: 1, body: desiredBody("n1", "docker.io/a/b:c", append([]byte{1}, make([]byte, 32)...))})
+}
+
+func TestFuzzBodySeedsDecode(t *testing.T) {
+	t.Parallel()
+	want := []struct {
+		typ     msgType
+		version byte
+	}{{msgState, wireVersion}, {msgState, stateVersionPins}, {msgDesired, wireVersion}}
+	seeds := fuzzBodySeeds()
+	require.Len(t, seeds, len(want))
+	for i, sd := range seeds {
+		typ, version := fuzzBodyArgs(sd.typ)
+		require.Equal(t, want[i].typ, typ, "seed %d", i)
+		require.Equal(t, want[i].version, version, "seed %d", i)
+		m, err := decodeBody(typ, version, sd.body)
+		require.NoError(t, err, "seed %d", i)
+		require.Equal(t, typ, m.Type)
+	}
+}
+
+// FuzzDecodeBody fuzzes the decompressed body, where FuzzDecode's random bytes rarely reach.
+func FuzzDecodeBody(f *testing.F) {
+	for _, sd := range fuzzBodySeeds() {
+		f.Add(sd.typ, sd.body)
+	}
 	f.Fuzz(func(t *testing.T, typ byte, body []byte) {
-		version := byte(wireVersion)
-		if typ%2 == 0 {
-			version += (typ / 2) % 2 // states: both versions
-			typ = byte(msgState)
-		} else {
-			typ = byte(msgDesired)
-		}
-		m, err := decodeBody(msgType(typ), version, body)
+		mt, version := fuzzBodyArgs(typ)
+		m, err := decodeBody(mt, version, body)
 		if err != nil {
 			require.NotEmpty(t, dropReason(err))
 			return

@@ -201,8 +201,8 @@ func StopAll(nodes []*Node) error {
 }
 
 // NewNode starts a node (Start) for the duration of t: the cleanup stops it, failing t when
-// Run does not return within 10 s or returns an error, and shows the node's log when t
-// failed.
+// Run does not return within 10 s (the Cluster is closed then all the same) or returns an
+// error, and shows the node's log when t failed.
 func NewNode(t testing.TB, opts Options) *Node {
 	t.Helper()
 	n, err := Start(context.Background(), opts)
@@ -218,6 +218,10 @@ func NewNode(t testing.TB, opts Options) *Node {
 			}
 		case <-time.After(stopTimeout):
 			t.Errorf("%s: Run did not return", n.Name)
+			// Free memberlist's sockets and goroutines anyway, for the rest of the test binary.
+			if err := n.Cluster.Close(); err != nil {
+				t.Errorf("close node %s: %v", n.Name, err)
+			}
 		}
 		if t.Failed() && n.Logs != nil {
 			t.Logf("log of %s:\n%s", n.Name, n.Logs.String())
