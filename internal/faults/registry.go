@@ -35,8 +35,10 @@ var (
 // config accepts), so that a hung pull ends soon.
 const hungPullTimeout = 10 * time.Second
 
-// reconcileBound is how long `debug reconcile` may take while a source is late (20 s, README).
-const reconcileBound = 20 * time.Second
+// reconcileBound is how long `debug reconcile` may take while a source is late: the
+// leader's reconcile wait (10 s, README "sources still listing after 10s") and 2 s for the
+// debug client's start and round trip.
+const reconcileBound = 12 * time.Second
 
 // registryFault is two rows for one kind of registry failure, injected by a proxy in front
 // of the real docker-registry: on the listing path (every request: the RubinRepoMan source
