@@ -166,6 +166,10 @@ func listingRow(ctx context.Context, n *node, c *check, w1, w2 pushed) {
 	c.figure("reconcile answered in %s: %q", secs(took), shorten(msg, 90))
 	c.expect(err != nil && strings.Contains(msg, "repomen[0]"), "reconcile did not report the failing source: %v %s", err, out)
 	c.expect(took <= reconcileBound, "reconcile took %s", secs(took))
+	// reconcile answers when the round ends; the leader publishes after that: two agent
+	// passes leave it time to publish, so that the list checked is the round's.
+	err = n.waitPasses(ctx, 2)
+	c.expect(err == nil, "after reconcile: %v", err)
 	var desired status.ImageList
 	if c.expect(getJSON(ctx, n.agent.HTTPAddr(), "/cachemachine/jupyter/desired", &desired) == nil, "no /desired") {
 		refs := make([]string, 0, len(desired.Images))

@@ -291,6 +291,32 @@ func (n *node) goroutines(ctx context.Context) (int, error) {
 	return int(v), nil
 }
 
+// waitPasses waits until the agent has completed count more reconcile passes with the
+// runtime answering (cachemachine_passes_total{result="ok"}; 2 s resync each), before a
+// check that something did not change.
+func (n *node) waitPasses(ctx context.Context, count int) error {
+	const series = `cachemachine_passes_total{result="ok"}`
+	passes := func() (float64, error) {
+		m, err := n.agent.Metrics(ctx)
+		if err != nil {
+			return 0, err
+		}
+		v, ok := m[series]
+		if !ok {
+			return 0, errors.New("no " + series + " in /metrics")
+		}
+		return v, nil
+	}
+	start, err := passes()
+	if err != nil {
+		return err
+	}
+	return waitFor(ctx, time.Duration(count*2+10)*time.Second, fmt.Sprintf("%d more agent passes", count), func() bool {
+		v, err := passes()
+		return err == nil && v >= start+float64(count)
+	})
+}
+
 // goroutinesSettle waits up to within for the agent's goroutines to come back to at most
 // before+slack, and returns the last count.
 func (n *node) goroutinesSettle(ctx context.Context, before, slack int, within time.Duration) int {
