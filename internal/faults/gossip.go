@@ -198,7 +198,12 @@ func runWrongKey(ctx context.Context, e *env, c *check, nodes []*node, img pushe
 	if line := logLine(intruder.agent.Log(), "check the gossip key"); line != "" {
 		c.figure("g0 logs %q", shorten(line, 80))
 	}
-	sleep(ctx, 3*time.Second) // time for a wrong join to show, had it happened
+	// g0's gossip has reached g1 once g1 counts a packet or stream it could not decrypt: a
+	// wrong join would show by then.
+	err = waitFor(ctx, 30*time.Second, "g1 to drop gossip it cannot decrypt", func() bool {
+		return drops(ctx, g1)["decrypt"] > before["decrypt"]
+	})
+	c.expect(err == nil, "%v", err)
 	c.expect(clusterIntact(ctx, nodes, img) == nil, "cluster changed: %v", clusterIntact(ctx, nodes, img))
 	got, total := dropsSince(ctx, g1, before)
 	c.figure("members g1, g2; g1 dropped %s", got)
