@@ -271,7 +271,7 @@ func TestRegistryNotificationIsOnEveryNodeInSeconds(t *testing.T) {
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+follower+"/cachemachine/jupyter/notifications", strings.NewReader(`{"events":[]}`))
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer wrong")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
