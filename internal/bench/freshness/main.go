@@ -366,17 +366,35 @@ func (b *bench) converge(ctx context.Context, want int) error {
 	for {
 		imgs, err := b.available(ctx)
 		if err == nil && len(imgs) == want {
-			return nil
+			if err = b.holdAll(ctx, imgs); err == nil {
+				return nil
+			}
 		}
 		for _, n := range b.nodes {
 			if err := n.agent.ExitErr(); err != nil {
 				return err
 			}
 		}
-		if err := sleep(ctx, 200*time.Millisecond); err != nil {
-			return fmt.Errorf("cluster did not converge on %d images: %w (last: %v %v)", want, err, imgs, err)
+		if serr := sleep(ctx, 200*time.Millisecond); serr != nil {
+			return fmt.Errorf("cluster did not converge on %d images: %w (last: %v %v)", want, serr, imgs, err)
 		}
 	}
+}
+
+// holdAll reports the first node whose containerd lacks one of refs.
+func (b *bench) holdAll(ctx context.Context, refs []string) error {
+	for _, n := range b.nodes {
+		tags, err := lab.TagDigests(ctx, n.cri)
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.name, err)
+		}
+		for _, ref := range refs {
+			if _, ok := tags[ref]; !ok {
+				return fmt.Errorf("%s does not hold %s", n.name, ref)
+			}
+		}
+	}
+	return nil
 }
 
 // available returns the image_url of the leader's /available.
