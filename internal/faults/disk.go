@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/status"
 )
 
@@ -71,7 +72,7 @@ func diskFloor() group {
 		})
 		row.expect(err == nil, "%v", err)
 		pulledBig := false
-		for end := time.Now().Add(diskObserve); time.Now().Before(end) && ctx.Err() == nil; sleep(ctx, pollEvery) {
+		for end := time.Now().Add(diskObserve); time.Now().Before(end) && ctx.Err() == nil; lab.Sleep(ctx, pollEvery) {
 			minFree = min(minFree, freePercent(mnt))
 			pulledBig = pulledBig || n.holds(ctx, big)
 		}

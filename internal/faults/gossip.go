@@ -247,7 +247,7 @@ func garbageStreams(ctx context.Context, c *check, nodes []*node, img pushed) er
 			closed.Add(1)
 		}
 	})
-	sleep(ctx, time.Second)
+	lab.Sleep(ctx, time.Second)
 	tcp, tcpTotal := dropsSince(ctx, g1, before)
 	c.figure("%d/%d streams closed by g1, dropped %s", closed.Load(), streams, tcp)
 	c.expect(closed.Load() == streams, "%d of %d garbage streams left open", streams-int(closed.Load()), streams)
@@ -265,11 +265,11 @@ func garbageStreams(ctx context.Context, c *check, nodes []*node, img pushed) er
 		}
 		_, _ = udp.Write(b)
 		if i%50 == 49 {
-			sleep(ctx, 2*time.Millisecond) // do not overrun the socket buffer
+			lab.Sleep(ctx, 2*time.Millisecond) // do not overrun the socket buffer
 		}
 	}
 	udp.Close()
-	sleep(ctx, 2*time.Second)
+	lab.Sleep(ctx, 2*time.Second)
 	got, _ := dropsSince(ctx, g1, before)
 	c.figure("%d packets: dropped %s", packets, got)
 	c.expect(clusterIntact(ctx, nodes, img) == nil, "cluster changed: %v", clusterIntact(ctx, nodes, img))

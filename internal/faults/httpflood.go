@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/status"
 )
 
@@ -100,7 +101,7 @@ func idleFlood(ctx context.Context, c *check, addr string) error {
 			}
 		})
 	}
-	sleep(ctx, idleHold)
+	lab.Sleep(ctx, idleHold)
 	for _, conn := range conns {
 		_ = conn.SetReadDeadline(time.Now()) // wakes the readers; open connections count as open
 	}

@@ -90,7 +90,7 @@ func rotation() group {
 			return err
 		}
 		swapped := time.Now()
-		sleep(ctx, registry.ReloadInterval) // the agent may have read the old file just now
+		lab.Sleep(ctx, registry.ReloadInterval) // the agent may have read the old file just now
 		if out, err := n.debug(ctx, "reconcile"); err != nil {
 			row.figure("first reconcile: %q", shorten(err.Error()+out, 60))
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/config"
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/status"
@@ -332,30 +333,7 @@ func (n *node) goroutinesSettle(ctx context.Context, before, slack int, within t
 
 // waitFor polls cond every pollEvery until it holds, within passes or ctx ends.
 func waitFor(ctx context.Context, within time.Duration, what string, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, within)
-	defer cancel()
-	t := time.NewTicker(pollEvery)
-	defer t.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("no %s within %s", what, within)
-		case <-t.C:
-		}
-	}
-	return nil
-}
-
-// sleep waits d or until ctx ends; false when ctx ended.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	return coordinatortest.Poll(ctx, within, pollEvery, func() (bool, string) { return cond(), "no " + what })
 }
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }

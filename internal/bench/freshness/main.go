@@ -175,7 +175,7 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	for r := range o.rounds {
 		// A push at a random phase of the refresh ticks, as pushes come in real life.
-		if err := sleep(ctx, mrand.N(o.interval)); err != nil {
+		if err := lab.Sleep(ctx, mrand.N(o.interval)); err != nil {
 			return err
 		}
 		res, err := b.round(ctx, "c")
@@ -375,7 +375,7 @@ func (b *bench) converge(ctx context.Context, want int) error {
 				return err
 			}
 		}
-		if serr := sleep(ctx, 200*time.Millisecond); serr != nil {
+		if serr := lab.Sleep(ctx, 200*time.Millisecond); serr != nil {
 			return fmt.Errorf("cluster did not converge on %d images: %w (last: %v %v)", want, serr, imgs, err)
 		}
 	}
@@ -476,7 +476,7 @@ func (b *bench) round(ctx context.Context, mode string) (result, error) {
 					cached[i] = time.Since(start)
 					return nil
 				}
-				if err := sleep(gctx, pollEvery); err != nil {
+				if err := lab.Sleep(gctx, pollEvery); err != nil {
 					return fmt.Errorf("%s not on %s within %s", ref, n.name, limit)
 				}
 			}
@@ -488,7 +488,7 @@ func (b *bench) round(ctx context.Context, mode string) (result, error) {
 				res.available = time.Since(start)
 				return nil
 			}
-			if err := sleep(gctx, pollEvery); err != nil {
+			if err := lab.Sleep(gctx, pollEvery); err != nil {
 				return fmt.Errorf("%s not in /available within %s", ref, limit)
 			}
 		}
@@ -526,7 +526,7 @@ func pullOf(ctx context.Context, path, ref string) (pull, error) {
 		if time.Now().After(deadline) {
 			return pull{}, fmt.Errorf("no pulled line for %s in %s", ref, path)
 		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := lab.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return pull{}, err
 		}
 	}
@@ -654,14 +654,3 @@ func pass(ok bool) string {
 }
 
 func dashes(n int) string { return strings.Repeat("-", n) }
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
