@@ -62,10 +62,7 @@ func midPullCrash(k crash) group {
 			return err
 		}
 		defer n.close()
-		cfg, err := e.config(n, simple(big))
-		if err != nil {
-			return err
-		}
+		cfg := e.config(n, simple(big))
 		cfg.Agent.PullTimeout = config.Duration{Duration: 3 * time.Minute}
 		if err := e.start(ctx, n, cfg); err != nil {
 			return err

@@ -53,10 +53,7 @@ func diskFloor() group {
 			return err
 		}
 		defer n.close()
-		cfg, err := e.config(n, simple(big, small))
-		if err != nil {
-			return err
-		}
+		cfg := e.config(n, simple(big, small))
 		cfg.Agent.MinFreeDiskPercent = diskFloorPct
 		if err := e.start(ctx, n, cfg); err != nil {
 			return err

@@ -81,10 +81,7 @@ func gossipHostile() group {
 func (e *env) startCluster(ctx context.Context, nodes []*node, source *config.Repoman, want ...pushed) error {
 	cfgs := make([]config.Config, len(nodes))
 	for i, n := range nodes {
-		c, err := e.config(n, source)
-		if err != nil {
-			return err
-		}
+		c := e.config(n, source)
 		if err := e.cluster(&c); err != nil {
 			return err
 		}
@@ -175,10 +172,8 @@ func runWrongKey(ctx context.Context, e *env, c *check, nodes []*node, img pushe
 	g1 := nodes[0]
 	before := drops(ctx, g1)
 	intruder := &node{name: "g0", dir: filepath.Join(e.dir, "g0"), cd: g1.cd, cri: g1.cri}
-	cfg, err := e.config(intruder, nil)
-	if err == nil {
-		err = e.cluster(&cfg, g1.agent.GossipAddr())
-	}
+	cfg := e.config(intruder, nil)
+	err := e.cluster(&cfg, g1.agent.GossipAddr())
 	if err == nil {
 		cfg.Cluster.GossipKeyFile = filepath.Join(e.dir, "wrong.key")
 		err = lab.WriteGossipKey(cfg.Cluster.GossipKeyFile, []byte("another-key-of-32-bytes-00000000"))

@@ -51,10 +51,7 @@ func httpHostile() group {
 		if err != nil {
 			return err
 		}
-		cfg, err := e.config(n, simple(img))
-		if err != nil {
-			return err
-		}
+		cfg := e.config(n, simple(img))
 		if err := e.start(ctx, n, cfg); err != nil {
 			return err
 		}

@@ -70,10 +70,7 @@ func runRegistryFault(ctx context.Context, e *env, k faultKind, listing, pull *c
 		return err
 	}
 	defer n.close()
-	cfg, err := e.config(n, rubin(p.addr, repo))
-	if err != nil {
-		return err
-	}
+	cfg := e.config(n, rubin(p.addr, repo))
 	cfg.Agent.PullTimeout = config.Duration{Duration: hungPullTimeout}
 	if err := e.start(ctx, n, cfg); err != nil {
 		return err

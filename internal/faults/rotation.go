@@ -56,10 +56,7 @@ func rotation() group {
 		if err := os.Symlink("..data/.dockerconfigjson", filepath.Join(secret, ".dockerconfigjson")); err != nil {
 			return err
 		}
-		cfg, err := e.config(n, rubin(reg.Addr, repo))
-		if err != nil {
-			return err
-		}
+		cfg := e.config(n, rubin(reg.Addr, repo))
 		cfg.Agent.PullAuth, cfg.Agent.Dockerconfig = config.PullAuthDockerconfig, filepath.Join(secret, ".dockerconfigjson")
 		if err := e.start(ctx, n, cfg); err != nil {
 			return err

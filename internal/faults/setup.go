@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -139,26 +138,21 @@ func closeAll(nodes []*node) {
 
 // config is a standalone agent's configuration on n: production defaults but for short
 // retries (1 s doubling to 4 s), a 2 s resync, a 60 s pull timeout, no disk guard, the
-// status API on a free loopback port, and source (none when nil).
-func (e *env) config(n *node, source *config.Repoman) (config.Config, error) {
+// status API on a free loopback port (lab.StartAgent picks it), and source (none when nil).
+func (e *env) config(n *node, source *config.Repoman) config.Config {
 	c := lab.AgentConfig(n.dir, n.cd.Endpoint())
 	c.Agent.BackoffInitial = config.Duration{Duration: time.Second}
 	c.Agent.BackoffMax = config.Duration{Duration: 4 * time.Second}
 	c.Agent.ResyncInterval = config.Duration{Duration: 2 * time.Second}
 	c.Agent.PullTimeout = config.Duration{Duration: time.Minute}
 	c.Agent.MinFreeDiskPercent = 0
-	port, err := lab.FreePort()
-	if err != nil {
-		return c, err
-	}
-	c.HTTP.Listen = "127.0.0.1:" + strconv.Itoa(port)
 	if source != nil {
 		c.Repomen = []config.Repoman{*source}
 		if source.Type == config.TypeRubinRepoMan {
 			c.RefreshInterval = config.Duration{Duration: 10 * time.Second} // the least allowed
 		}
 	}
-	return c, nil
+	return c
 }
 
 // simple is a SimpleRepoMan of imgs, with their digests.
@@ -183,15 +177,7 @@ func (e *env) cluster(c *config.Config, join ...string) error {
 	if err != nil {
 		return err
 	}
-	_, p, err := net.SplitHostPort(c.HTTP.Listen)
-	if err != nil {
-		return err
-	}
-	httpPort, err := strconv.Atoi(p)
-	if err != nil {
-		return err
-	}
-	lab.LoopbackCluster(c, port, httpPort, e.keyFile, join)
+	lab.LoopbackCluster(c, port, 0, e.keyFile, join) // HTTP port 0: lab.StartAgent picks one
 	return nil
 }
 
