@@ -201,12 +201,13 @@ func TestBadConfigExitsWithStatus2NamingTheField(t *testing.T) {
 	dir := t.TempDir()
 	tests := []struct {
 		name, yaml, want string
+		args             []string // after agent --config FILE
 	}{
 		{name: "unknown field", yaml: "agent:\n  max_paralel_pulls: 3\n", want: "agent.max_paralel_pulls"},
 		{name: "bad duration", yaml: "agent:\n  pull_timeout: 10 minutes\n", want: "agent.pull_timeout"},
 		{name: "negative count", yaml: "repomen:\n  - type: RubinRepoMan\n    repo: a/b\n    num_weeklies: -1\n", want: "repomen[0].num_weeklies"},
 		{name: "harmful resync", yaml: "agent:\n  resync_interval: 1ns\n", want: "agent.resync_interval: must be between 1s and 1h0m0s, got 1ns"},
-		{name: "harmful flag", yaml: "agent:\n  max_parallel_pulls: 2\n", want: "agent.max_parallel_pulls: must be between 1 and 16, got 500"},
+		{name: "harmful flag", yaml: "agent:\n  max_parallel_pulls: 2\n", want: "agent.max_parallel_pulls: must be between 1 and 16, got 500", args: []string{"--max-parallel-pulls", "500"}},
 		{name: "bad image", yaml: "cluster:\n  enabled: false\nrepomen:\n  - type: SimpleRepoMan\n    images:\n      - image_url: 'not a ref'\n", want: "repomen[0].images[0].image_url"},
 	}
 	for _, tt := range tests {
@@ -214,10 +215,7 @@ func TestBadConfigExitsWithStatus2NamingTheField(t *testing.T) {
 			t.Parallel()
 			path := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "-")+".yaml")
 			require.NoError(t, os.WriteFile(path, []byte(tt.yaml), 0o600))
-			args := []string{"agent", "--config", path}
-			if tt.name == "harmful flag" {
-				args = append(args, "--max-parallel-pulls", "500")
-			}
+			args := append([]string{"agent", "--config", path}, tt.args...)
 			out, err := exec.Command(binary, args...).CombinedOutput()
 			var exit *exec.ExitError
 			require.ErrorAs(t, err, &exit, string(out))

@@ -63,9 +63,15 @@ func getStatus(t *testing.T, addr, path string, v any) (leader string, ok bool) 
 // clusterConfig is the configuration of an agent on n gossiping over loopback with the key
 // in keyFile, on fresh ports, with a RubinRepoMan source on the registry.
 func clusterConfig(t *testing.T, n node, regAddr, repo, keyFile string) config.Config {
-	c := lab.AgentConfig(n.dir, n.cd.Endpoint())
+	c := gossipConfig(t, n, keyFile)
 	c.RefreshInterval = config.Duration{Duration: time.Minute}
 	c.Repomen = []config.Repoman{rubinRepoMan(regAddr, repo)}
+	return c
+}
+
+// gossipConfig is clusterConfig without the source and refresh interval.
+func gossipConfig(t *testing.T, n node, keyFile string) config.Config {
+	c := lab.AgentConfig(n.dir, n.cd.Endpoint())
 	fastRetries(&c)
 	c.Agent.ResyncInterval = config.Duration{Duration: time.Second}
 	lab.LoopbackCluster(&c, lab.Port(t), lab.Port(t), keyFile, nil)

@@ -23,16 +23,6 @@ import (
 // docker-registry), with refresh_interval 1h so that only the event can explain it; and a
 // node that joins a converged pool never shrinks available_images while it fills its cache.
 
-// freshNode is one node of a freshness cluster: its containerd and its agent.
-type freshNode struct {
-	name string
-	n    node
-	cfg  config.Config
-	p    *agentProc
-}
-
-func (f *freshNode) httpAddr() string { return f.cfg.HTTP.Listen }
-
 // freshCluster builds the agents' configs: every node gets base's sources and refresh
 // interval, and its own ports, directories and runtime.
 type freshCluster struct {
@@ -40,38 +30,35 @@ type freshCluster struct {
 	env     []string
 	mirrors map[string]string
 	keyFile string
-	nodes   []*freshNode
+	nodes   []*clusterNode
 }
 
 // addNode makes a node (containerd, directory, ports, config) without starting its agent.
-func (c *freshCluster) addNode(t *testing.T, name string) *freshNode {
+func (c *freshCluster) addNode(t *testing.T, name string) *clusterNode {
 	t.Helper()
 	lab.Require(t)
 	dir, err := os.MkdirTemp("", "cm")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	cd := lab.NewContainerd(t, lab.ContainerdOptions{Mirrors: c.mirrors})
-	n := &freshNode{name: name, n: node{dir: dir, cd: cd, cri: criClient(t, cd)}}
+	n := &clusterNode{name: name, n: node{dir: dir, cd: cd, cri: criClient(t, cd)}}
 	if c.keyFile == "" {
 		c.keyFile = filepath.Join(dir, "gossip.key")
 		require.NoError(t, lab.WriteGossipKey(c.keyFile, []byte("0123456789abcdef0123456789abcdef")))
 	}
-	n.cfg = lab.AgentConfig(dir, cd.Endpoint())
-	fastRetries(&n.cfg)
-	n.cfg.Agent.ResyncInterval = config.Duration{Duration: time.Second}
-	lab.LoopbackCluster(&n.cfg, lab.Port(t), lab.Port(t), c.keyFile, nil)
+	n.cfg = gossipConfig(t, n.n, c.keyFile)
 	c.nodes = append(c.nodes, n)
 	return n
 }
 
 // start runs n's agent with the cluster's settings, joining every other node.
-func (c *freshCluster) start(t *testing.T, n *freshNode) {
+func (c *freshCluster) start(t *testing.T, n *clusterNode) {
 	t.Helper()
 	c.base(&n.cfg)
 	var args []string
 	for _, o := range c.nodes {
 		if o != n {
-			args = append(args, "--join", fmt.Sprintf("127.0.0.1:%d", o.cfg.Cluster.BindPort))
+			args = append(args, "--join", joinAddrOf(o))
 		}
 	}
 	a := lab.NewAgent(t, lab.AgentOptions{Binary: binary, Node: n.name, Dir: n.n.dir, Config: n.cfg, Args: args, Env: c.env})
@@ -94,7 +81,7 @@ func available(t *testing.T, addr string) ([]string, bool) {
 }
 
 // onEveryNode reports whether every node's containerd holds ref with digest.
-func onEveryNode(t *testing.T, nodes []*freshNode, ref, digest string) bool {
+func onEveryNode(t *testing.T, nodes []*clusterNode, ref, digest string) bool {
 	for _, n := range nodes {
 		if tagDigest(t, n.n.cri, ref) != digest {
 			return false
@@ -105,7 +92,7 @@ func onEveryNode(t *testing.T, nodes []*freshNode, ref, digest string) bool {
 
 // waitFresh times how long after start ref (with digest) takes to be on every node and in
 // /available at addr, failing after within.
-func waitFresh(t *testing.T, nodes []*freshNode, addr, ref, digest string, start time.Time, within time.Duration) (everyNode, inAvailable time.Duration) {
+func waitFresh(t *testing.T, nodes []*clusterNode, addr, ref, digest string, start time.Time, within time.Duration) (everyNode, inAvailable time.Duration) {
 	t.Helper()
 	deadline := start.Add(within)
 	for everyNode == 0 || inAvailable == 0 {
@@ -193,7 +180,7 @@ func TestPubSubPushIsOnEveryNodeInSeconds(t *testing.T) {
 		return ok && slices.Contains(imgs, base+":w_2024_10") && onEveryNode(t, c.nodes, base+":w_2024_10", w10)
 	})
 
-	push := func(tag string, nodes []*freshNode, via string) {
+	push := func(tag string, nodes []*clusterNode, via string) {
 		t.Helper()
 		digest, err := lab.PushRandomImage(t.Context(), reg.Addr, regRepo, []string{tag}, 4*mb, 2, nil)
 		require.NoError(t, err)
@@ -271,7 +258,7 @@ func TestRegistryNotificationIsOnEveryNodeInSeconds(t *testing.T) {
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+follower+"/cachemachine/jupyter/notifications", strings.NewReader(`{"events":[]}`))
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer wrong")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)

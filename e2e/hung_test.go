@@ -107,6 +107,9 @@ func TestRegistryOutageKeepsTheLastDigest(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, out, "repomen[0] SimpleRepoMan: resolve digests", "the lookup error is the source's error")
 	require.Contains(t, out, reg.Addr)
+	// reconcile answers when the round ends; the leader publishes after that. Two completed
+	// agent passes (a second each) leave it time to publish a changed list, were there one.
+	p.waitPasses(t, 2)
 	after, ok := get()
 	require.True(t, ok)
 	require.Equal(t, before, after, "the last known digest and the version stay")

@@ -48,9 +48,8 @@ func TestRotatedPasswordListsAndPullsWithoutRestart(t *testing.T) {
 	fastRetries(&cfg)
 	cfg.Agent.ResyncInterval = config.Duration{Duration: time.Second}
 	cfg.Agent.PullAuth, cfg.Agent.Dockerconfig = config.PullAuthDockerconfig, dockerconfig
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", lab.Port(t))
-	cfg.HTTP.Listen = httpAddr
 	p := startAgent(t, n.dir, cfg)
+	httpAddr := p.HTTPAddr()
 	pid := p.Pid()
 
 	available := func(ref, digest string) bool {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"net/http"
 	"regexp"
 	"testing"
@@ -22,8 +21,8 @@ func TestRuntimeDownIsShownAndUnready(t *testing.T) {
 	digest, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/lab", []string{"w_2024_11"}, 1*mb, 1, nil)
 	require.NoError(t, err)
 	ref := reg.Addr + "/lsst/lab:w_2024_11"
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", lab.Port(t))
-	p := startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(), []string{ref}), "--http-listen", httpAddr)
+	p := startAgent(t, n.dir, standalone(n.dir, n.cd.Endpoint(), []string{ref}))
+	httpAddr := p.HTTPAddr()
 	readyz := func() int {
 		resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + httpAddr + "/readyz")
 		if err != nil {

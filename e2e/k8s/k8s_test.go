@@ -61,6 +61,7 @@ type env struct {
 
 func TestKubernetes(t *testing.T) {
 	k8slab.Require(t)
+	k8slab.RequireBuilt(t) // before building and pushing the agent image, not after, in New
 	lab.Require(t)
 	ctx := t.Context()
 	reg := lab.NewRegistry(t, lab.RegistryOptions{})

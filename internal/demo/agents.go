@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -24,9 +23,8 @@ type nodePlan struct {
 	httpPort   int    // on 127.0.0.1
 }
 
-func (p nodePlan) debugSocket() string { return filepath.Join(p.dir, "agent.sock") }
-func (p nodePlan) httpAddr() string    { return fmt.Sprintf("127.0.0.1:%d", p.httpPort) }
-func (p nodePlan) gossipAddr() string  { return fmt.Sprintf("127.0.0.1:%d", p.gossipPort) }
+func (p nodePlan) httpAddr() string   { return fmt.Sprintf("127.0.0.1:%d", p.httpPort) }
+func (p nodePlan) gossipAddr() string { return fmt.Sprintf("127.0.0.1:%d", p.gossipPort) }
 
 // agentConfig is one node's configuration: the RubinRepoGar source on the fake Artifact
 // Registry with its Pub/Sub subscription sub, fast timings, and the other nodes as join

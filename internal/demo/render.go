@@ -34,12 +34,15 @@ const (
 )
 
 // cell is one node's state for one image, with the reason when held or failed and the
-// progress (as the leader has it, in tenths) when pulling.
+// progress (as the leader has it, in tenths) when pulling: its line, its phase and the
+// percentage downloaded (-1 when unknown).
 type cell struct {
 	state    state
 	reason   string
 	attempts int
 	progress string
+	phase    string
+	percent  int
 }
 
 // cellOf finds ref in a node's lists; cached wins, since a node's lists can briefly overlap.
@@ -56,10 +59,10 @@ func cellOf(nv status.NodeView, ref string) cell {
 	case has(nv.Cached):
 		return cell{state: stCached}
 	case has(nv.Pulling):
-		c := cell{state: stPulling}
+		c := cell{state: stPulling, percent: -1}
 		for _, p := range nv.Progress {
 			if p.ImageURL == ref {
-				c.progress = progressText(p)
+				c.progress, c.phase, c.percent = progressText(p), p.Phase, percentOf(p)
 			}
 		}
 		return c
@@ -86,13 +89,21 @@ func progressText(p status.Progress) string {
 		return ""
 	}
 	out := p.Phase
-	if p.BytesTotal > 0 && p.Phase == "downloading" {
-		out += fmt.Sprintf(" %d%% of %s", min(p.BytesDone, p.BytesTotal)*100/p.BytesTotal, mib(p.BytesTotal))
+	if pct := percentOf(p); pct >= 0 {
+		out += fmt.Sprintf(" %d%% of %s", pct, mib(p.BytesTotal))
 	}
 	if p.BytesPerSecond > 0 {
 		out += " at " + mib(p.BytesPerSecond) + "/s"
 	}
 	return out
+}
+
+// percentOf is the percentage downloaded, -1 when the pull is not downloading a known size.
+func percentOf(p status.Progress) int {
+	if p.BytesTotal == 0 || p.Phase != "downloading" {
+		return -1
+	}
+	return int(min(p.BytesDone, p.BytesTotal) * 100 / p.BytesTotal)
 }
 
 func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
@@ -107,9 +118,9 @@ func (c cell) text(t *pullTiming, now time.Time) string {
 		return "✓ cached"
 	case stPulling:
 		pct := ""
-		if i := strings.IndexByte(c.progress, '%'); i > 0 {
-			pct = " " + c.progress[strings.LastIndexByte(c.progress[:i], ' ')+1:i+1]
-		} else if strings.HasPrefix(c.progress, "unpacking") {
+		if c.percent >= 0 {
+			pct = fmt.Sprintf(" %d%%", c.percent)
+		} else if c.phase == "unpacking" {
 			pct = " unpacking"
 		}
 		if t != nil {

@@ -17,7 +17,7 @@ import (
 // unless --until-cached, keeps reporting changes until ctx ends.
 func show(ctx context.Context, o options, out *console, bin string, plans []nodePlan, agents []*lab.Agent, pu *pusher) error {
 	statusURL := "http://" + plans[0].httpAddr() + "/cachemachine/jupyter"
-	p := newPoller(statusURL, plans)
+	p := newPoller(statusURL, agents)
 	tr := tracker{}
 	lines := newLineDisplay(out)
 	var disp display = lines
@@ -76,7 +76,7 @@ func show(ctx context.Context, o options, out *console, bin string, plans []node
 		}
 		fmt.Fprintf(out.w, "\nleader's status (GET %s):\n%s\n", statusURL, strings.TrimSpace(dump))
 	}
-	printSummary(out, v, statusURL, bin, plans, !o.untilCached)
+	printSummary(out, v, statusURL, bin, plans, agents[0].Config().Agent.DebugSocket, !o.untilCached)
 	if o.untilCached {
 		return nil
 	}
@@ -141,7 +141,7 @@ func printTimeout(out *console, v view, tr tracker, statusURL string, agents []*
 // printSummary tells where to look next: the status API, common_cache, the debug socket.
 //
 // live says the demo keeps running, so the debug socket and logs are worth pointing at.
-func printSummary(out *console, v view, statusURL, bin string, plans []nodePlan, live bool) {
+func printSummary(out *console, v view, statusURL, bin string, plans []nodePlan, debugSocket string, live bool) {
 	w := out.w
 	fmt.Fprintf(w, "\nstatus API (any agent answers, through the leader %s):\n", v.leader)
 	fmt.Fprintf(w, "  %s        (HTML matrix in a browser)\n", statusURL)
@@ -170,7 +170,7 @@ func printSummary(out *console, v view, statusURL, bin string, plans []nodePlan,
 	if !live {
 		return // the sockets and logs are about to go
 	}
-	fmt.Fprintf(w, "node debug socket (also: node, desired, cluster):\n  %s debug --socket %s pulls\n", relToWd(bin), plans[0].debugSocket())
+	fmt.Fprintf(w, "node debug socket (also: node, desired, cluster):\n  %s debug --socket %s pulls\n", relToWd(bin), debugSocket)
 	fmt.Fprintf(w, "agent logs: %s/n{1..%d}/agent.log\n", filepath.Dir(plans[0].dir), len(plans))
 }
 

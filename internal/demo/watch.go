@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cachemachine/cachemachine/agent"
+	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/status"
 )
 
@@ -49,11 +50,11 @@ type poller struct {
 	debug     map[string]*http.Client // node -> client bound to its debug socket
 }
 
-func newPoller(statusURL string, plans []nodePlan) *poller {
+func newPoller(statusURL string, agents []*lab.Agent) *poller {
 	p := &poller{statusURL: statusURL, http: &http.Client{Timeout: pollTimeout}, debug: map[string]*http.Client{}}
-	for _, pl := range plans {
-		socket := pl.debugSocket()
-		p.debug[pl.name] = &http.Client{
+	for _, a := range agents {
+		socket := a.Config().Agent.DebugSocket
+		p.debug[a.Node()] = &http.Client{
 			Timeout: pollTimeout,
 			Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cachemachine/cachemachine/config"
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 // crashRecoverWithin bounds the time from the crashed process's restart to the image cached
@@ -61,10 +62,7 @@ func midPullCrash(k crash) group {
 			return err
 		}
 		defer n.close()
-		cfg, err := e.config(n, simple(big))
-		if err != nil {
-			return err
-		}
+		cfg := e.config(n, simple(big))
 		cfg.Agent.PullTimeout = config.Duration{Duration: 3 * time.Minute}
 		if err := e.start(ctx, n, cfg); err != nil {
 			return err
@@ -77,7 +75,7 @@ func midPullCrash(k crash) group {
 			return err
 		}
 		started := time.Now()
-		sleep(ctx, time.Second)
+		lab.Sleep(ctx, time.Second)
 		if !row.expect(pulling(ctx, n, big) && !n.holds(ctx, big), "the pull was not in flight at the kill (finished already? raise --big-mb)") {
 			return nil
 		}
@@ -85,7 +83,7 @@ func midPullCrash(k crash) group {
 			return err
 		}
 		killedAt := time.Since(started)
-		sleep(ctx, time.Second)
+		lab.Sleep(ctx, time.Second)
 		if err := k.restart(ctx, n); err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/status"
 )
 
@@ -52,10 +53,7 @@ func diskFloor() group {
 			return err
 		}
 		defer n.close()
-		cfg, err := e.config(n, simple(big, small))
-		if err != nil {
-			return err
-		}
+		cfg := e.config(n, simple(big, small))
 		cfg.Agent.MinFreeDiskPercent = diskFloorPct
 		if err := e.start(ctx, n, cfg); err != nil {
 			return err
@@ -71,7 +69,7 @@ func diskFloor() group {
 		})
 		row.expect(err == nil, "%v", err)
 		pulledBig := false
-		for end := time.Now().Add(diskObserve); time.Now().Before(end) && ctx.Err() == nil; sleep(ctx, pollEvery) {
+		for end := time.Now().Add(diskObserve); time.Now().Before(end) && ctx.Err() == nil; lab.Sleep(ctx, pollEvery) {
 			minFree = min(minFree, freePercent(mnt))
 			pulledBig = pulledBig || n.holds(ctx, big)
 		}

@@ -81,10 +81,7 @@ func gossipHostile() group {
 func (e *env) startCluster(ctx context.Context, nodes []*node, source *config.Repoman, want ...pushed) error {
 	cfgs := make([]config.Config, len(nodes))
 	for i, n := range nodes {
-		c, err := e.config(n, source)
-		if err != nil {
-			return err
-		}
+		c := e.config(n, source)
 		if err := e.cluster(&c); err != nil {
 			return err
 		}
@@ -175,10 +172,8 @@ func runWrongKey(ctx context.Context, e *env, c *check, nodes []*node, img pushe
 	g1 := nodes[0]
 	before := drops(ctx, g1)
 	intruder := &node{name: "g0", dir: filepath.Join(e.dir, "g0"), cd: g1.cd, cri: g1.cri}
-	cfg, err := e.config(intruder, nil)
-	if err == nil {
-		err = e.cluster(&cfg, g1.agent.GossipAddr())
-	}
+	cfg := e.config(intruder, nil)
+	err := e.cluster(&cfg, g1.agent.GossipAddr())
 	if err == nil {
 		cfg.Cluster.GossipKeyFile = filepath.Join(e.dir, "wrong.key")
 		err = lab.WriteGossipKey(cfg.Cluster.GossipKeyFile, []byte("another-key-of-32-bytes-00000000"))
@@ -198,7 +193,12 @@ func runWrongKey(ctx context.Context, e *env, c *check, nodes []*node, img pushe
 	if line := logLine(intruder.agent.Log(), "check the gossip key"); line != "" {
 		c.figure("g0 logs %q", shorten(line, 80))
 	}
-	sleep(ctx, 3*time.Second) // time for a wrong join to show, had it happened
+	// g0's gossip has reached g1 once g1 counts a packet or stream it could not decrypt: a
+	// wrong join would show by then.
+	err = waitFor(ctx, 30*time.Second, "g1 to drop gossip it cannot decrypt", func() bool {
+		return drops(ctx, g1)["decrypt"] > before["decrypt"]
+	})
+	c.expect(err == nil, "%v", err)
 	c.expect(clusterIntact(ctx, nodes, img) == nil, "cluster changed: %v", clusterIntact(ctx, nodes, img))
 	got, total := dropsSince(ctx, g1, before)
 	c.figure("members g1, g2; g1 dropped %s", got)
@@ -242,7 +242,7 @@ func garbageStreams(ctx context.Context, c *check, nodes []*node, img pushed) er
 			closed.Add(1)
 		}
 	})
-	sleep(ctx, time.Second)
+	lab.Sleep(ctx, time.Second)
 	tcp, tcpTotal := dropsSince(ctx, g1, before)
 	c.figure("%d/%d streams closed by g1, dropped %s", closed.Load(), streams, tcp)
 	c.expect(closed.Load() == streams, "%d of %d garbage streams left open", streams-int(closed.Load()), streams)
@@ -260,11 +260,11 @@ func garbageStreams(ctx context.Context, c *check, nodes []*node, img pushed) er
 		}
 		_, _ = udp.Write(b)
 		if i%50 == 49 {
-			sleep(ctx, 2*time.Millisecond) // do not overrun the socket buffer
+			lab.Sleep(ctx, 2*time.Millisecond) // do not overrun the socket buffer
 		}
 	}
 	udp.Close()
-	sleep(ctx, 2*time.Second)
+	lab.Sleep(ctx, 2*time.Second)
 	got, _ := dropsSince(ctx, g1, before)
 	c.figure("%d packets: dropped %s", packets, got)
 	c.expect(clusterIntact(ctx, nodes, img) == nil, "cluster changed: %v", clusterIntact(ctx, nodes, img))

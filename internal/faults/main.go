@@ -59,7 +59,7 @@ func main() {
 	flag.Parse()
 	only, err := regexp.Compile(o.only)
 	if err != nil || o.parallel < 1 || flag.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "usage: faults [--bin bin/cachemachine] [--parallel 4] [--only REGEXP] [--soak 2m] [--deadline 9m]")
+		fmt.Fprintln(os.Stderr, "usage: faults [--bin bin/cachemachine] [--parallel 4] [--only REGEXP] [--soak 3m] [--deadline 9m] [--big-mb 400]")
 		os.Exit(2)
 	}
 	if _, err := os.Stat(o.bin); err != nil {

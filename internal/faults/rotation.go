@@ -56,10 +56,7 @@ func rotation() group {
 		if err := os.Symlink("..data/.dockerconfigjson", filepath.Join(secret, ".dockerconfigjson")); err != nil {
 			return err
 		}
-		cfg, err := e.config(n, rubin(reg.Addr, repo))
-		if err != nil {
-			return err
-		}
+		cfg := e.config(n, rubin(reg.Addr, repo))
 		cfg.Agent.PullAuth, cfg.Agent.Dockerconfig = config.PullAuthDockerconfig, filepath.Join(secret, ".dockerconfigjson")
 		if err := e.start(ctx, n, cfg); err != nil {
 			return err
@@ -90,7 +87,7 @@ func rotation() group {
 			return err
 		}
 		swapped := time.Now()
-		sleep(ctx, registry.ReloadInterval) // the agent may have read the old file just now
+		lab.Sleep(ctx, registry.ReloadInterval) // the agent may have read the old file just now
 		if out, err := n.debug(ctx, "reconcile"); err != nil {
 			row.figure("first reconcile: %q", shorten(err.Error()+out, 60))
 		}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/config"
+	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/cri"
 	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/status"
@@ -138,26 +138,21 @@ func closeAll(nodes []*node) {
 
 // config is a standalone agent's configuration on n: production defaults but for short
 // retries (1 s doubling to 4 s), a 2 s resync, a 60 s pull timeout, no disk guard, the
-// status API on a free loopback port, and source (none when nil).
-func (e *env) config(n *node, source *config.Repoman) (config.Config, error) {
+// status API on a free loopback port (lab.StartAgent picks it), and source (none when nil).
+func (e *env) config(n *node, source *config.Repoman) config.Config {
 	c := lab.AgentConfig(n.dir, n.cd.Endpoint())
 	c.Agent.BackoffInitial = config.Duration{Duration: time.Second}
 	c.Agent.BackoffMax = config.Duration{Duration: 4 * time.Second}
 	c.Agent.ResyncInterval = config.Duration{Duration: 2 * time.Second}
 	c.Agent.PullTimeout = config.Duration{Duration: time.Minute}
 	c.Agent.MinFreeDiskPercent = 0
-	port, err := lab.FreePort()
-	if err != nil {
-		return c, err
-	}
-	c.HTTP.Listen = "127.0.0.1:" + strconv.Itoa(port)
 	if source != nil {
 		c.Repomen = []config.Repoman{*source}
 		if source.Type == config.TypeRubinRepoMan {
 			c.RefreshInterval = config.Duration{Duration: 10 * time.Second} // the least allowed
 		}
 	}
-	return c, nil
+	return c
 }
 
 // simple is a SimpleRepoMan of imgs, with their digests.
@@ -182,15 +177,7 @@ func (e *env) cluster(c *config.Config, join ...string) error {
 	if err != nil {
 		return err
 	}
-	_, p, err := net.SplitHostPort(c.HTTP.Listen)
-	if err != nil {
-		return err
-	}
-	httpPort, err := strconv.Atoi(p)
-	if err != nil {
-		return err
-	}
-	lab.LoopbackCluster(c, port, httpPort, e.keyFile, join)
+	lab.LoopbackCluster(c, port, 0, e.keyFile, join) // HTTP port 0: lab.StartAgent picks one
 	return nil
 }
 
@@ -291,6 +278,32 @@ func (n *node) goroutines(ctx context.Context) (int, error) {
 	return int(v), nil
 }
 
+// waitPasses waits until the agent has completed count more reconcile passes with the
+// runtime answering (cachemachine_passes_total{result="ok"}; 2 s resync each), before a
+// check that something did not change.
+func (n *node) waitPasses(ctx context.Context, count int) error {
+	const series = `cachemachine_passes_total{result="ok"}`
+	passes := func() (float64, error) {
+		m, err := n.agent.Metrics(ctx)
+		if err != nil {
+			return 0, err
+		}
+		v, ok := m[series]
+		if !ok {
+			return 0, errors.New("no " + series + " in /metrics")
+		}
+		return v, nil
+	}
+	start, err := passes()
+	if err != nil {
+		return err
+	}
+	return waitFor(ctx, time.Duration(count*2+10)*time.Second, fmt.Sprintf("%d more agent passes", count), func() bool {
+		v, err := passes()
+		return err == nil && v >= start+float64(count)
+	})
+}
+
 // goroutinesSettle waits up to within for the agent's goroutines to come back to at most
 // before+slack, and returns the last count.
 func (n *node) goroutinesSettle(ctx context.Context, before, slack int, within time.Duration) int {
@@ -306,30 +319,7 @@ func (n *node) goroutinesSettle(ctx context.Context, before, slack int, within t
 
 // waitFor polls cond every pollEvery until it holds, within passes or ctx ends.
 func waitFor(ctx context.Context, within time.Duration, what string, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, within)
-	defer cancel()
-	t := time.NewTicker(pollEvery)
-	defer t.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("no %s within %s", what, within)
-		case <-t.C:
-		}
-	}
-	return nil
-}
-
-// sleep waits d or until ctx ends; false when ctx ended.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	return coordinatortest.Poll(ctx, within, pollEvery, func() (bool, string) { return cond(), "no " + what })
 }
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }

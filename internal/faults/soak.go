@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/status"
 )
 
@@ -71,7 +72,7 @@ func soak(d time.Duration) group {
 			if base == nil {
 				base = usages(ctx, nodes) // after the first change: warm
 			}
-			sleep(ctx, soakEvery-time.Since(period))
+			lab.Sleep(ctx, soakEvery-time.Since(period))
 		}
 		end := usages(ctx, nodes)
 		for i, n := range nodes {

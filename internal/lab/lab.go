@@ -316,3 +316,15 @@ func openLog(w io.Writer, path string) (io.Writer, *os.File, error) {
 	}
 	return f, f, nil
 }
+
+// Sleep waits d, or until ctx ends: then it returns ctx's error.
+func Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

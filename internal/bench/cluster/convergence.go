@@ -9,6 +9,7 @@ import (
 	"github.com/cachemachine/cachemachine/agent"
 	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/image"
+	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/cachemachine/cachemachine/leader"
 	"github.com/cachemachine/cachemachine/status"
 )
@@ -188,7 +189,7 @@ func measureConvergence(ctx context.Context, o options, c *inProcCluster, rounds
 			if now.After(deadline) {
 				return res, fmt.Errorf("round %d: common_cache did not show %s within 2 min (%d alive nodes at the leader)", r+1, ref, aliveNodes(in))
 			}
-			if !sleepCtx(ctx, o.poll) {
+			if lab.Sleep(ctx, o.poll) != nil {
 				return res, ctx.Err()
 			}
 		}
@@ -252,7 +253,7 @@ func measureGossip(ctx context.Context, c *inProcCluster, images int, window tim
 	v0 := versions()
 	s0, r0, l0, t0 := sumByTransport(), leaderRecv(), leaderSent(), time.Now()
 	progress("  measuring gossip traffic for %s", window)
-	if !sleepCtx(ctx, window) {
+	if lab.Sleep(ctx, window) != nil {
 		return res, ctx.Err()
 	}
 	s1, r1, l1, t1 := sumByTransport(), leaderRecv(), leaderSent(), time.Now()

@@ -114,7 +114,7 @@ func measureFailover(ctx context.Context, o options) (failoverResult, error) {
 	}
 	for r := range o.failoverRounds {
 		// Let membership settle (a restarted leader refutes its old death for a moment).
-		if !sleepCtx(ctx, 3*time.Second) {
+		if lab.Sleep(ctx, 3*time.Second) != nil {
 			return res, ctx.Err()
 		}
 		killed := time.Now()

@@ -165,13 +165,13 @@ func measureBinaryRSS(ctx context.Context, o options, members, images int, nonLe
 		if _, _, ok := getDump(leader.HTTPAddr(), 10*time.Second); !ok {
 			return res, fmt.Errorf("leader %s does not serve its status", leader.Node())
 		}
-		if !sleepCtx(ctx, time.Second) {
+		if lab.Sleep(ctx, time.Second) != nil {
 			return res, ctx.Err()
 		}
 	}
 	samples := make([]rssSample, len(procs))
 	for k := range 3 {
-		if k > 0 && !sleepCtx(ctx, 2*time.Second) {
+		if k > 0 && lab.Sleep(ctx, 2*time.Second) != nil {
 			return res, ctx.Err()
 		}
 		for i, p := range procs {
@@ -225,7 +225,7 @@ func containerdRSS(ctx context.Context) (int64, string, error) {
 	if _, err := c.ListImages(ctx); err != nil {
 		return 0, "", err
 	}
-	if !sleepCtx(ctx, time.Second) {
+	if lab.Sleep(ctx, time.Second) != nil {
 		return 0, "", ctx.Err()
 	}
 	pid, err := childPID("--config", filepath.Join(cd.Dir, "config.toml"))

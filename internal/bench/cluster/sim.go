@@ -19,6 +19,7 @@ import (
 	"github.com/cachemachine/cachemachine/coordinator"
 	"github.com/cachemachine/cachemachine/coordinator/coordinatortest"
 	"github.com/cachemachine/cachemachine/cri/critest"
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 // imageRepo is a realistic GAR repository, so that references (and the gossip that carries
@@ -324,7 +325,7 @@ func (sc *simCluster) waitQuiet(ctx context.Context, limit float64, timeout time
 	rate := 0.0
 	// Past the deadline, one more sample may confirm a calm one.
 	for time.Now().Before(deadline) || calm == 1 {
-		if !sleepCtx(ctx, sample) {
+		if lab.Sleep(ctx, sample) != nil {
 			return rate, false
 		}
 		cur, now := sc.bytesSent(), time.Now()
@@ -343,18 +344,6 @@ func (sc *simCluster) waitQuiet(ctx context.Context, limit float64, timeout time
 		}
 	}
 	return rate, false
-}
-
-// sleepCtx sleeps d and reports whether ctx is still alive.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // countingHandler is a slog.Handler that counts records at Warn and above by message, so

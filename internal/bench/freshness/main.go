@@ -175,7 +175,7 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	for r := range o.rounds {
 		// A push at a random phase of the refresh ticks, as pushes come in real life.
-		if err := sleep(ctx, mrand.N(o.interval)); err != nil {
+		if err := lab.Sleep(ctx, mrand.N(o.interval)); err != nil {
 			return err
 		}
 		res, err := b.round(ctx, "c")
@@ -366,17 +366,35 @@ func (b *bench) converge(ctx context.Context, want int) error {
 	for {
 		imgs, err := b.available(ctx)
 		if err == nil && len(imgs) == want {
-			return nil
+			if err = b.holdAll(ctx, imgs); err == nil {
+				return nil
+			}
 		}
 		for _, n := range b.nodes {
 			if err := n.agent.ExitErr(); err != nil {
 				return err
 			}
 		}
-		if err := sleep(ctx, 200*time.Millisecond); err != nil {
-			return fmt.Errorf("cluster did not converge on %d images: %w (last: %v %v)", want, err, imgs, err)
+		if serr := lab.Sleep(ctx, 200*time.Millisecond); serr != nil {
+			return fmt.Errorf("cluster did not converge on %d images: %w (last: %v %v)", want, serr, imgs, err)
 		}
 	}
+}
+
+// holdAll reports the first node whose containerd lacks one of refs.
+func (b *bench) holdAll(ctx context.Context, refs []string) error {
+	for _, n := range b.nodes {
+		tags, err := lab.TagDigests(ctx, n.cri)
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.name, err)
+		}
+		for _, ref := range refs {
+			if _, ok := tags[ref]; !ok {
+				return fmt.Errorf("%s does not hold %s", n.name, ref)
+			}
+		}
+	}
+	return nil
 }
 
 // available returns the image_url of the leader's /available.
@@ -458,7 +476,7 @@ func (b *bench) round(ctx context.Context, mode string) (result, error) {
 					cached[i] = time.Since(start)
 					return nil
 				}
-				if err := sleep(gctx, pollEvery); err != nil {
+				if err := lab.Sleep(gctx, pollEvery); err != nil {
 					return fmt.Errorf("%s not on %s within %s", ref, n.name, limit)
 				}
 			}
@@ -470,7 +488,7 @@ func (b *bench) round(ctx context.Context, mode string) (result, error) {
 				res.available = time.Since(start)
 				return nil
 			}
-			if err := sleep(gctx, pollEvery); err != nil {
+			if err := lab.Sleep(gctx, pollEvery); err != nil {
 				return fmt.Errorf("%s not in /available within %s", ref, limit)
 			}
 		}
@@ -508,7 +526,7 @@ func pullOf(ctx context.Context, path, ref string) (pull, error) {
 		if time.Now().After(deadline) {
 			return pull{}, fmt.Errorf("no pulled line for %s in %s", ref, path)
 		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := lab.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return pull{}, err
 		}
 	}
@@ -552,13 +570,14 @@ func (b *bench) report(results map[string][]result) {
 	fmt.Printf("(a), (b): refresh_interval 1h (only the event can explain a fresh image); (c): refresh_interval %s, each push at a random phase of it.\n", b.o.interval)
 	fmt.Printf("Times from the push (the manifest PUT returned) to the image on every node (each node's containerd, over CRI) and in the leader's /available; medians over the rounds.\n")
 	fmt.Printf("\"pull\" is the slowest node's own pull of the image in the same round (its agent's log); \"over pull\" is the per-round difference, median.\n\n")
-	fmt.Printf("| %-44s | %11s | %11s | %12s | %14s | %15s | %-18s | %-7s |\n", "mode", "every node", "/available", "slowest pull", "node over pull", "avail over pull", "target", "verdict")
-	fmt.Printf("|%s|%s|%s|%s|%s|%s|%s|%s|\n", dashes(46), dashes(13), dashes(13), dashes(14), dashes(16), dashes(17), dashes(20), dashes(9))
+	rows := [][]string{{"mode", "every node", "/available", "slowest pull", "node over pull", "avail over pull", "target", "verdict"}}
 	names := map[string]string{
 		"a": "(a) Pub/Sub message (Artifact Registry)",
 		"b": "(b) registry push notification",
 		"c": fmt.Sprintf("(c) polling, refresh_interval %s", b.o.interval),
 	}
+	s2 := func(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
+	s0 := func(d time.Duration) string { return fmt.Sprintf("%.0fs", d.Seconds()) }
 	for _, m := range []string{"a", "b", "c"} {
 		rs := results[m]
 		every, avail, pulls, overN, overA := collect(rs)
@@ -569,17 +588,16 @@ func (b *bench) report(results map[string][]result) {
 		default:
 			tgt, verdict = "(backstop)", "-"
 		}
-		fmt.Printf("| %-44s | %10.2fs | %10.2fs | %11.2fs | %13.2fs | %14.2fs | %-18s | %-7s |\n",
-			names[m], median(every).Seconds(), median(avail).Seconds(), median(pulls).Seconds(), median(overN).Seconds(), median(overA).Seconds(), tgt, verdict)
+		rows = append(rows, []string{names[m], s2(median(every)), s2(median(avail)), s2(median(pulls)), s2(median(overN)), s2(median(overA)), tgt, verdict})
 	}
 	// The default implies: the measured (c) times with the mean wait for the next tick,
 	// interval/2, replaced by default/2.
 	everyC, availC, pullsC, overNC, overAC := collect(results["c"])
 	half := b.o.interval / 2
 	shift := defaultInterval/2 - half
-	fmt.Printf("| %-44s | %10.0fs | %10.0fs | %11.2fs | %13.0fs | %14.0fs | %-18s | %-7s |\n",
-		"(c') polling at the default 5m (expected)", (median(everyC) + shift).Seconds(), (median(availC) + shift).Seconds(), median(pullsC).Seconds(),
-		(median(overNC) + shift).Seconds(), (median(overAC) + shift).Seconds(), "(model, see below)", "-")
+	rows = append(rows, []string{"(c') polling at the default 5m (expected)", s0(median(everyC) + shift), s0(median(availC) + shift), s2(median(pullsC)),
+		s0(median(overNC) + shift), s0(median(overAC) + shift), "(model, see below)", "-"})
+	lab.PrintTable(os.Stdout, rows)
 	fmt.Println()
 	for _, m := range []string{"a", "b", "c"} {
 		every, _, pulls, overN, _ := collect(results[m])
@@ -633,17 +651,4 @@ func pass(ok bool) string {
 		return "PASS"
 	}
 	return "FAIL"
-}
-
-func dashes(n int) string { return strings.Repeat("-", n) }
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
