@@ -81,8 +81,9 @@ func WithTransport(rt http.RoundTripper) Option {
 // notifications (*registry.Notifications implements it).
 type Receiver interface {
 	http.Handler
-	// Authorized reports whether r carries the receiver's credentials. Every node checks it
-	// before it forwards a request to the leader, so unauthenticated requests stop at once.
+	// Authorized reports whether r carries the receiver's credentials. A node that does not
+	// lead checks it before it forwards a request, so unauthenticated requests stop at once;
+	// on the leader ServeHTTP checks (and counts) them itself.
 	Authorized(r *http.Request) bool
 }
 
@@ -141,10 +142,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		leader = in.Leader
 	}
 	switch {
-	case r.Method == http.MethodGet, r.Method == http.MethodHead:
-	case r.Method == http.MethodPost && h.notify != nil && isNotifications(r.URL.Path):
+	case h.notify != nil && isNotifications(r.URL.Path):
 		h.serveNotifications(w, r, in, leader, leaderAddr, self)
 		return
+	case r.Method == http.MethodGet, r.Method == http.MethodHead:
 	default:
 		w.Header().Set(LeaderHeader, leader)
 		w.Header().Set("Allow", "GET, HEAD")
@@ -207,15 +208,12 @@ func isNotifications(path string) bool {
 	return ok && name != "" && sub == NotificationsPath
 }
 
-// serveNotifications checks the credentials, then hands the request to the receiver on the
-// leader or forwards it (body bounded) to the leader elsewhere.
+// serveNotifications hands the request to the receiver on the leader, which checks the
+// method and the credentials and counts what it refuses. Elsewhere it refuses a method other
+// than POST and missing credentials itself, then forwards the request (body bounded) to the
+// leader.
 func (h *handler) serveNotifications(w http.ResponseWriter, r *http.Request, in Input, leader, leaderAddr string, self bool) {
 	w.Header().Set(LeaderHeader, leader)
-	if !h.notify.Authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="cachemachine notifications"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
-		return
-	}
 	if self {
 		name, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, Prefix), "/")
 		if name != in.Name {
@@ -223,6 +221,16 @@ func (h *handler) serveNotifications(w http.ResponseWriter, r *http.Request, in 
 			return
 		}
 		h.notify.ServeHTTP(w, r)
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "POST a notification envelope"})
+		return
+	}
+	if !h.notify.Authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cachemachine notifications"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
 		return
 	}
 	// Read the body here, so that an oversized one is refused here and not reported as an
