@@ -187,7 +187,7 @@ func (s *Subscription) pull(ctx context.Context, max int32) ([]*pubsubpb.Receive
 		return resp.GetReceivedMessages(), nil
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
-	case pctx.Err() != nil && status.Code(err) == codes.DeadlineExceeded:
+	case deadlineReached(pctx, err):
 		return nil, nil // no message within the deadline
 	}
 	return nil, s.apiError("pull", err)
