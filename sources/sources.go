@@ -147,8 +147,8 @@ type Simple struct {
 }
 
 // NewSimple builds a fixed-list source over normalised images (config order is priority
-// order). An image with a digest given in the config keeps it; resolve (may be nil) looks up
-// the others and every image's size.
+// order). An image with a digest given in the config keeps it, and resolve (may be nil) is
+// asked for it by digest (repo@digest: its size only); resolve looks up the others by tag.
 func NewSimple(name string, images []image.Image, resolve Resolver) *Simple {
 	return &Simple{name: name, images: slices.Clone(images), resolve: resolve, known: map[image.Ref]image.Image{}}
 }
@@ -181,9 +181,13 @@ func (s *Simple) List(ctx context.Context) (Listing, error) {
 		if s.resolve == nil || img.Digest != "" && img.Size != 0 {
 			continue
 		}
+		ref := img.Ref
+		if img.Digest != "" {
+			ref = img.Ref.WithDigest(img.Digest) // only the size to read: no HEAD on the tag
+		}
 		g.Go(func() error {
 			lctx, cancel := context.WithTimeout(ctx, LookupTimeout)
-			got, err := s.resolve.Resolve(lctx, img.Ref)
+			got, err := s.resolve.Resolve(lctx, ref)
 			cancel()
 			s.mu.Lock()
 			if err == nil {

@@ -112,7 +112,7 @@ func TestSimpleSourceResolvesDigestsWhenItCan(t *testing.T) {
 	b, c, d := image.MustParseRef("ghcr.io/a/b:1"), image.MustParseRef("ghcr.io/a/c:2"), image.MustParseRef("ghcr.io/a/d:3")
 	res := &resolver{known: map[string]image.Image{
 		b.String(): {Ref: b, Digest: digest(1), Size: 10},
-		d.String(): {Ref: d, Digest: digest(9), Size: 30},
+		d.WithDigest(digest(9)).String(): {Ref: d, Digest: digest(9), Size: 30}, // pinned: asked by digest
 	}}
 	src := sources.NewSimple("simple", []image.Image{
 		{Ref: b, Name: "One"},
@@ -135,6 +135,29 @@ func TestSimpleSourceResolvesDigestsWhenItCan(t *testing.T) {
 	got, err = src.List(t.Context())
 	require.ErrorContains(t, err, "resolve ghcr.io/a/b:1: registry down")
 	require.Equal(t, want, got.Desired, "the last known digests and sizes are kept")
+}
+
+// TestSimplePinnedImagesNeedNoHEAD: an image whose digest the config pins is resolved by
+// digest, so its size is read once and a registry that is down later does not make the list
+// Partial.
+func TestSimplePinnedImagesNeedNoHEAD(t *testing.T) {
+	t.Parallel()
+	reg := lab.NewRegistry(t, lab.RegistryOptions{})
+	d, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/lab", []string{"w_2024_10"}, 16<<10, 1, nil)
+	require.NoError(t, err)
+	ref := image.MustParseRef(reg.Addr + "/lsst/lab:w_2024_10")
+	src := sources.NewSimple("simple", []image.Image{{Ref: ref, Digest: d}}, registry.NewResolver(nil))
+	got, err := src.List(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, d, got.Desired[0].Digest)
+	require.Greater(t, got.Desired[0].Size, uint64(16<<10))
+	size := got.Desired[0].Size
+
+	require.NoError(t, reg.Stop())
+	got, err = src.List(t.Context())
+	require.NoError(t, err, "nothing to ask the registry: the digest is pinned and the size known")
+	require.False(t, got.Partial)
+	require.Equal(t, []image.Image{{Ref: ref, Digest: d, Name: "w_2024_10", Size: size}}, got.Desired)
 }
 
 func names(imgs []image.Image) []string {
