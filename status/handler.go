@@ -132,7 +132,6 @@ func NewHandler(b Backend, opts ...Option) http.Handler {
 		t.MaxIdleConnsPerHost = 4
 		h.transport = t
 	}
-	h.log = h.log.With("component", "status")
 	return h
 }
 
