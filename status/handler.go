@@ -67,16 +67,6 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
-// WithTransport sets the round tripper used to reach the leader (default: a plain HTTP
-// transport that ignores HTTP_PROXY, since the leader is a pod address).
-func WithTransport(rt http.RoundTripper) Option {
-	return func(h *handler) {
-		if rt != nil {
-			h.transport = rt
-		}
-	}
-}
-
 // Receiver serves POST /cachemachine/{name}/notifications on the leader: a registry's push
 // notifications (*registry.Notifications implements it).
 type Receiver interface {
@@ -125,13 +115,12 @@ func NewHandler(b Backend, opts ...Option) http.Handler {
 	for _, o := range opts {
 		o(h)
 	}
-	if h.transport == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.Proxy = nil
-		t.DialContext = (&net.Dialer{Timeout: h.timeout, KeepAlive: 30 * time.Second}).DialContext
-		t.MaxIdleConnsPerHost = 4
-		h.transport = t
-	}
+	// A plain HTTP transport that ignores HTTP_PROXY: the leader is a pod address.
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	t.DialContext = (&net.Dialer{Timeout: h.timeout, KeepAlive: 30 * time.Second}).DialContext
+	t.MaxIdleConnsPerHost = 4
+	h.transport = t
 	return h
 }
 
