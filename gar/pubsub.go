@@ -165,7 +165,6 @@ func (s *Subscription) Watch(ctx context.Context, changed func(repository string
 			max = 1 // a response larger than we accept: one message at a time
 		}
 		report(err)
-		s.metrics.errors.WithLabelValues(s.name).Inc()
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
@@ -323,7 +322,6 @@ func digestOnly(ref string) string {
 // subscriptionMetrics are shared by every Subscription of a registry.
 type subscriptionMetrics struct {
 	messages *prometheus.CounterVec
-	errors   *prometheus.CounterVec
 }
 
 func newSubscriptionMetrics(reg prometheus.Registerer) *subscriptionMetrics {
@@ -332,13 +330,9 @@ func newSubscriptionMetrics(reg prometheus.Registerer) *subscriptionMetrics {
 			Name: "cachemachine_pubsub_messages_total",
 			Help: "Artifact Registry Pub/Sub messages received, by result: matched (a source lists the repository), ignored, malformed.",
 		}, []string{"subscription", "result"}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "cachemachine_pubsub_errors_total", Help: "Failed Pub/Sub Pull and Acknowledge calls.",
-		}, []string{"subscription"}),
 	}
 	if reg != nil {
 		m.messages = register(reg, m.messages)
-		m.errors = register(reg, m.errors)
 	}
 	return m
 }
