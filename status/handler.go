@@ -80,7 +80,8 @@ type Receiver interface {
 // NotificationsPath is the last element of the notifications endpoint's path.
 const NotificationsPath = "notifications"
 
-// maxNotificationBytes bounds a notification request a non-leader forwards.
+// maxNotificationBytes bounds a notification request a non-leader forwards: the leader's
+// bound, registry.MaxNotificationBytes (a test ties them; status does not import registry).
 const maxNotificationBytes = 1 << 20
 
 // WithNotifications serves POST /cachemachine/{name}/notifications with r on the leader;

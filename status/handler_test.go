@@ -508,6 +508,8 @@ func TestNotificationsCounted(t *testing.T) {
 	follower := httptest.NewServer(NewHandler(fakeBackend{leader: "gke-pool-1-a", leaderAddr: leader.Listener.Addr().String()}, WithNotifications(fn)))
 	t.Cleanup(follower.Close)
 
+	require.Equal(t, registry.MaxNotificationBytes, maxNotificationBytes, "a follower forwards what the leader accepts")
+
 	counted := func(r *prometheus.Registry, result string) float64 {
 		t.Helper()
 		mfs, err := r.Gather()
