@@ -219,7 +219,7 @@ func (l *Lister) Size(ctx context.Context, digest string) (uint64, error) {
 	}
 	p, err := l.currentPuller()
 	if err == nil {
-		n, err = l.size(ctx, p, l.repo.Digest(digest))
+		n, err = l.sizeOf(ctx, p, l.repo.Digest(digest), true)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("size of %s@%s: %w", l.ref, digest, classify(err, false))
@@ -233,12 +233,9 @@ func (l *Lister) Size(ctx context.Context, digest string) (uint64, error) {
 	return n, nil
 }
 
-func (l *Lister) size(ctx context.Context, p *remote.Puller, ref name.Digest) (uint64, error) {
-	return l.sizeOf(ctx, p, ref, true)
-}
-
-// sizeOf is size; an index is followed one level at most (index follows whether ref may be
-// one), so a registry cannot make it walk a chain of indexes.
+// sizeOf reads the size of the image ref names (see Size); an index is followed one level at
+// most (index follows whether ref may be one), so a registry cannot make it walk a chain of
+// indexes.
 func (l *Lister) sizeOf(ctx context.Context, p *remote.Puller, ref name.Digest, index bool) (uint64, error) {
 	desc, err := p.Get(ctx, ref)
 	if err != nil {
