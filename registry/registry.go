@@ -378,6 +378,10 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// maxResolverListers bounds a Resolver's Listers (one per repository); past it they start
+// over.
+const maxResolverListers = 4096
+
 // Resolver looks up single references (a SimpleRepoMan's images) in whichever registry each
 // names, keeping one Lister per repository so tokens and sizes are reused. It is safe for
 // concurrent use.
@@ -427,7 +431,7 @@ func (r *Resolver) lister(ref image.Ref) (*Lister, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(r.listers) >= maxSizes {
+	if len(r.listers) >= maxResolverListers {
 		clear(r.listers)
 	}
 	r.listers[ref.Repository()] = l
