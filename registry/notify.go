@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -224,8 +223,7 @@ func (n *Notifications) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var env Envelope
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&env); err != nil {
+	if err := json.Unmarshal(body, &env); err != nil {
 		n.malformed(r, err)
 		n.answer(w, http.StatusBadRequest, "malformed", map[string]any{"error": "malformed envelope: " + err.Error()})
 		return
