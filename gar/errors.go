@@ -42,9 +42,7 @@ func (l *Lister) apiError(ctx context.Context, err error) error {
 	if !ok {
 		return fmt.Errorf("list %s: %w: %w", l.parent, ErrAPI, err)
 	}
-	if dl, has := ctx.Deadline(); has && st.Code() == codes.DeadlineExceeded && time.Until(dl) < 100*time.Millisecond {
-		// gRPC derives the call's deadline from ctx and may report it a moment before
-		// ctx's own timer fires.
+	if deadlineReached(ctx, err) {
 		return fmt.Errorf("list %s: %w", l.parent, context.DeadlineExceeded)
 	}
 	var sentinel error
@@ -68,4 +66,22 @@ func (l *Lister) apiError(ctx context.Context, err error) error {
 		return fmt.Errorf("list %s: %w", l.parent, sentinel)
 	}
 	return fmt.Errorf("list %s: %w: %s", l.parent, sentinel, st.Message())
+}
+
+// deadlineSlack is how long before ctx's deadline gRPC's DeadlineExceeded still counts as
+// that deadline.
+const deadlineSlack = 100 * time.Millisecond
+
+// deadlineReached reports whether err is gRPC's DeadlineExceeded for ctx's own deadline: ctx
+// has expired, or its deadline is less than deadlineSlack away (gRPC derives the call's
+// deadline from ctx and may report it a moment before ctx's own timer fires).
+func deadlineReached(ctx context.Context, err error) bool {
+	if status.Code(err) != codes.DeadlineExceeded {
+		return false
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && time.Until(dl) < deadlineSlack
 }

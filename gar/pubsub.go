@@ -66,9 +66,6 @@ type Subscription struct {
 	log     *slog.Logger
 	metrics *subscriptionMetrics
 
-	pullTimeout, ackTimeout time.Duration
-	backoffMin, backoffMax  time.Duration
-
 	receiveGuard chan struct{} // capacity 1: one Watch at a time
 	closeOnce    sync.Once
 	closeErr     error
@@ -83,7 +80,7 @@ type Subscription struct {
 // Application Default Credentials (workload identity on GKE). opts are Google API client
 // options (WithClientOptions) for tests. logger and reg may be nil.
 func NewSubscription(ctx context.Context, name string, logger *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Subscription, error) {
-	project, _, err := splitSubscription(name)
+	project, err := subscriptionProject(name)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +88,7 @@ func NewSubscription(ctx context.Context, name string, logger *slog.Logger, reg 
 	for _, opt := range opts {
 		opt(&o)
 	}
-	client, err := pubsub.NewClient(ctx, strings.ReplaceAll(project, "/", ":"), o.clientOpts...)
+	client, err := pubsub.NewClient(ctx, project, o.clientOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("pub/sub client for %s: %w", name, err)
 	}
@@ -101,21 +98,17 @@ func NewSubscription(ctx context.Context, name string, logger *slog.Logger, reg 
 	return &Subscription{
 		name: name, client: client, log: logger.With("subscription", name),
 		metrics:      newSubscriptionMetrics(reg),
-		pullTimeout:  DefaultPullTimeout,
-		ackTimeout:   DefaultAckTimeout,
-		backoffMin:   subscriptionBackoffMin,
-		backoffMax:   subscriptionBackoffMax,
 		receiveGuard: make(chan struct{}, 1),
 	}, nil
 }
 
-// splitSubscription checks a subscription resource name and returns its project and ID.
-func splitSubscription(name string) (project, id string, err error) {
+// subscriptionProject checks a subscription resource name and returns its project.
+func subscriptionProject(name string) (string, error) {
 	parts := strings.Split(name, "/")
 	if len(parts) != 4 || parts[0] != "projects" || parts[2] != "subscriptions" || parts[1] == "" || parts[3] == "" {
-		return "", "", fmt.Errorf("%w: pubsub_subscription %q: want projects/PROJECT/subscriptions/SUBSCRIPTION", ErrConfig, name)
+		return "", fmt.Errorf("%w: pubsub_subscription %q: want projects/PROJECT/subscriptions/SUBSCRIPTION", ErrConfig, name)
 	}
-	return parts[1], parts[3], nil
+	return parts[1], nil
 }
 
 // Name identifies the subscription in status and logs.
@@ -140,7 +133,7 @@ func (s *Subscription) Watch(ctx context.Context, changed func(repository string
 	default:
 		return fmt.Errorf("%w %s: already receiving", ErrSubscription, s.name)
 	}
-	backoff := s.backoffMin
+	backoff := subscriptionBackoffMin
 	max := int32(pullMaxMessages)
 	for ctx.Err() == nil {
 		msgs, err := s.pull(ctx, max)
@@ -154,7 +147,7 @@ func (s *Subscription) Watch(ctx context.Context, changed func(repository string
 			}
 			err = s.ack(ctx, acks)
 			if err == nil {
-				backoff = s.backoffMin
+				backoff = subscriptionBackoffMin
 				continue
 			}
 		}
@@ -165,20 +158,19 @@ func (s *Subscription) Watch(ctx context.Context, changed func(repository string
 			max = 1 // a response larger than we accept: one message at a time
 		}
 		report(err)
-		s.metrics.errors.WithLabelValues(s.name).Inc()
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, s.backoffMax)
+		backoff = min(2*backoff, subscriptionBackoffMax)
 	}
 	return nil
 }
 
-// pull makes one Pull within pullTimeout. A Pull that saw no message before its deadline is
+// pull makes one Pull within DefaultPullTimeout. A Pull that saw no message before its deadline is
 // no error.
 func (s *Subscription) pull(ctx context.Context, max int32) ([]*pubsubpb.ReceivedMessage, error) {
-	pctx, cancel := context.WithTimeout(ctx, s.pullTimeout)
+	pctx, cancel := context.WithTimeout(ctx, DefaultPullTimeout)
 	defer cancel()
 	resp, err := s.client.SubscriptionAdminClient.Pull(pctx, &pubsubpb.PullRequest{Subscription: s.name, MaxMessages: max},
 		gax.WithRetry(nil), gax.WithGRPCOptions(grpc.MaxCallRecvMsgSize(maxPullResponse)))
@@ -187,18 +179,18 @@ func (s *Subscription) pull(ctx context.Context, max int32) ([]*pubsubpb.Receive
 		return resp.GetReceivedMessages(), nil
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
-	case pctx.Err() != nil && status.Code(err) == codes.DeadlineExceeded:
+	case deadlineReached(pctx, err):
 		return nil, nil // no message within the deadline
 	}
 	return nil, s.apiError("pull", err)
 }
 
-// ack acknowledges ids within ackTimeout.
+// ack acknowledges ids within DefaultAckTimeout.
 func (s *Subscription) ack(ctx context.Context, ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	actx, cancel := context.WithTimeout(ctx, s.ackTimeout)
+	actx, cancel := context.WithTimeout(ctx, DefaultAckTimeout)
 	defer cancel()
 	err := s.client.SubscriptionAdminClient.Acknowledge(actx, &pubsubpb.AcknowledgeRequest{Subscription: s.name, AckIds: ids}, gax.WithRetry(nil))
 	if err == nil || ctx.Err() != nil {
@@ -323,7 +315,6 @@ func digestOnly(ref string) string {
 // subscriptionMetrics are shared by every Subscription of a registry.
 type subscriptionMetrics struct {
 	messages *prometheus.CounterVec
-	errors   *prometheus.CounterVec
 }
 
 func newSubscriptionMetrics(reg prometheus.Registerer) *subscriptionMetrics {
@@ -332,13 +323,9 @@ func newSubscriptionMetrics(reg prometheus.Registerer) *subscriptionMetrics {
 			Name: "cachemachine_pubsub_messages_total",
 			Help: "Artifact Registry Pub/Sub messages received, by result: matched (a source lists the repository), ignored, malformed.",
 		}, []string{"subscription", "result"}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "cachemachine_pubsub_errors_total", Help: "Failed Pub/Sub Pull and Acknowledge calls.",
-		}, []string{"subscription"}),
 	}
 	if reg != nil {
 		m.messages = register(reg, m.messages)
-		m.errors = register(reg, m.errors)
 	}
 	return m
 }

@@ -31,10 +31,7 @@ func (l *Leader) Snapshot() (status.Input, string, string, bool) {
 		All: r.All, Desired: desired.Images, DesiredVersion: desired.Version,
 	}
 	for _, s := range r.Sources {
-		in.Sources = append(in.Sources, status.SourceStatus{
-			Name: s.Name, ListedAt: s.ListedAt, Error: s.Error, Images: s.Images,
-			Triggers: s.Triggers, TriggerError: s.TriggerError, EventAt: s.EventAt,
-		})
+		in.Sources = append(in.Sources, s.SourceStatus)
 	}
 	states := l.cluster.NodeStates()
 	warming := l.warming(states, desired.Images, time.Now())

@@ -27,6 +27,7 @@ import (
 	"github.com/cachemachine/cachemachine/coordinator"
 	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/sources"
+	"github.com/cachemachine/cachemachine/status"
 )
 
 // repositoryOf is a Source that lists one repository (*sources.Rubin): a trigger's event for
@@ -128,33 +129,20 @@ type Config struct {
 	WarmupGrace time.Duration
 }
 
-// SourceStatus is one source's last listing.
+// SourceStatus is one source's last listing as the status page shows it (ListedAt is zero
+// until the source has listed in this node's current term as leader), and whether a listing
+// is under way.
 type SourceStatus struct {
-	Name string
-	// ListedAt is when the listing in force was made (zero: never succeeded).
-	ListedAt time.Time
-	// Error is the last listing's error, "" when it succeeded.
-	Error string
-	// Images is how many images the listing in force lists (a fixed list: names).
-	Images int
+	status.SourceStatus
 	// Listing is set while a listing is under way, with its start time.
 	Listing bool
 	Started time.Time
-	// Triggers names the triggers that serve the source ("" when none); TriggerError is
-	// their last error, "" while they work.
-	Triggers     string
-	TriggerError string
-	// EventAt is when a trigger's event last asked for a listing of the source (zero: never).
-	EventAt time.Time
 }
 
 // Result is the concatenation of every source's listing in force, in config order.
 type Result struct {
 	All     []image.Image
-	Desired []image.Image // priority order, each reference once
 	Sources []SourceStatus
-	// Complete is set when every source has a listing in force.
-	Complete bool
 }
 
 // source is one source and what the leader knows of it.
@@ -568,21 +556,10 @@ func (l *Leader) list(ctx context.Context, i int, afterEvent bool) {
 func (l *Leader) Result() Result {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	r := Result{All: []image.Image{}, Desired: []image.Image{}, Sources: slices.Clone(l.status), Complete: true}
-	seen := map[image.Ref]bool{}
+	r := Result{All: []image.Image{}, Sources: slices.Clone(l.status)}
 	for _, ls := range l.last {
-		if ls == nil {
-			r.Complete = false
-			continue
-		}
-		r.All = append(r.All, ls.All...)
-		for _, d := range ls.Desired {
-			// Two sources may select one reference; the first (higher priority) wins.
-			if !seen[d.Ref] {
-				seen[d.Ref] = true
-				d.Priority = len(r.Desired)
-				r.Desired = append(r.Desired, d)
-			}
+		if ls != nil {
+			r.All = append(r.All, ls.All...)
 		}
 	}
 	return r

@@ -58,7 +58,6 @@ type DockerConfig struct {
 	sum      [sha256.Size]byte           // hash of the content auths came from
 	gen      uint64                      // +1 each time auths is replaced
 	readAt   time.Time                   // when the file was last read, good or bad
-	err      error                       // the last read's failure; nil after a good read
 	reported string                      // the failure last logged, so each is logged once
 }
 
@@ -135,7 +134,7 @@ func (d *DockerConfig) reload() {
 	data, err := readDockerConfig(d.path)
 	sum := sha256.Sum256(data)
 	if err == nil && sum == d.sum {
-		d.err, d.reported = nil, ""
+		d.reported = ""
 		return
 	}
 	var auths map[string]authn.AuthConfig
@@ -143,14 +142,13 @@ func (d *DockerConfig) reload() {
 		auths, err = parseDockerConfig(d.path, data)
 	}
 	if err != nil {
-		d.err = err
 		if msg := err.Error(); msg != d.reported {
 			d.reported = msg
 			d.logger.Warn("dockerconfig re-read failed, keeping the last good credentials", "err", err)
 		}
 		return
 	}
-	d.sum, d.err, d.reported = sum, nil, ""
+	d.sum, d.reported = sum, ""
 	if maps.Equal(auths, d.auths) {
 		return // reformatted, same credentials: connections and tokens stay good
 	}
@@ -166,15 +164,6 @@ func (d *DockerConfig) reload() {
 func (d *DockerConfig) Generation() uint64 {
 	_, gen := d.current()
 	return gen
-}
-
-// Err returns the failure of the last re-read (the file is missing or malformed, so the
-// credentials in force are older than the file), or nil when the file read well. It does not
-// read the file.
-func (d *DockerConfig) Err() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.err
 }
 
 // parseDockerConfig parses the content of a Docker config file into credentials by canonical

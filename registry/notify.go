@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -19,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -61,8 +61,9 @@ type Event struct {
 
 // Repositories returns the repositories ("host/path") a push or delete of a manifest
 // concerns: target.repository under the host of target.url (the registry's http.host, or
-// the host the client pushed to) and under request.host. Other events (blob pushes, pulls,
-// mounts) concern none.
+// the host the client pushed to) and under request.host, each normalised as
+// image.Ref.Repository does (so they compare with the sources' repositories); a candidate
+// that does not parse is left out. Other events (blob pushes, pulls, mounts) concern none.
 func (e Event) Repositories() []string {
 	if e.Action != "push" && e.Action != "delete" || e.Target.Repository == "" {
 		return nil
@@ -72,11 +73,14 @@ func (e Event) Repositories() []string {
 	}
 	var out []string
 	add := func(host string) {
-		host = strings.ToLower(strings.TrimSpace(host))
-		if host == "" || strings.ContainsAny(host, "/ ") {
+		if host == "" || strings.Contains(host, "/") {
 			return
 		}
-		r := host + "/" + e.Target.Repository
+		ref, err := image.ParseRef(host + "/" + e.Target.Repository)
+		if err != nil {
+			return
+		}
+		r := ref.Repository()
 		for _, o := range out {
 			if o == r {
 				return
@@ -219,8 +223,7 @@ func (n *Notifications) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var env Envelope
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&env); err != nil {
+	if err := json.Unmarshal(body, &env); err != nil {
 		n.malformed(r, err)
 		n.answer(w, http.StatusBadRequest, "malformed", map[string]any{"error": "malformed envelope: " + err.Error()})
 		return

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cachemachine/cachemachine/image"
 	"github.com/cachemachine/cachemachine/registry"
 )
 
@@ -50,6 +51,15 @@ func TestEventRepositories(t *testing.T) {
 	require.Equal(t, []string{"registry.example.org/lsst/lab", "registry-internal:5000/lsst/lab"}, e.Repositories(), "both the registry's own name and the host pushed to")
 	e.Action = "delete"
 	require.Len(t, e.Repositories(), 2, "a deleted tag is a reason to list")
+
+	e.Target.URL, e.Request.Host = "https://Registry.Example.org/v2/lsst/lab/manifests/w_1", "bad host"
+	want, err := image.ParseRef("Registry.Example.org/lsst/lab")
+	require.NoError(t, err)
+	require.Equal(t, []string{want.Repository()}, e.Repositories(), "named as a source's image of that host is; a host that does not parse is left out")
+	e.Target.URL, e.Request.Host = "", "registry"
+	want, err = image.ParseRef("registry/lsst/lab")
+	require.NoError(t, err)
+	require.Equal(t, []string{want.Repository()}, e.Repositories())
 }
 
 // leaderStub is a leader that lists one repository.

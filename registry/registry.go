@@ -219,7 +219,7 @@ func (l *Lister) Size(ctx context.Context, digest string) (uint64, error) {
 	}
 	p, err := l.currentPuller()
 	if err == nil {
-		n, err = l.size(ctx, p, l.repo.Digest(digest))
+		n, err = l.sizeOf(ctx, p, l.repo.Digest(digest), true)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("size of %s@%s: %w", l.ref, digest, classify(err, false))
@@ -233,12 +233,9 @@ func (l *Lister) Size(ctx context.Context, digest string) (uint64, error) {
 	return n, nil
 }
 
-func (l *Lister) size(ctx context.Context, p *remote.Puller, ref name.Digest) (uint64, error) {
-	return l.sizeOf(ctx, p, ref, true)
-}
-
-// sizeOf is size; an index is followed one level at most (index follows whether ref may be
-// one), so a registry cannot make it walk a chain of indexes.
+// sizeOf reads the size of the image ref names (see Size); an index is followed one level at
+// most (index follows whether ref may be one), so a registry cannot make it walk a chain of
+// indexes.
 func (l *Lister) sizeOf(ctx context.Context, p *remote.Puller, ref name.Digest, index bool) (uint64, error) {
 	desc, err := p.Get(ctx, ref)
 	if err != nil {
@@ -381,6 +378,10 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// maxResolverListers bounds a Resolver's Listers (one per repository); past it they start
+// over.
+const maxResolverListers = 4096
+
 // Resolver looks up single references (a SimpleRepoMan's images) in whichever registry each
 // names, keeping one Lister per repository so tokens and sizes are reused. It is safe for
 // concurrent use.
@@ -430,7 +431,7 @@ func (r *Resolver) lister(ref image.Ref) (*Lister, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(r.listers) >= maxSizes {
+	if len(r.listers) >= maxResolverListers {
 		clear(r.listers)
 	}
 	r.listers[ref.Repository()] = l

@@ -37,20 +37,6 @@ type listing struct {
 	byTag   map[string]int
 }
 
-// Resolve returns every listed image once (the first listing of a tag wins, as in the Python
-// hash cache), in listing order, with its display name. An alias is named
-// "<Alias> (<names of the recognised tags sharing its digest, sorted descending, joined by
-// ", ">)" and takes the cycle of a same-digest tag. Name is set to the display name;
-// everything else is as listed.
-func (p Policy) Resolve(images []image.Image) []image.Image {
-	l := p.resolve(images)
-	out := make([]image.Image, len(l.entries))
-	for i, e := range l.entries {
-		out[i] = e.named()
-	}
-	return out
-}
-
 // Select returns the images the policy wants cached, in priority order, each tag at most
 // once: the recommended tag, the other aliases, the newest NumReleases releases, NumWeeklies
 // weeklies and NumDailies dailies, then the pins. Only listed tags are selected (a pin or
@@ -137,7 +123,10 @@ func (p Policy) isAlias(tag string) bool {
 	return tag != "" && (tag == p.RecommendedTag || slices.Contains(p.AliasTags, tag))
 }
 
-// resolve parses each listed tag once and names the aliases.
+// resolve parses each listed tag once (the first listing of a tag wins, as in the Python hash
+// cache), in listing order, and names the aliases: an alias is named "<Alias> (<names of the
+// recognised tags sharing its digest, sorted descending, joined by ", ">)" and takes the
+// cycle of a same-digest tag.
 func (p Policy) resolve(images []image.Image) *listing {
 	l := &listing{entries: make([]entry, 0, len(images)), byTag: make(map[string]int, len(images))}
 	aliasDigests := make(map[string][]int) // digest -> indexes of the non-alias tags sharing it

@@ -172,7 +172,7 @@ func Parse(tag string) Tag {
 
 // ParseAlias returns the Tag for a tag that a policy declares an alias. Its own name is the
 // tag with "_" as spaces, title-cased, and a trailing "_c<N>" as " (SAL Cycle <N>)", which
-// also becomes its cycle until its digest tells a better one (Policy.Resolve).
+// also becomes its cycle until its digest tells a better one (Policy.Select).
 func ParseAlias(tag string) Tag {
 	if tag == "" {
 		tag = DefaultTag

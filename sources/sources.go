@@ -70,7 +70,8 @@ func (r *Rubin) Repository() string { return r.lister.Repository() }
 // List implements Source. When the listing lacks digests it resolves only the tags the
 // policy needs (aliases, pins and a first selection), then selects again with them, so alias
 // names and the cycle filter see the digests that matter; when it lacks sizes, it reads the
-// selected images' sizes. All is every listed tag, newest name first (tag names in reverse
+// selected images' sizes, each read within LookupTimeout (a read that fails or stalls leaves
+// that size out). All is every listed tag, newest name first (tag names in reverse
 // order, as the Python cachemachine listed them).
 func (r *Rubin) List(ctx context.Context) (Listing, error) {
 	imgs, err := r.lister.ListImages(ctx)
@@ -103,7 +104,10 @@ func (r *Rubin) List(ctx context.Context) (Listing, error) {
 			if img.Size != 0 || img.Digest == "" {
 				continue
 			}
-			if n, err := sz.Size(ctx, img.Digest); err == nil {
+			lctx, cancel := context.WithTimeout(ctx, LookupTimeout)
+			n, err := sz.Size(lctx, img.Digest)
+			cancel()
+			if err == nil {
 				l.Desired[i].Size = n
 			} else if ctx.Err() != nil {
 				return Listing{}, err
@@ -121,8 +125,9 @@ type Resolver interface {
 	Resolve(ctx context.Context, ref image.Ref) (image.Image, error)
 }
 
-// LookupTimeout bounds one SimpleRepoMan digest lookup: a registry that accepts connections
-// and never answers costs each listing this much, not the source's whole deadline.
+// LookupTimeout bounds one SimpleRepoMan digest lookup and one size read of a Rubin source: a
+// registry that accepts connections and never answers costs each listing this much, not the
+// source's whole deadline.
 const LookupTimeout = 15 * time.Second
 
 // lookupParallelism bounds a SimpleRepoMan's lookups in flight.
@@ -142,8 +147,8 @@ type Simple struct {
 }
 
 // NewSimple builds a fixed-list source over normalised images (config order is priority
-// order). An image with a digest given in the config keeps it; resolve (may be nil) looks up
-// the others and every image's size.
+// order). An image with a digest given in the config keeps it, and resolve (may be nil) is
+// asked for it by digest (repo@digest: its size only); resolve looks up the others by tag.
 func NewSimple(name string, images []image.Image, resolve Resolver) *Simple {
 	return &Simple{name: name, images: slices.Clone(images), resolve: resolve, known: map[image.Ref]image.Image{}}
 }
@@ -176,9 +181,13 @@ func (s *Simple) List(ctx context.Context) (Listing, error) {
 		if s.resolve == nil || img.Digest != "" && img.Size != 0 {
 			continue
 		}
+		ref := img.Ref
+		if img.Digest != "" {
+			ref = img.Ref.WithDigest(img.Digest) // only the size to read: no HEAD on the tag
+		}
 		g.Go(func() error {
 			lctx, cancel := context.WithTimeout(ctx, LookupTimeout)
-			got, err := s.resolve.Resolve(lctx, img.Ref)
+			got, err := s.resolve.Resolve(lctx, ref)
 			cancel()
 			s.mu.Lock()
 			if err == nil {

@@ -3,8 +3,11 @@ package sources_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -109,7 +112,7 @@ func TestSimpleSourceResolvesDigestsWhenItCan(t *testing.T) {
 	b, c, d := image.MustParseRef("ghcr.io/a/b:1"), image.MustParseRef("ghcr.io/a/c:2"), image.MustParseRef("ghcr.io/a/d:3")
 	res := &resolver{known: map[string]image.Image{
 		b.String(): {Ref: b, Digest: digest(1), Size: 10},
-		d.String(): {Ref: d, Digest: digest(9), Size: 30},
+		d.WithDigest(digest(9)).String(): {Ref: d, Digest: digest(9), Size: 30}, // pinned: asked by digest
 	}}
 	src := sources.NewSimple("simple", []image.Image{
 		{Ref: b, Name: "One"},
@@ -132,6 +135,29 @@ func TestSimpleSourceResolvesDigestsWhenItCan(t *testing.T) {
 	got, err = src.List(t.Context())
 	require.ErrorContains(t, err, "resolve ghcr.io/a/b:1: registry down")
 	require.Equal(t, want, got.Desired, "the last known digests and sizes are kept")
+}
+
+// TestSimplePinnedImagesNeedNoHEAD: an image whose digest the config pins is resolved by
+// digest, so its size is read once and a registry that is down later does not make the list
+// Partial.
+func TestSimplePinnedImagesNeedNoHEAD(t *testing.T) {
+	t.Parallel()
+	reg := lab.NewRegistry(t, lab.RegistryOptions{})
+	d, err := lab.PushRandomImage(t.Context(), reg.Addr, "lsst/lab", []string{"w_2024_10"}, 16<<10, 1, nil)
+	require.NoError(t, err)
+	ref := image.MustParseRef(reg.Addr + "/lsst/lab:w_2024_10")
+	src := sources.NewSimple("simple", []image.Image{{Ref: ref, Digest: d}}, registry.NewResolver(nil))
+	got, err := src.List(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, d, got.Desired[0].Digest)
+	require.Greater(t, got.Desired[0].Size, uint64(16<<10))
+	size := got.Desired[0].Size
+
+	require.NoError(t, reg.Stop())
+	got, err = src.List(t.Context())
+	require.NoError(t, err, "nothing to ask the registry: the digest is pinned and the size known")
+	require.False(t, got.Partial)
+	require.Equal(t, []image.Image{{Ref: ref, Digest: d, Name: "w_2024_10", Size: size}}, got.Desired)
 }
 
 func names(imgs []image.Image) []string {
@@ -176,4 +202,54 @@ func TestRubinAllImagesNewestNameFirst(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, python, names(got.All))
 	})
+}
+
+// sizedLister lists fixed images without sizes; its Size hangs for the digests in hang until
+// ctx ends and answers 7 for the others.
+type sizedLister struct {
+	imgs []image.Image
+	hang map[string]bool
+}
+
+func (l *sizedLister) Repository() string { return "registry.example.org/lsst/lab" }
+
+func (l *sizedLister) ListImages(context.Context) ([]image.Image, error) {
+	return slices.Clone(l.imgs), nil
+}
+
+func (l *sizedLister) Size(ctx context.Context, digest string) (uint64, error) {
+	if l.hang[digest] {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	return 7, nil
+}
+
+// TestRubinSizeReadsAreBounded: a size read that stalls costs LookupTimeout and leaves that
+// size out; it neither uses the source's whole deadline nor discards the listing.
+func TestRubinSizeReadsAreBounded(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		ref := func(tag string) image.Ref { return image.MustParseRef("registry.example.org/lsst/lab:" + tag) }
+		l := &sizedLister{
+			imgs: []image.Image{{Ref: ref("w_2024_10"), Digest: digest(1)}, {Ref: ref("w_2024_09"), Digest: digest(2)}},
+			hang: map[string]bool{digest(1): true},
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 2*sources.LookupTimeout)
+		defer cancel()
+		start := time.Now()
+		got, err := sources.NewRubin("reg", l, rubintag.Policy{NumWeeklies: 2}).List(ctx)
+		require.NoError(t, err)
+		require.Equal(t, sources.LookupTimeout, time.Since(start), "one stalled read, bounded")
+		require.Equal(t, []string{"w_2024_10", "w_2024_09"}, tags(got.Desired))
+		require.Equal(t, []uint64{0, 7}, []uint64{got.Desired[0].Size, got.Desired[1].Size}, "the stalled size is left out")
+	})
+}
+
+func tags(imgs []image.Image) []string {
+	var out []string
+	for _, img := range imgs {
+		out = append(out, img.Tag())
+	}
+	return out
 }

@@ -67,29 +67,21 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
-// WithTransport sets the round tripper used to reach the leader (default: a plain HTTP
-// transport that ignores HTTP_PROXY, since the leader is a pod address).
-func WithTransport(rt http.RoundTripper) Option {
-	return func(h *handler) {
-		if rt != nil {
-			h.transport = rt
-		}
-	}
-}
-
 // Receiver serves POST /cachemachine/{name}/notifications on the leader: a registry's push
 // notifications (*registry.Notifications implements it).
 type Receiver interface {
 	http.Handler
-	// Authorized reports whether r carries the receiver's credentials. Every node checks it
-	// before it forwards a request to the leader, so unauthenticated requests stop at once.
+	// Authorized reports whether r carries the receiver's credentials. A node that does not
+	// lead checks it before it forwards a request, so unauthenticated requests stop at once;
+	// on the leader ServeHTTP checks (and counts) them itself.
 	Authorized(r *http.Request) bool
 }
 
 // NotificationsPath is the last element of the notifications endpoint's path.
 const NotificationsPath = "notifications"
 
-// maxNotificationBytes bounds a notification request a non-leader forwards.
+// maxNotificationBytes bounds a notification request a non-leader forwards: the leader's
+// bound, registry.MaxNotificationBytes (a test ties them; status does not import registry).
 const maxNotificationBytes = 1 << 20
 
 // WithNotifications serves POST /cachemachine/{name}/notifications with r on the leader;
@@ -124,14 +116,12 @@ func NewHandler(b Backend, opts ...Option) http.Handler {
 	for _, o := range opts {
 		o(h)
 	}
-	if h.transport == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.Proxy = nil
-		t.DialContext = (&net.Dialer{Timeout: h.timeout, KeepAlive: 30 * time.Second}).DialContext
-		t.MaxIdleConnsPerHost = 4
-		h.transport = t
-	}
-	h.log = h.log.With("component", "status")
+	// A plain HTTP transport that ignores HTTP_PROXY: the leader is a pod address.
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	t.DialContext = (&net.Dialer{Timeout: h.timeout, KeepAlive: 30 * time.Second}).DialContext
+	t.MaxIdleConnsPerHost = 4
+	h.transport = t
 	return h
 }
 
@@ -141,10 +131,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		leader = in.Leader
 	}
 	switch {
-	case r.Method == http.MethodGet, r.Method == http.MethodHead:
-	case r.Method == http.MethodPost && h.notify != nil && isNotifications(r.URL.Path):
+	case h.notify != nil && isNotifications(r.URL.Path):
 		h.serveNotifications(w, r, in, leader, leaderAddr, self)
 		return
+	case r.Method == http.MethodGet, r.Method == http.MethodHead:
 	default:
 		w.Header().Set(LeaderHeader, leader)
 		w.Header().Set("Allow", "GET, HEAD")
@@ -207,15 +197,12 @@ func isNotifications(path string) bool {
 	return ok && name != "" && sub == NotificationsPath
 }
 
-// serveNotifications checks the credentials, then hands the request to the receiver on the
-// leader or forwards it (body bounded) to the leader elsewhere.
+// serveNotifications hands the request to the receiver on the leader, which checks the
+// method and the credentials and counts what it refuses. Elsewhere it refuses a method other
+// than POST and missing credentials itself, then forwards the request (body bounded) to the
+// leader.
 func (h *handler) serveNotifications(w http.ResponseWriter, r *http.Request, in Input, leader, leaderAddr string, self bool) {
 	w.Header().Set(LeaderHeader, leader)
-	if !h.notify.Authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="cachemachine notifications"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
-		return
-	}
 	if self {
 		name, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, Prefix), "/")
 		if name != in.Name {
@@ -223,6 +210,16 @@ func (h *handler) serveNotifications(w http.ResponseWriter, r *http.Request, in 
 			return
 		}
 		h.notify.ServeHTTP(w, r)
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "POST a notification envelope"})
+		return
+	}
+	if !h.notify.Authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cachemachine notifications"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
 		return
 	}
 	// Read the body here, so that an oversized one is refused here and not reported as an

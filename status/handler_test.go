@@ -7,14 +7,18 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cachemachine/cachemachine/internal/lab"
+	"github.com/cachemachine/cachemachine/registry"
 )
 
 const browserAccept = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
@@ -387,8 +391,8 @@ type backendFunc func() (Input, string, string, bool)
 
 func (f backendFunc) Snapshot() (Input, string, string, bool) { return f() }
 
-// receiver is a notifications receiver that accepts the bearer token "t0k" and records the
-// bodies it served.
+// receiver is a notifications receiver that accepts POSTs with the bearer token "t0k" and
+// records the bodies it served.
 type receiver struct {
 	mu     sync.Mutex // guards bodies
 	bodies []string
@@ -399,6 +403,15 @@ func (r *receiver) Authorized(req *http.Request) bool {
 }
 
 func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if req.Method != http.MethodPost {
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "POST"})
+		return
+	}
+	if !r.Authorized(req) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cachemachine notifications"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+		return
+	}
 	b, _ := io.ReadAll(req.Body)
 	r.mu.Lock()
 	r.bodies = append(r.bodies, string(b))
@@ -463,13 +476,69 @@ func TestNotificationsEndpoint(t *testing.T) {
 		resp, _ = postBody(t, leader.URL+path, "t0k", `{}`)
 		require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode, path)
 	}
-	for _, method := range []string{http.MethodPut, http.MethodDelete} {
-		resp, _ := do(t, method, leader.URL+"/cachemachine/jupyter/notifications", nil)
-		require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode, method)
+	for _, method := range []string{http.MethodPut, http.MethodDelete, http.MethodGet} {
+		for _, srv := range []*httptest.Server{leader, follower} {
+			resp, _ := do(t, method, srv.URL+"/cachemachine/jupyter/notifications", nil)
+			require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode, method)
+		}
 	}
+	require.Len(t, recv.served(), 2)
 
 	plain := httptest.NewServer(NewHandler(leaderBackend()))
 	t.Cleanup(plain.Close)
 	resp, _ = postBody(t, plain.URL+"/cachemachine/jupyter/notifications", "t0k", `{}`)
 	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode, "without a receiver the endpoint does not exist")
+}
+
+// TestNotificationsCounted: with the real receiver, the leader's receiver checks the token and
+// the method itself and counts what it refuses, whether the request came straight or through
+// a follower (which refuses a wrong token before forwarding).
+func TestNotificationsCounted(t *testing.T) {
+	t.Parallel()
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte("t0k\n"), 0o600))
+	reg := prometheus.NewRegistry()
+	n, err := registry.NewNotifications(tokenFile, nil, reg)
+	require.NoError(t, err)
+	leader := httptest.NewServer(NewHandler(leaderBackend(), WithNotifications(n)))
+	t.Cleanup(leader.Close)
+	followerReg := prometheus.NewRegistry()
+	fn, err := registry.NewNotifications(tokenFile, nil, followerReg)
+	require.NoError(t, err)
+	follower := httptest.NewServer(NewHandler(fakeBackend{leader: "gke-pool-1-a", leaderAddr: leader.Listener.Addr().String()}, WithNotifications(fn)))
+	t.Cleanup(follower.Close)
+
+	require.Equal(t, registry.MaxNotificationBytes, maxNotificationBytes, "a follower forwards what the leader accepts")
+
+	counted := func(r *prometheus.Registry, result string) float64 {
+		t.Helper()
+		mfs, err := r.Gather()
+		require.NoError(t, err)
+		for _, mf := range mfs {
+			if mf.GetName() != "cachemachine_registry_notifications_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+		return 0
+	}
+	resp, body := postBody(t, leader.URL+"/cachemachine/jupyter/notifications", "wrong", `{"events":[]}`)
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, body)
+	require.Equal(t, `Bearer realm="cachemachine notifications"`, resp.Header.Get("WWW-Authenticate"))
+	require.InDelta(t, 1, counted(reg, "unauthorized"), 0)
+	resp, body = postBody(t, follower.URL+"/cachemachine/jupyter/notifications", "wrong", `{"events":[]}`)
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, body)
+	require.InDelta(t, 1, counted(reg, "unauthorized"), 0, "the follower refuses it before forwarding")
+	resp, _ = do(t, http.MethodPut, leader.URL+"/cachemachine/jupyter/notifications", nil)
+	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
+	require.Equal(t, http.MethodPost, resp.Header.Get("Allow"))
+	require.InDelta(t, 1, counted(reg, "method_not_allowed"), 0)
+	resp, body = postBody(t, follower.URL+"/cachemachine/jupyter/notifications", "t0k", `{"events":[]}`)
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, body) // the leader's receiver is not watching
+	require.InDelta(t, 1, counted(reg, "not_leader"), 0, "forwarded to the leader")
+	require.Zero(t, counted(followerReg, "unauthorized")+counted(followerReg, "not_leader"), "only the leader's receiver counts")
 }

@@ -43,6 +43,7 @@ func TestCompute(t *testing.T) {
 		wantCommon    []CommonImage
 		wantAvailable []Image
 		wantToCache   []Image
+		wantDesired   []Image
 	}{
 		{
 			name: "common across nodes with the same digest",
@@ -59,6 +60,7 @@ func TestCompute(t *testing.T) {
 			},
 			wantAvailable: []Image{recommended, weekly},
 			wantToCache:   []Image{daily},
+			wantDesired:   []Image{recommended, weekly, daily},
 		},
 		{
 			name: "a node with another digest for the tag: not common",
@@ -72,6 +74,7 @@ func TestCompute(t *testing.T) {
 			wantCommon:    []CommonImage{{ImageURL: gar + ":w_2021_22", ImageHash: dA, Tags: []string{}}},
 			wantAvailable: []Image{weekly},
 			wantToCache:   []Image{daily},
+			wantDesired:   []Image{weekly, daily},
 		},
 		{
 			name: "dead node ignored",
@@ -86,6 +89,7 @@ func TestCompute(t *testing.T) {
 			wantCommon:    []CommonImage{{ImageURL: gar + ":w_2021_22", ImageHash: dA, Tags: []string{}}},
 			wantAvailable: []Image{weekly},
 			wantToCache:   []Image{},
+			wantDesired:   []Image{weekly},
 		},
 		{
 			name: "alive node without inventory: nothing is common",
@@ -99,6 +103,7 @@ func TestCompute(t *testing.T) {
 			wantCommon:    []CommonImage{},
 			wantAvailable: []Image{},
 			wantToCache:   []Image{weekly},
+			wantDesired:   []Image{weekly},
 		},
 		{
 			name: "tags: other common tags of the digest in the same repository, sorted",
@@ -125,6 +130,7 @@ func TestCompute(t *testing.T) {
 			},
 			wantAvailable: []Image{},
 			wantToCache:   []Image{},
+			wantDesired:   []Image{},
 		},
 		{
 			// The Python service's tests name Docker Hub images without a registry; the node
@@ -137,6 +143,7 @@ func TestCompute(t *testing.T) {
 			wantCommon:    []CommonImage{{ImageURL: "docker.io/lsstsqre/sciplat-lab:recommended", ImageHash: dA, Tags: []string{}}},
 			wantAvailable: []Image{{ImageURL: "docker.io/lsstsqre/sciplat-lab:recommended", Name: "Recommended"}},
 			wantToCache:   []Image{},
+			wantDesired:   []Image{{ImageURL: "docker.io/lsstsqre/sciplat-lab:recommended", Name: "Recommended"}},
 		},
 		{
 			name: "available by digest although the names differ",
@@ -157,6 +164,10 @@ func TestCompute(t *testing.T) {
 			},
 			wantAvailable: []Image{{ImageURL: hub + ":recommended", ImageHash: dA, Name: "Recommended"}},
 			wantToCache:   []Image{{ImageURL: hub + ":w_2021_22", ImageHash: dB, Name: "Weekly 2021_22"}},
+			wantDesired: []Image{
+				{ImageURL: hub + ":recommended", ImageHash: dA, Name: "Recommended"},
+				{ImageURL: hub + ":w_2021_22", ImageHash: dB, Name: "Weekly 2021_22"}, // name matches, digest does not
+			},
 		},
 		{
 			name: "empty digest matches by image_url",
@@ -173,6 +184,10 @@ func TestCompute(t *testing.T) {
 			wantCommon:    []CommonImage{{ImageURL: other + ":1.36", ImageHash: dC, Tags: []string{}}},
 			wantAvailable: []Image{{ImageURL: other + ":1.36", Name: "busybox 1.36"}},
 			wantToCache:   []Image{{ImageURL: other + ":1.37", Name: "busybox 1.37"}},
+			wantDesired: []Image{
+				{ImageURL: other + ":1.36", Name: "busybox 1.36"},
+				{ImageURL: other + ":1.37", Name: "busybox 1.37"},
+			},
 		},
 		{
 			name: "digest keys and entries without digest are ignored",
@@ -185,6 +200,7 @@ func TestCompute(t *testing.T) {
 			wantCommon:    []CommonImage{{ImageURL: other + ":1", ImageHash: dA, Tags: []string{}}},
 			wantAvailable: []Image{},
 			wantToCache:   []Image{},
+			wantDesired:   []Image{},
 		},
 		{
 			name: "a warming node does not count",
@@ -201,6 +217,7 @@ func TestCompute(t *testing.T) {
 			},
 			wantAvailable: []Image{weekly, daily},
 			wantToCache:   []Image{},
+			wantDesired:   []Image{weekly, daily},
 		},
 		{
 			name: "every alive node warming: all of them count (a new pool)",
@@ -215,6 +232,7 @@ func TestCompute(t *testing.T) {
 			wantCommon:    []CommonImage{{ImageURL: gar + ":w_2021_22", ImageHash: dA, Tags: []string{}}},
 			wantAvailable: []Image{weekly},
 			wantToCache:   []Image{daily},
+			wantDesired:   []Image{weekly, daily},
 		},
 		{
 			name:          "no nodes",
@@ -222,6 +240,7 @@ func TestCompute(t *testing.T) {
 			wantCommon:    []CommonImage{},
 			wantAvailable: []Image{},
 			wantToCache:   []Image{weekly, daily},
+			wantDesired:   []Image{weekly, daily},
 		},
 		{
 			name: "only dead nodes",
@@ -232,6 +251,7 @@ func TestCompute(t *testing.T) {
 			wantCommon:    []CommonImage{},
 			wantAvailable: []Image{},
 			wantToCache:   []Image{weekly},
+			wantDesired:   []Image{weekly},
 		},
 	}
 	for _, tt := range tests {
@@ -241,7 +261,7 @@ func TestCompute(t *testing.T) {
 			require.Equal(t, tt.wantCommon, got.CommonCache, "common_cache")
 			require.Equal(t, tt.wantAvailable, got.AvailableImages, "available_images")
 			require.Equal(t, tt.wantToCache, got.ImagesToCache, "images_to_cache")
-			require.Equal(t, entries(tt.in.Desired), got.DesiredImages, "desired_images")
+			require.Equal(t, tt.wantDesired, got.DesiredImages, "desired_images")
 		})
 	}
 }

@@ -48,6 +48,7 @@ func buildSources(ctx context.Context, cfg *config.Config, keychain authn.Keycha
 	}
 	subs := map[string][]int{} // subscription -> RubinRepoGar sources
 	var subOrder []string
+	resolver := registry.NewResolver(keychain) // shared by the SimpleRepoMan sources: one Lister per repository
 	var men []int // RubinRepoMan sources
 	for i, r := range cfg.Repomen {
 		policy := rubintag.Policy{
@@ -85,7 +86,7 @@ func buildSources(ctx context.Context, cfg *config.Config, keychain authn.Keycha
 			for j, img := range r.Images {
 				imgs[j] = image.Image{Ref: img.Ref, Digest: img.ImageHash, Name: img.Name}
 			}
-			out = append(out, sources.NewSimple(sources.Describe(i, r.Type, ""), imgs, registry.NewResolver(keychain)))
+			out = append(out, sources.NewSimple(sources.Describe(i, r.Type, ""), imgs, resolver))
 		}
 	}
 	var triggers []leader.Option
