@@ -219,7 +219,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	// Another Kubernetes node first: recovery must not take its pods, cgroups and chains for
 	// a crashed lab's.
-	if err := checkNoForeignKubelet(); err != nil {
+	if err := checkNoForeignKubelet("kubelet"); err != nil {
 		unlock()
 		return nil, fmt.Errorf("k8slab: %w", err)
 	}

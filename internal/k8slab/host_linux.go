@@ -333,10 +333,10 @@ func killPodProcesses(uids []string) error {
 	return nil
 }
 
-// foreignKubelets returns the running kubelets that are not the lab's: not among the daemons
-// of the crash record, if there is one (no lab kubelet runs otherwise: callers hold the
-// machine-wide lock).
-func foreignKubelets() []int {
+// foreignKubelets returns the running processes named comm ("kubelet") that are not the
+// lab's: not among the daemons of the crash record, if there is one (no lab kubelet runs
+// otherwise: callers hold the machine-wide lock).
+func foreignKubelets(comm string) []int {
 	var ours []procRef
 	if b, err := os.ReadFile(recordPath); err == nil {
 		var rec hostRecord
@@ -351,8 +351,8 @@ func foreignKubelets() []int {
 		if err != nil {
 			continue
 		}
-		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
-		if err != nil || strings.TrimSpace(string(comm)) != "kubelet" {
+		c, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(c)) != comm {
 			continue
 		}
 		r, ok := refOf(pid)
@@ -364,9 +364,10 @@ func foreignKubelets() []int {
 }
 
 // checkNoForeignKubelet refuses to start, or to clean up after a crashed lab cluster, while
-// another kubelet runs on the machine: its pods, cgroups and chains are not the lab's.
-func checkNoForeignKubelet() error {
-	if pids := foreignKubelets(); len(pids) > 0 {
+// another kubelet (a process named comm, "kubelet" but in tests) runs on the machine: its
+// pods, cgroups and chains are not the lab's.
+func checkNoForeignKubelet(comm string) error {
+	if pids := foreignKubelets(comm); len(pids) > 0 {
 		return fmt.Errorf("a kubelet that is not the lab's runs on this machine (PID %v): refusing to start a lab cluster or clean up after one beside it; stop it first", pids)
 	}
 	return nil

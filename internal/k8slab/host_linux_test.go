@@ -1,6 +1,7 @@
 package k8slab
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -102,11 +103,14 @@ func TestClusterPodUIDs(t *testing.T) {
 }
 
 // TestForeignKubelet: a kubelet the lab did not start is found, so that Start refuses to
-// start or to clean up beside it.
+// start or to clean up beside it. The stand-in has a name of its own (a comm of at most 15
+// bytes): one named kubelet would make a cluster started by another package's test, at the
+// same time, refuse to start.
 func TestForeignKubelet(t *testing.T) {
 	sleep, err := exec.LookPath("sleep")
 	require.NoError(t, err)
-	kubelet := t.TempDir() + "/kubelet"
+	comm := fmt.Sprintf("kubelet-%d", os.Getpid()%1e7)
+	kubelet := t.TempDir() + "/" + comm
 	b, err := os.ReadFile(sleep)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(kubelet, b, 0o755))
@@ -115,10 +119,11 @@ func TestForeignKubelet(t *testing.T) {
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	require.Eventually(t, func() bool {
 		c, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/comm")
-		return strings.TrimSpace(string(c)) == "kubelet"
+		return strings.TrimSpace(string(c)) == comm
 	}, 5*time.Second, 10*time.Millisecond)
-	assert.Contains(t, foreignKubelets(), cmd.Process.Pid)
-	err = checkNoForeignKubelet()
+	assert.Contains(t, foreignKubelets(comm), cmd.Process.Pid)
+	assert.NotContains(t, foreignKubelets("kubelet"), cmd.Process.Pid)
+	err = checkNoForeignKubelet(comm)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "not the lab's")
 }
