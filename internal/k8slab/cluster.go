@@ -336,7 +336,7 @@ func (c *Cluster) start(ctx context.Context, opts Options) error {
 		"--initial-cluster=k8slab="+peerURL, "--unsafe-no-fsync", "--log-level=warn"); err != nil {
 		return err
 	}
-	if err := c.waitHTTP(ctx, "etcd", http.DefaultClient, etcdURL+"/health", 30*time.Second); err != nil {
+	if err := c.waitHTTP(ctx, "etcd", plainClient, etcdURL+"/health", 30*time.Second); err != nil {
 		return err
 	}
 
@@ -434,7 +434,7 @@ func (c *Cluster) start(ctx context.Context, opts Options) error {
 	if err := c.run("coredns", c.Bin.CoreDNS, "-conf", corefile); err != nil {
 		return err
 	}
-	if err := c.waitHTTP(ctx, "coredns", http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/ready", dnsReady), 60*time.Second); err != nil {
+	if err := c.waitHTTP(ctx, "coredns", plainClient, fmt.Sprintf("http://127.0.0.1:%d/ready", dnsReady), 60*time.Second); err != nil {
 		return err
 	}
 	return c.waitNodeReady(ctx, 90*time.Second)
@@ -510,14 +510,27 @@ func (c *Cluster) adminClient(p *pki) (*http.Client, error) {
 	}, nil
 }
 
-// waitHTTP polls url until it answers 200, the daemon exits, or timeout.
+// plainClient is for the daemons' plain-HTTP health endpoints: a daemon that accepts a
+// connection and never answers fails one attempt, not the whole wait.
+var plainClient = &http.Client{Timeout: 2 * time.Second}
+
+// waitHTTP polls url until it answers 200, the daemon exits, or timeout. Each attempt ends
+// after 2 s, and with ctx or the timeout, whatever client's own timeout.
 func (c *Cluster) waitHTTP(ctx context.Context, name string, client *http.Client, url string, timeout time.Duration) error {
 	d := c.daemons[name]
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	return poll(ctx, timeout, 100*time.Millisecond, func() error {
 		if d.proc.Exited() {
 			return permanent{fmt.Errorf("%s exited: %v", name, d.proc.Err())}
 		}
-		resp, err := client.Get(url)
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
+		if err != nil {
+			return permanent{err}
+		}
+		resp, err := client.Do(req)
 		if err != nil {
 			return err
 		}
