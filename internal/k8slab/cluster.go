@@ -589,6 +589,9 @@ func (c *Cluster) pushPause(ctx context.Context, registry string) (string, error
 	if err != nil {
 		return "", err
 	}
+	// The registry is a local one: a push that takes a minute is stuck.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
 		return "", fmt.Errorf("push %s: %w", ref, err)
 	}
