@@ -68,10 +68,16 @@ func cgroupHierarchies() []string {
 }
 
 // iptablesCommands are the iptables front ends whose tables the cluster touches: the
-// kubelet and kube-proxy use the ones on PATH (nf_tables on Debian 12).
+// kubelet and kube-proxy use the ones on PATH (nf_tables on Debian 12); ip6tables only
+// where the kernel has IPv6.
 func iptablesCommands() []string {
 	var out []string
 	for _, c := range []string{"iptables", "ip6tables"} {
+		if c == "ip6tables" {
+			if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
+				continue
+			}
+		}
 		if _, err := exec.LookPath(c); err == nil {
 			out = append(out, c)
 		}
@@ -109,7 +115,7 @@ func newHost(dir string) (*host, error) {
 	}
 	var err error
 	if h.chains, err = iptablesChains(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("iptables baseline: %w", err)
 	}
 	return h, nil
 }
@@ -457,7 +463,9 @@ func (h *host) leftovers() []string {
 			out = append(out, "cgroup "+filepath.Join(cg, "kubepods"))
 		}
 	}
-	if now, err := iptablesChains(); err == nil {
+	if now, err := iptablesChains(); err != nil {
+		out = append(out, "iptables chains not checked: "+err.Error())
+	} else {
 		for c := range now {
 			if !h.chains[c] && isLabChain(c) {
 				out = append(out, "iptables chain "+c)
@@ -524,12 +532,19 @@ type iptablesRule struct {
 	args         []string
 }
 
-// iptablesSave reads every iptables front end that answers (no IPv6 in the kernel: skipped).
-func iptablesSave() []iptablesDump {
+// iptablesSave reads every iptables front end. One whose -save fails is left out of the
+// dumps and named in the error: a baseline without it would make its chains look new.
+func iptablesSave() ([]iptablesDump, error) {
 	var out []iptablesDump
+	var errs []error
 	for _, cmd := range iptablesCommands() {
 		b, err := exec.Command(cmd + "-save").Output()
 		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				err = fmt.Errorf("%w: %s", err, lastLines(string(ee.Stderr), 3))
+			}
+			errs = append(errs, fmt.Errorf("%s-save: %w", cmd, err))
 			continue
 		}
 		d := iptablesDump{cmd: cmd}
@@ -548,13 +563,18 @@ func iptablesSave() []iptablesDump {
 		}
 		out = append(out, d)
 	}
-	return out
+	return out, errors.Join(errs...)
 }
 
-// iptablesChains returns "command/table/chain" for every chain of every iptables front end.
+// iptablesChains returns "command/table/chain" for every chain of every iptables front end,
+// or an error when one of them could not be read.
 func iptablesChains() (map[string]bool, error) {
+	dumps, err := iptablesSave()
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]bool{}
-	for _, d := range iptablesSave() {
+	for _, d := range dumps {
 		for _, c := range d.chains {
 			out[d.cmd+"/"+c] = true
 		}
@@ -566,8 +586,9 @@ func iptablesChains() (map[string]bool, error) {
 // of other chains that jump to them: what the kubelet (its canary and hint chains) and the
 // CNI plugins create and kube-proxy --cleanup does not remove.
 func removeNewChains(before map[string]bool) error {
-	var errs []error
-	for _, d := range iptablesSave() {
+	dumps, err := iptablesSave()
+	errs := []error{err}
+	for _, d := range dumps {
 		cmd := d.cmd
 		fresh := map[string][]string{} // table → new chains
 		for _, c := range d.chains {

@@ -127,3 +127,18 @@ func TestForeignKubelet(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "not the lab's")
 }
+
+// TestIptablesBaselineFails: a front end whose -save fails fails the baseline, and so the
+// start, instead of leaving its chains out: removeNewChains would then take the chains it
+// had before the cluster for the cluster's and delete them.
+func TestIptablesBaselineFails(t *testing.T) {
+	bin := t.TempDir()
+	require.NoError(t, os.WriteFile(bin+"/iptables", []byte("#!/bin/sh\nexit 0\n"), 0o755))
+	require.NoError(t, os.WriteFile(bin+"/iptables-save", []byte("#!/bin/sh\necho 'iptables-save: table busy' >&2\nexit 4\n"), 0o755))
+	t.Setenv("PATH", bin)
+	_, err := iptablesChains()
+	require.ErrorContains(t, err, "iptables-save")
+	require.ErrorContains(t, err, "table busy")
+	_, err = newHost(t.TempDir())
+	require.ErrorContains(t, err, "iptables baseline")
+}
