@@ -403,7 +403,31 @@ func (h *host) save() error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(recordPath, b, 0o600)
+	return writeFileAtomic(recordPath, b)
+}
+
+// writeFileAtomic replaces path with data through a temporary file in its directory and a
+// rename, so that a process killed while writing leaves the previous record, never half of
+// one (or an empty one).
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
 }
 
 // forget removes the record once the machine is back as it was.

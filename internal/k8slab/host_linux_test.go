@@ -142,3 +142,22 @@ func TestIptablesBaselineFails(t *testing.T) {
 	_, err = newHost(t.TempDir())
 	require.ErrorContains(t, err, "iptables baseline")
 }
+
+// TestWriteFileAtomic: the record is replaced whole, with its mode, and no temporary file
+// stays beside it.
+func TestWriteFileAtomic(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := dir + "/state"
+	require.NoError(t, writeFileAtomic(p, []byte(`{"dir":"/tmp/cmk1","daemons":[1,2,3]}`)))
+	require.NoError(t, writeFileAtomic(p, []byte(`{"dir":"/tmp/cmk1"}`)))
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	assert.Equal(t, `{"dir":"/tmp/cmk1"}`, string(b))
+	fi, err := os.Stat(p)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Len(t, entries, 1)
+}
