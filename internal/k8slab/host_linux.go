@@ -27,6 +27,7 @@ type host struct {
 	sysctls  map[string]string // name → value before the cluster
 	chains   map[string]bool   // "iptables/nat/CHAIN" before the cluster
 	absent   []string          // host paths that did not exist before the cluster
+	netns    []string          // the cni-* entries of netnsDir before the cluster
 	created  []string          // of those, the ones setup created (restore removes them)
 	daemons  []procRef         // the daemons the cluster started
 	addrDone bool
@@ -107,7 +108,7 @@ func checkHost() error {
 }
 
 func newHost(dir string) (*host, error) {
-	h := &host{dir: dir, sysctls: map[string]string{}}
+	h := &host{dir: dir, sysctls: map[string]string{}, netns: append([]string{}, cniNetns(netnsDir)...)}
 	for _, p := range hostPathsWatched {
 		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
 			h.absent = append(h.absent, p)
@@ -229,40 +230,71 @@ func (h *host) restore(kubeProxy string) error {
 		}
 		add(os.WriteFile(sysctlPath(name), []byte(v), 0o644))
 	}
+	add(removeNetns(netnsDir, newNetns(netnsDir, h.netns)))
 	for _, p := range h.created {
 		add(removeCreated(p))
 	}
 	return errors.Join(errs...)
 }
 
-// removeCreated removes a host directory setup created. In /run/netns only containerd's pod
-// network namespaces (bind mounts named cni-*, which containerd removes with their
-// sandboxes unless it died first) go; anything else there keeps the directory, and is
-// reported as a leftover.
-func removeCreated(p string) error {
-	if p != "/run/netns" {
-		if err := lab.UnmountUnder(p); err != nil {
-			return err
-		}
-		return os.RemoveAll(p)
-	}
-	entries, _ := os.ReadDir(p)
-	var errs []error
+// netnsDir is where containerd bind-mounts its pod network namespaces, as cni-<uuid>; it
+// removes them with their sandboxes, unless it died first.
+const netnsDir = "/run/netns"
+
+// cniNetns lists the cni-* entries of dir.
+func cniNetns(dir string) []string {
+	entries, _ := os.ReadDir(dir)
+	var out []string
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), "cni-") {
-			continue
+		if strings.HasPrefix(e.Name(), "cni-") {
+			out = append(out, e.Name())
 		}
-		n := filepath.Join(p, e.Name())
+	}
+	return out
+}
+
+// newNetns lists the cni-* entries of dir that are not in before: the network namespaces of
+// the cluster's pods. They appeared while the cluster ran, under the machine-wide lock and
+// with no other kubelet on the machine (checkNoForeignKubelet), and nothing else here runs
+// pods; the entries there before the cluster are never touched.
+func newNetns(dir string, before []string) []string {
+	var out []string
+	for _, n := range cniNetns(dir) {
+		if !slices.Contains(before, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// removeNetns unmounts and removes the entries names of dir.
+func removeNetns(dir string, names []string) error {
+	var errs []error
+	for _, name := range names {
+		n := filepath.Join(dir, name)
 		if err := lab.UnmountUnder(n); err != nil {
 			errs = append(errs, err)
 		} else if err := os.Remove(n); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
-		errs = append(errs, err)
-	}
 	return errors.Join(errs...)
+}
+
+// removeCreated removes a host directory setup created. netnsDir goes only when empty
+// (restore has removed the cluster's network namespaces from it first): anything else there
+// keeps it, and is reported as a leftover.
+func removeCreated(p string) error {
+	if p != netnsDir {
+		if err := lab.UnmountUnder(p); err != nil {
+			return err
+		}
+		return os.RemoveAll(p)
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
+		return err
+	}
+	return nil
 }
 
 // clusterPodUIDs returns the UIDs of the pods the kubelet of the cluster in dir ran: its
@@ -389,12 +421,13 @@ type hostRecord struct {
 	Sysctls map[string]string `json:"sysctls"`
 	Chains  []string          `json:"chains"`
 	Absent  []string          `json:"absent"`
+	Netns   []string          `json:"netns"`
 	Daemons []procRef         `json:"daemons"`
 	Created []string          `json:"created"`
 }
 
 func (h *host) save() error {
-	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent, Daemons: h.daemons, Created: h.created}
+	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent, Netns: h.netns, Daemons: h.daemons, Created: h.created}
 	for c := range h.chains {
 		rec.Chains = append(rec.Chains, c)
 	}
@@ -456,7 +489,12 @@ func recoverCrashed(kubeProxy string, log io.Writer) error {
 		return fmt.Errorf("%s: not a k8slab record (%v); remove it", recordPath, err)
 	}
 	fmt.Fprintf(log, "k8slab: the cluster in %s was not torn down (its test was killed?); cleaning up after it\n", rec.Dir)
-	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, created: rec.Created, daemons: rec.Daemons, addrDone: true, mounted: true}
+	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, netns: rec.Netns, created: rec.Created, daemons: rec.Daemons, addrDone: true, mounted: true}
+	if rec.Netns == nil && !slices.Contains(rec.Created, netnsDir) {
+		// A record from before the network namespaces were: which are the cluster's is
+		// unknown, so none is.
+		h.netns = cniNetns(netnsDir)
+	}
 	for _, c := range rec.Chains {
 		h.chains[c] = true
 	}
@@ -498,6 +536,9 @@ func (h *host) leftovers() []string {
 	}
 	out = append(out, changedSysctls(h.sysctls)...)
 	out = append(out, h.newPaths()...)
+	for _, n := range newNetns(netnsDir, h.netns) {
+		out = append(out, "network namespace "+filepath.Join(netnsDir, n)+" (the cluster's pod's, not removed)")
+	}
 	if mps, _ := mountsUnder(h.dir); len(mps) > 0 {
 		out = append(out, "mounts under "+h.dir+": "+strings.Join(mps, ", "))
 	}

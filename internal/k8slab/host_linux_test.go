@@ -161,3 +161,27 @@ func TestWriteFileAtomic(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, entries, 1)
 }
+
+// TestNewNetns: the network namespaces that appeared while the cluster ran are its pods'
+// and go; those there before it, and entries that are not containerd's, stay.
+func TestNewNetns(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, n := range []string{"cni-before", "other"} {
+		require.NoError(t, os.WriteFile(dir+"/"+n, nil, 0o644))
+	}
+	before := cniNetns(dir)
+	assert.Equal(t, []string{"cni-before"}, before)
+	assert.Empty(t, newNetns(dir, before))
+	for _, n := range []string{"cni-1", "cni-2", "other-new"} {
+		require.NoError(t, os.WriteFile(dir+"/"+n, nil, 0o644))
+	}
+	assert.Equal(t, []string{"cni-1", "cni-2"}, newNetns(dir, before))
+	require.NoError(t, removeNetns(dir, newNetns(dir, before)))
+	assert.Empty(t, newNetns(dir, before))
+	for _, n := range []string{"cni-before", "other", "other-new"} {
+		assert.FileExists(t, dir+"/"+n)
+	}
+	// A directory the lab created: every cni-* entry is new.
+	assert.Equal(t, []string{"cni-before"}, newNetns(dir, nil))
+}
