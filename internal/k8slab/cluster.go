@@ -188,7 +188,7 @@ func RequireBuilt(t testing.TB) {
 	if Cached() {
 		return
 	}
-	dir, _ := CacheDir()
+	dir, _ := lab.CacheDir()
 	msg := fmt.Sprintf("k8slab: the lab Kubernetes %s is not built in %s: %s", KubernetesVersion, dir, notBuiltHint)
 	lab.SkipOrFail(t, msg)
 }

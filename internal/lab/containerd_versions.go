@@ -83,18 +83,26 @@ func (v ContainerdVersion) Binary() (string, error) {
 	return p, nil
 }
 
+// CacheDir is where the lab keeps what it builds (containerd releases, the Kubernetes lab's
+// binaries), outside any checkout so that every worktree and run reuses it:
+// $CACHEMACHINE_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/cachemachine.
+func CacheDir() (string, error) {
+	if d := os.Getenv("CACHEMACHINE_CACHE"); d != "" {
+		return d, nil
+	}
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("lab cache: %w", err)
+	}
+	return filepath.Join(d, "cachemachine"), nil
+}
+
 // BuiltContainerdPath is where scripts/build-containerd.sh puts containerd release rel (e.g.
-// "v2.4.2"): $CACHEMACHINE_CACHE/containerd-REL/bin/containerd, where CACHEMACHINE_CACHE defaults
-// to $XDG_CACHE_HOME/cachemachine or ~/.cache/cachemachine — outside the repository, so every
-// worktree and run reuses one build.
+// "v2.4.2"): CacheDir()/containerd-REL/bin/containerd.
 func BuiltContainerdPath(rel string) (string, error) {
-	dir := os.Getenv("CACHEMACHINE_CACHE")
-	if dir == "" {
-		base, err := os.UserCacheDir()
-		if err != nil {
-			return "", fmt.Errorf("containerd cache: %w", err)
-		}
-		dir = filepath.Join(base, "cachemachine")
+	dir, err := CacheDir()
+	if err != nil {
+		return "", err
 	}
 	return filepath.Join(dir, "containerd-"+rel, "bin", "containerd"), nil
 }
