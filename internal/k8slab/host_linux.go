@@ -1,7 +1,6 @@
 package k8slab
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -539,7 +538,7 @@ func (h *host) leftovers() []string {
 	for _, n := range newNetns(netnsDir, h.netns) {
 		out = append(out, "network namespace "+filepath.Join(netnsDir, n)+" (the cluster's pod's, not removed)")
 	}
-	if mps, _ := mountsUnder(h.dir); len(mps) > 0 {
+	if mps, _ := lab.MountsUnder(h.dir); len(mps) > 0 {
 		out = append(out, "mounts under "+h.dir+": "+strings.Join(mps, ", "))
 	}
 	if procs := h.ownProcesses(); len(procs) > 0 {
@@ -868,24 +867,6 @@ func (h *host) addDaemon(pid int) error {
 	}
 	h.daemons = append(h.daemons, r)
 	return h.save()
-}
-
-// mountsUnder lists the mount points at or below dir.
-func mountsUnder(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
-			out = append(out, fields[4])
-		}
-	}
-	return out, sc.Err()
 }
 
 func run(name string, args ...string) error {

@@ -20,15 +20,7 @@ func sysProcAttr() *syscall.SysProcAttr {
 
 // unmountUnder lazily unmounts every mount point at or below dir, deepest first.
 func unmountUnder(dir string) error {
-	if real, err := filepath.EvalSymlinks(dir); err == nil {
-		dir = real
-	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	mounts, err := mountPointsUnder(bufio.NewScanner(f), dir)
+	mounts, err := mountsUnder(dir)
 	if err != nil {
 		return err
 	}
@@ -39,6 +31,20 @@ func unmountUnder(dir string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// mountsUnder returns this process's mount points at or below dir (its symlinks resolved),
+// deepest first.
+func mountsUnder(dir string) ([]string, error) {
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return mountPointsUnder(bufio.NewScanner(f), dir)
 }
 
 // mountPointsUnder returns the mount points in a mountinfo listing that are dir or below it,
