@@ -124,7 +124,7 @@ func Check() error {
 	}
 	var missing []string
 	for _, b := range []string{"containerd", "runc", "iptables", "conntrack", "ip"} {
-		if _, err := lookPath(b); err != nil {
+		if _, err := lab.LookPath(b); err != nil {
 			missing = append(missing, b)
 		}
 	}
@@ -141,18 +141,6 @@ func Check() error {
 
 // cniBinDir is where Debian's containernetworking-plugins puts the plugins.
 const cniBinDir = "/usr/lib/cni"
-
-func lookPath(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin"} {
-		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
-			return filepath.Join(dir, name), nil
-		}
-	}
-	return "", fmt.Errorf("%s not found", name)
-}
 
 // New is Start for tests: Require, RequireBuilt, Start, Close at cleanup (failing t when the
 // machine is not left clean), and the daemons' log tails when t failed.
@@ -640,7 +628,7 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	d, ok := c.daemons["containerd"]
 	c.mu.Unlock()
 	if !ok {
-		bin, err := lookPath("containerd")
+		bin, err := lab.LookPath("containerd")
 		if err != nil {
 			return err
 		}
