@@ -151,7 +151,8 @@ func (h *host) setup() error {
 		return err
 	}
 	h.addrDone = true
-	if err := h.sysctl("net.ipv4.ip_forward", "1"); err != nil {
+	// Recorded above, with the kubelet's: restore puts it back.
+	if err := os.WriteFile(sysctlPath("net.ipv4.ip_forward"), []byte("1"), 0o644); err != nil {
 		return err
 	}
 	if err := syscall.Mount(h.dir, h.dir, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
@@ -175,19 +176,6 @@ var kubeletSysctls = []string{
 }
 
 func sysctlPath(name string) string { return "/proc/sys/" + strings.ReplaceAll(name, ".", "/") }
-
-// sysctl sets name (dotted) and remembers the value to restore.
-func (h *host) sysctl(name, value string) error {
-	p := sysctlPath(name)
-	old, err := os.ReadFile(p)
-	if err != nil {
-		return err
-	}
-	if _, ok := h.sysctls[name]; !ok {
-		h.sysctls[name] = strings.TrimSpace(string(old))
-	}
-	return os.WriteFile(p, []byte(value), 0o644)
-}
 
 // restore undoes everything the cluster did to the machine, once every process it started is
 // gone. It goes on after errors and returns them all.
