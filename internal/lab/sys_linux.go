@@ -89,9 +89,11 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
-// RaiseNoFile raises this process's soft open-file limit to the hard one, for programs that
-// hold many sockets (hundreds of in-process memberlists, floods of client connections);
-// children started afterwards inherit it. It returns the new limit.
+// RaiseNoFile sets the soft open-file limit to the hard one for the child processes started
+// afterwards (agents and daemons that hold many sockets: hundreds of memberlists, floods of
+// client connections). The Go runtime already raises its own soft limit at start, but
+// starts children with the limit the process was given; an explicit Setrlimit, as here, is
+// what they inherit. It returns the new limit.
 func RaiseNoFile() (uint64, error) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
