@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cachemachine/cachemachine/internal/lab"
 )
 
 // Versions of what the lab builds from the Go module proxy.
@@ -177,23 +179,9 @@ func main() {
 	}
 }
 
-// CacheDir is where the lab keeps what it builds, outside any checkout so that every
-// worktree and run reuses it: $CACHEMACHINE_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/cachemachine
-// (where scripts/build-containerd.sh keeps its builds too).
-func CacheDir() (string, error) {
-	if d := os.Getenv("CACHEMACHINE_CACHE"); d != "" {
-		return d, nil
-	}
-	d, err := os.UserCacheDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(d, "cachemachine"), nil
-}
-
 // Cached reports whether every binary is built for the current recipes, without building.
 func Cached() bool {
-	root, err := CacheDir()
+	root, err := lab.CacheDir()
 	if err != nil {
 		return false
 	}
@@ -212,7 +200,7 @@ const notBuiltHint = "run `make k8s-lab` (go run ./internal/k8slab/cmd/k8slab bu
 // the same kustomize as the cluster), without building: an error saying how to build it
 // when the cache lacks it.
 func CachedKubectl() (string, error) {
-	root, err := CacheDir()
+	root, err := lab.CacheDir()
 	if err != nil {
 		return "", fmt.Errorf("k8slab cache: %w", err)
 	}
@@ -233,7 +221,7 @@ func recipes() []recipe {
 // Progress goes to log. Concurrent callers (two test binaries, two worktrees) wait for each
 // other through a lock file next to each build.
 func Build(ctx context.Context, log io.Writer) (Binaries, error) {
-	root, err := CacheDir()
+	root, err := lab.CacheDir()
 	if err != nil {
 		return Binaries{}, fmt.Errorf("k8slab build: %w", err)
 	}

@@ -124,7 +124,7 @@ func Check() error {
 	}
 	var missing []string
 	for _, b := range []string{"containerd", "runc", "iptables", "conntrack", "ip"} {
-		if _, err := lookPath(b); err != nil {
+		if _, err := lab.LookPath(b); err != nil {
 			missing = append(missing, b)
 		}
 	}
@@ -141,18 +141,6 @@ func Check() error {
 
 // cniBinDir is where Debian's containernetworking-plugins puts the plugins.
 const cniBinDir = "/usr/lib/cni"
-
-func lookPath(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin"} {
-		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
-			return filepath.Join(dir, name), nil
-		}
-	}
-	return "", fmt.Errorf("%s not found", name)
-}
 
 // New is Start for tests: Require, RequireBuilt, Start, Close at cleanup (failing t when the
 // machine is not left clean), and the daemons' log tails when t failed.
@@ -188,7 +176,7 @@ func RequireBuilt(t testing.TB) {
 	if Cached() {
 		return
 	}
-	dir, _ := CacheDir()
+	dir, _ := lab.CacheDir()
 	msg := fmt.Sprintf("k8slab: the lab Kubernetes %s is not built in %s: %s", KubernetesVersion, dir, notBuiltHint)
 	lab.SkipOrFail(t, msg)
 }
@@ -219,7 +207,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	// Another Kubernetes node first: recovery must not take its pods, cgroups and chains for
 	// a crashed lab's.
-	if err := checkNoForeignKubelet(); err != nil {
+	if err := checkNoForeignKubelet("kubelet"); err != nil {
 		unlock()
 		return nil, fmt.Errorf("k8slab: %w", err)
 	}
@@ -336,7 +324,7 @@ func (c *Cluster) start(ctx context.Context, opts Options) error {
 		"--initial-cluster=k8slab="+peerURL, "--unsafe-no-fsync", "--log-level=warn"); err != nil {
 		return err
 	}
-	if err := c.waitHTTP(ctx, "etcd", http.DefaultClient, etcdURL+"/health", 30*time.Second); err != nil {
+	if err := c.waitHTTP(ctx, "etcd", plainClient, etcdURL+"/health", 30*time.Second); err != nil {
 		return err
 	}
 
@@ -434,7 +422,7 @@ func (c *Cluster) start(ctx context.Context, opts Options) error {
 	if err := c.run("coredns", c.Bin.CoreDNS, "-conf", corefile); err != nil {
 		return err
 	}
-	if err := c.waitHTTP(ctx, "coredns", http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/ready", dnsReady), 60*time.Second); err != nil {
+	if err := c.waitHTTP(ctx, "coredns", plainClient, fmt.Sprintf("http://127.0.0.1:%d/ready", dnsReady), 60*time.Second); err != nil {
 		return err
 	}
 	return c.waitNodeReady(ctx, 90*time.Second)
@@ -510,14 +498,27 @@ func (c *Cluster) adminClient(p *pki) (*http.Client, error) {
 	}, nil
 }
 
-// waitHTTP polls url until it answers 200, the daemon exits, or timeout.
+// plainClient is for the daemons' plain-HTTP health endpoints: a daemon that accepts a
+// connection and never answers fails one attempt, not the whole wait.
+var plainClient = &http.Client{Timeout: 2 * time.Second}
+
+// waitHTTP polls url until it answers 200, the daemon exits, or timeout. Each attempt ends
+// after 2 s, and with ctx or the timeout, whatever client's own timeout.
 func (c *Cluster) waitHTTP(ctx context.Context, name string, client *http.Client, url string, timeout time.Duration) error {
 	d := c.daemons[name]
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	return poll(ctx, timeout, 100*time.Millisecond, func() error {
 		if d.proc.Exited() {
 			return permanent{fmt.Errorf("%s exited: %v", name, d.proc.Err())}
 		}
-		resp, err := client.Get(url)
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
+		if err != nil {
+			return permanent{err}
+		}
+		resp, err := client.Do(req)
 		if err != nil {
 			return err
 		}
@@ -576,6 +577,9 @@ func (c *Cluster) pushPause(ctx context.Context, registry string) (string, error
 	if err != nil {
 		return "", err
 	}
+	// The registry is a local one: a push that takes a minute is stuck.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
 		return "", fmt.Errorf("push %s: %w", ref, err)
 	}
@@ -624,7 +628,7 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	d, ok := c.daemons["containerd"]
 	c.mu.Unlock()
 	if !ok {
-		bin, err := lookPath("containerd")
+		bin, err := lab.LookPath("containerd")
 		if err != nil {
 			return err
 		}

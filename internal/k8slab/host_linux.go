@@ -1,7 +1,6 @@
 package k8slab
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -27,6 +26,7 @@ type host struct {
 	sysctls  map[string]string // name → value before the cluster
 	chains   map[string]bool   // "iptables/nat/CHAIN" before the cluster
 	absent   []string          // host paths that did not exist before the cluster
+	netns    []string          // the cni-* entries of netnsDir before the cluster
 	created  []string          // of those, the ones setup created (restore removes them)
 	daemons  []procRef         // the daemons the cluster started
 	addrDone bool
@@ -68,10 +68,16 @@ func cgroupHierarchies() []string {
 }
 
 // iptablesCommands are the iptables front ends whose tables the cluster touches: the
-// kubelet and kube-proxy use the ones on PATH (nf_tables on Debian 12).
+// kubelet and kube-proxy use the ones on PATH (nf_tables on Debian 12); ip6tables only
+// where the kernel has IPv6.
 func iptablesCommands() []string {
 	var out []string
 	for _, c := range []string{"iptables", "ip6tables"} {
+		if c == "ip6tables" {
+			if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
+				continue
+			}
+		}
 		if _, err := exec.LookPath(c); err == nil {
 			out = append(out, c)
 		}
@@ -101,7 +107,7 @@ func checkHost() error {
 }
 
 func newHost(dir string) (*host, error) {
-	h := &host{dir: dir, sysctls: map[string]string{}}
+	h := &host{dir: dir, sysctls: map[string]string{}, netns: append([]string{}, cniNetns(netnsDir)...)}
 	for _, p := range hostPathsWatched {
 		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
 			h.absent = append(h.absent, p)
@@ -109,7 +115,7 @@ func newHost(dir string) (*host, error) {
 	}
 	var err error
 	if h.chains, err = iptablesChains(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("iptables baseline: %w", err)
 	}
 	return h, nil
 }
@@ -145,7 +151,8 @@ func (h *host) setup() error {
 		return err
 	}
 	h.addrDone = true
-	if err := h.sysctl("net.ipv4.ip_forward", "1"); err != nil {
+	// Recorded above, with the kubelet's: restore puts it back.
+	if err := os.WriteFile(sysctlPath("net.ipv4.ip_forward"), []byte("1"), 0o644); err != nil {
 		return err
 	}
 	if err := syscall.Mount(h.dir, h.dir, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
@@ -169,19 +176,6 @@ var kubeletSysctls = []string{
 }
 
 func sysctlPath(name string) string { return "/proc/sys/" + strings.ReplaceAll(name, ".", "/") }
-
-// sysctl sets name (dotted) and remembers the value to restore.
-func (h *host) sysctl(name, value string) error {
-	p := sysctlPath(name)
-	old, err := os.ReadFile(p)
-	if err != nil {
-		return err
-	}
-	if _, ok := h.sysctls[name]; !ok {
-		h.sysctls[name] = strings.TrimSpace(string(old))
-	}
-	return os.WriteFile(p, []byte(value), 0o644)
-}
 
 // restore undoes everything the cluster did to the machine, once every process it started is
 // gone. It goes on after errors and returns them all.
@@ -223,40 +217,71 @@ func (h *host) restore(kubeProxy string) error {
 		}
 		add(os.WriteFile(sysctlPath(name), []byte(v), 0o644))
 	}
+	add(removeNetns(netnsDir, newNetns(netnsDir, h.netns)))
 	for _, p := range h.created {
 		add(removeCreated(p))
 	}
 	return errors.Join(errs...)
 }
 
-// removeCreated removes a host directory setup created. In /run/netns only containerd's pod
-// network namespaces (bind mounts named cni-*, which containerd removes with their
-// sandboxes unless it died first) go; anything else there keeps the directory, and is
-// reported as a leftover.
-func removeCreated(p string) error {
-	if p != "/run/netns" {
-		if err := lab.UnmountUnder(p); err != nil {
-			return err
-		}
-		return os.RemoveAll(p)
-	}
-	entries, _ := os.ReadDir(p)
-	var errs []error
+// netnsDir is where containerd bind-mounts its pod network namespaces, as cni-<uuid>; it
+// removes them with their sandboxes, unless it died first.
+const netnsDir = "/run/netns"
+
+// cniNetns lists the cni-* entries of dir.
+func cniNetns(dir string) []string {
+	entries, _ := os.ReadDir(dir)
+	var out []string
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), "cni-") {
-			continue
+		if strings.HasPrefix(e.Name(), "cni-") {
+			out = append(out, e.Name())
 		}
-		n := filepath.Join(p, e.Name())
+	}
+	return out
+}
+
+// newNetns lists the cni-* entries of dir that are not in before: the network namespaces of
+// the cluster's pods. They appeared while the cluster ran, under the machine-wide lock and
+// with no other kubelet on the machine (checkNoForeignKubelet), and nothing else here runs
+// pods; the entries there before the cluster are never touched.
+func newNetns(dir string, before []string) []string {
+	var out []string
+	for _, n := range cniNetns(dir) {
+		if !slices.Contains(before, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// removeNetns unmounts and removes the entries names of dir.
+func removeNetns(dir string, names []string) error {
+	var errs []error
+	for _, name := range names {
+		n := filepath.Join(dir, name)
 		if err := lab.UnmountUnder(n); err != nil {
 			errs = append(errs, err)
 		} else if err := os.Remove(n); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
-		errs = append(errs, err)
-	}
 	return errors.Join(errs...)
+}
+
+// removeCreated removes a host directory setup created. netnsDir goes only when empty
+// (restore has removed the cluster's network namespaces from it first): anything else there
+// keeps it, and is reported as a leftover.
+func removeCreated(p string) error {
+	if p != netnsDir {
+		if err := lab.UnmountUnder(p); err != nil {
+			return err
+		}
+		return os.RemoveAll(p)
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
+		return err
+	}
+	return nil
 }
 
 // clusterPodUIDs returns the UIDs of the pods the kubelet of the cluster in dir ran: its
@@ -333,10 +358,10 @@ func killPodProcesses(uids []string) error {
 	return nil
 }
 
-// foreignKubelets returns the running kubelets that are not the lab's: not among the daemons
-// of the crash record, if there is one (no lab kubelet runs otherwise: callers hold the
-// machine-wide lock).
-func foreignKubelets() []int {
+// foreignKubelets returns the running processes named comm ("kubelet") that are not the
+// lab's: not among the daemons of the crash record, if there is one (no lab kubelet runs
+// otherwise: callers hold the machine-wide lock).
+func foreignKubelets(comm string) []int {
 	var ours []procRef
 	if b, err := os.ReadFile(recordPath); err == nil {
 		var rec hostRecord
@@ -351,8 +376,8 @@ func foreignKubelets() []int {
 		if err != nil {
 			continue
 		}
-		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
-		if err != nil || strings.TrimSpace(string(comm)) != "kubelet" {
+		c, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(c)) != comm {
 			continue
 		}
 		r, ok := refOf(pid)
@@ -364,9 +389,10 @@ func foreignKubelets() []int {
 }
 
 // checkNoForeignKubelet refuses to start, or to clean up after a crashed lab cluster, while
-// another kubelet runs on the machine: its pods, cgroups and chains are not the lab's.
-func checkNoForeignKubelet() error {
-	if pids := foreignKubelets(); len(pids) > 0 {
+// another kubelet (a process named comm, "kubelet" but in tests) runs on the machine: its
+// pods, cgroups and chains are not the lab's.
+func checkNoForeignKubelet(comm string) error {
+	if pids := foreignKubelets(comm); len(pids) > 0 {
 		return fmt.Errorf("a kubelet that is not the lab's runs on this machine (PID %v): refusing to start a lab cluster or clean up after one beside it; stop it first", pids)
 	}
 	return nil
@@ -382,12 +408,13 @@ type hostRecord struct {
 	Sysctls map[string]string `json:"sysctls"`
 	Chains  []string          `json:"chains"`
 	Absent  []string          `json:"absent"`
+	Netns   []string          `json:"netns"`
 	Daemons []procRef         `json:"daemons"`
 	Created []string          `json:"created"`
 }
 
 func (h *host) save() error {
-	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent, Daemons: h.daemons, Created: h.created}
+	rec := hostRecord{Dir: h.dir, Sysctls: h.sysctls, Absent: h.absent, Netns: h.netns, Daemons: h.daemons, Created: h.created}
 	for c := range h.chains {
 		rec.Chains = append(rec.Chains, c)
 	}
@@ -396,7 +423,31 @@ func (h *host) save() error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(recordPath, b, 0o600)
+	return writeFileAtomic(recordPath, b)
+}
+
+// writeFileAtomic replaces path with data through a temporary file in its directory and a
+// rename, so that a process killed while writing leaves the previous record, never half of
+// one (or an empty one).
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
 }
 
 // forget removes the record once the machine is back as it was.
@@ -425,7 +476,12 @@ func recoverCrashed(kubeProxy string, log io.Writer) error {
 		return fmt.Errorf("%s: not a k8slab record (%v); remove it", recordPath, err)
 	}
 	fmt.Fprintf(log, "k8slab: the cluster in %s was not torn down (its test was killed?); cleaning up after it\n", rec.Dir)
-	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, created: rec.Created, daemons: rec.Daemons, addrDone: true, mounted: true}
+	h := &host{dir: rec.Dir, sysctls: rec.Sysctls, chains: map[string]bool{}, absent: rec.Absent, netns: rec.Netns, created: rec.Created, daemons: rec.Daemons, addrDone: true, mounted: true}
+	if rec.Netns == nil && !slices.Contains(rec.Created, netnsDir) {
+		// A record from before the network namespaces were: which are the cluster's is
+		// unknown, so none is.
+		h.netns = cniNetns(netnsDir)
+	}
 	for _, c := range rec.Chains {
 		h.chains[c] = true
 	}
@@ -456,7 +512,9 @@ func (h *host) leftovers() []string {
 			out = append(out, "cgroup "+filepath.Join(cg, "kubepods"))
 		}
 	}
-	if now, err := iptablesChains(); err == nil {
+	if now, err := iptablesChains(); err != nil {
+		out = append(out, "iptables chains not checked: "+err.Error())
+	} else {
 		for c := range now {
 			if !h.chains[c] && isLabChain(c) {
 				out = append(out, "iptables chain "+c)
@@ -465,7 +523,10 @@ func (h *host) leftovers() []string {
 	}
 	out = append(out, changedSysctls(h.sysctls)...)
 	out = append(out, h.newPaths()...)
-	if mps, _ := mountsUnder(h.dir); len(mps) > 0 {
+	for _, n := range newNetns(netnsDir, h.netns) {
+		out = append(out, "network namespace "+filepath.Join(netnsDir, n)+" (the cluster's pod's, not removed)")
+	}
+	if mps, _ := lab.MountsUnder(h.dir); len(mps) > 0 {
 		out = append(out, "mounts under "+h.dir+": "+strings.Join(mps, ", "))
 	}
 	if procs := h.ownProcesses(); len(procs) > 0 {
@@ -523,12 +584,19 @@ type iptablesRule struct {
 	args         []string
 }
 
-// iptablesSave reads every iptables front end that answers (no IPv6 in the kernel: skipped).
-func iptablesSave() []iptablesDump {
+// iptablesSave reads every iptables front end. One whose -save fails is left out of the
+// dumps and named in the error: a baseline without it would make its chains look new.
+func iptablesSave() ([]iptablesDump, error) {
 	var out []iptablesDump
+	var errs []error
 	for _, cmd := range iptablesCommands() {
 		b, err := exec.Command(cmd + "-save").Output()
 		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				err = fmt.Errorf("%w: %s", err, lastLines(string(ee.Stderr), 3))
+			}
+			errs = append(errs, fmt.Errorf("%s-save: %w", cmd, err))
 			continue
 		}
 		d := iptablesDump{cmd: cmd}
@@ -547,13 +615,18 @@ func iptablesSave() []iptablesDump {
 		}
 		out = append(out, d)
 	}
-	return out
+	return out, errors.Join(errs...)
 }
 
-// iptablesChains returns "command/table/chain" for every chain of every iptables front end.
+// iptablesChains returns "command/table/chain" for every chain of every iptables front end,
+// or an error when one of them could not be read.
 func iptablesChains() (map[string]bool, error) {
+	dumps, err := iptablesSave()
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]bool{}
-	for _, d := range iptablesSave() {
+	for _, d := range dumps {
 		for _, c := range d.chains {
 			out[d.cmd+"/"+c] = true
 		}
@@ -565,8 +638,9 @@ func iptablesChains() (map[string]bool, error) {
 // of other chains that jump to them: what the kubelet (its canary and hint chains) and the
 // CNI plugins create and kube-proxy --cleanup does not remove.
 func removeNewChains(before map[string]bool) error {
-	var errs []error
-	for _, d := range iptablesSave() {
+	dumps, err := iptablesSave()
+	errs := []error{err}
+	for _, d := range dumps {
 		cmd := d.cmd
 		fresh := map[string][]string{} // table → new chains
 		for _, c := range d.chains {
@@ -781,24 +855,6 @@ func (h *host) addDaemon(pid int) error {
 	}
 	h.daemons = append(h.daemons, r)
 	return h.save()
-}
-
-// mountsUnder lists the mount points at or below dir.
-func mountsUnder(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
-			out = append(out, fields[4])
-		}
-	}
-	return out, sc.Err()
 }
 
 func run(name string, args ...string) error {

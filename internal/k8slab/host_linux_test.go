@@ -1,6 +1,7 @@
 package k8slab
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -13,13 +14,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestKubeletSysctls: every sysctl the kubelet sets is one the host records (they exist on
-// this kernel), and a value that differs from the record is a leftover.
+// TestKubeletSysctls: the sysctls the host records for the kubelet exist on this kernel,
+// and a value that differs from the record is a leftover.
 func TestKubeletSysctls(t *testing.T) {
 	t.Parallel()
 	recorded := map[string]string{}
-	for _, name := range []string{"vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops", "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes"} {
-		require.Contains(t, kubeletSysctls, name)
+	for _, name := range kubeletSysctls {
 		b, err := os.ReadFile(sysctlPath(name))
 		require.NoError(t, err)
 		recorded[name] = strings.TrimSpace(string(b))
@@ -102,11 +102,14 @@ func TestClusterPodUIDs(t *testing.T) {
 }
 
 // TestForeignKubelet: a kubelet the lab did not start is found, so that Start refuses to
-// start or to clean up beside it.
+// start or to clean up beside it. The stand-in has a name of its own (a comm of at most 15
+// bytes): one named kubelet would make a cluster started by another package's test, at the
+// same time, refuse to start.
 func TestForeignKubelet(t *testing.T) {
 	sleep, err := exec.LookPath("sleep")
 	require.NoError(t, err)
-	kubelet := t.TempDir() + "/kubelet"
+	comm := fmt.Sprintf("kubelet-%d", os.Getpid()%1e7)
+	kubelet := t.TempDir() + "/" + comm
 	b, err := os.ReadFile(sleep)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(kubelet, b, 0o755))
@@ -115,10 +118,69 @@ func TestForeignKubelet(t *testing.T) {
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	require.Eventually(t, func() bool {
 		c, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/comm")
-		return strings.TrimSpace(string(c)) == "kubelet"
+		return strings.TrimSpace(string(c)) == comm
 	}, 5*time.Second, 10*time.Millisecond)
-	assert.Contains(t, foreignKubelets(), cmd.Process.Pid)
-	err = checkNoForeignKubelet()
+	assert.Contains(t, foreignKubelets(comm), cmd.Process.Pid)
+	assert.NotContains(t, foreignKubelets("kubelet"), cmd.Process.Pid)
+	err = checkNoForeignKubelet(comm)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "not the lab's")
+}
+
+// TestIptablesBaselineFails: a front end whose -save fails fails the baseline, and so the
+// start, instead of leaving its chains out: removeNewChains would then take the chains it
+// had before the cluster for the cluster's and delete them.
+func TestIptablesBaselineFails(t *testing.T) {
+	bin := t.TempDir()
+	require.NoError(t, os.WriteFile(bin+"/iptables", []byte("#!/bin/sh\nexit 0\n"), 0o755))
+	require.NoError(t, os.WriteFile(bin+"/iptables-save", []byte("#!/bin/sh\necho 'iptables-save: table busy' >&2\nexit 4\n"), 0o755))
+	t.Setenv("PATH", bin)
+	_, err := iptablesChains()
+	require.ErrorContains(t, err, "iptables-save")
+	require.ErrorContains(t, err, "table busy")
+	_, err = newHost(t.TempDir())
+	require.ErrorContains(t, err, "iptables baseline")
+}
+
+// TestWriteFileAtomic: the record is replaced whole, with its mode, and no temporary file
+// stays beside it.
+func TestWriteFileAtomic(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := dir + "/state"
+	require.NoError(t, writeFileAtomic(p, []byte(`{"dir":"/tmp/cmk1","daemons":[1,2,3]}`)))
+	require.NoError(t, writeFileAtomic(p, []byte(`{"dir":"/tmp/cmk1"}`)))
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	assert.Equal(t, `{"dir":"/tmp/cmk1"}`, string(b))
+	fi, err := os.Stat(p)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Len(t, entries, 1)
+}
+
+// TestNewNetns: the network namespaces that appeared while the cluster ran are its pods'
+// and go; those there before it, and entries that are not containerd's, stay.
+func TestNewNetns(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, n := range []string{"cni-before", "other"} {
+		require.NoError(t, os.WriteFile(dir+"/"+n, nil, 0o644))
+	}
+	before := cniNetns(dir)
+	assert.Equal(t, []string{"cni-before"}, before)
+	assert.Empty(t, newNetns(dir, before))
+	for _, n := range []string{"cni-1", "cni-2", "other-new"} {
+		require.NoError(t, os.WriteFile(dir+"/"+n, nil, 0o644))
+	}
+	assert.Equal(t, []string{"cni-1", "cni-2"}, newNetns(dir, before))
+	require.NoError(t, removeNetns(dir, newNetns(dir, before)))
+	assert.Empty(t, newNetns(dir, before))
+	for _, n := range []string{"cni-before", "other", "other-new"} {
+		assert.FileExists(t, dir+"/"+n)
+	}
+	// A directory the lab created: every cni-* entry is new.
+	assert.Equal(t, []string{"cni-before"}, newNetns(dir, nil))
 }

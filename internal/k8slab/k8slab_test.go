@@ -1,12 +1,18 @@
 package k8slab
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/cachemachine/cachemachine/internal/lab"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -109,4 +115,39 @@ func (f *fakeTB) Helper() {}
 func (f *fakeTB) Skip(args ...any) {
 	f.skipped, f.msg = true, fmt.Sprint(args...)
 	runtime.Goexit()
+}
+
+// TestWaitHTTPSilentDaemon: a daemon that accepts connections and never answers fails the
+// wait at its timeout; it does not block it for ever.
+func TestWaitHTTPSilentDaemon(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop); _ = l.Close() })
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { <-stop; _ = conn.Close() }()
+		}
+	}()
+	sleep, err := exec.LookPath("sleep")
+	require.NoError(t, err)
+	p, err := lab.StartProcess(sleep, []string{"60"}, io.Discard)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Stop(time.Second) })
+	c := &Cluster{daemons: map[string]*daemon{"silent": {name: "silent", proc: p}}}
+	done := make(chan error, 1)
+	go func() {
+		done <- c.waitHTTP(t.Context(), "silent", http.DefaultClient, "http://"+l.Addr().String()+"/health", time.Second)
+	}()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(10 * time.Second):
+		t.Fatal("waitHTTP still waits for a daemon that never answers")
+	}
 }

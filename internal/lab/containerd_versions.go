@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -83,18 +84,26 @@ func (v ContainerdVersion) Binary() (string, error) {
 	return p, nil
 }
 
+// CacheDir is where the lab keeps what it builds (containerd releases, the Kubernetes lab's
+// binaries), outside any checkout so that every worktree and run reuses it:
+// $CACHEMACHINE_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/cachemachine.
+func CacheDir() (string, error) {
+	if d := os.Getenv("CACHEMACHINE_CACHE"); d != "" {
+		return d, nil
+	}
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("lab cache: %w", err)
+	}
+	return filepath.Join(d, "cachemachine"), nil
+}
+
 // BuiltContainerdPath is where scripts/build-containerd.sh puts containerd release rel (e.g.
-// "v2.4.2"): $CACHEMACHINE_CACHE/containerd-REL/bin/containerd, where CACHEMACHINE_CACHE defaults
-// to $XDG_CACHE_HOME/cachemachine or ~/.cache/cachemachine — outside the repository, so every
-// worktree and run reuses one build.
+// "v2.4.2"): CacheDir()/containerd-REL/bin/containerd.
 func BuiltContainerdPath(rel string) (string, error) {
-	dir := os.Getenv("CACHEMACHINE_CACHE")
-	if dir == "" {
-		base, err := os.UserCacheDir()
-		if err != nil {
-			return "", fmt.Errorf("containerd cache: %w", err)
-		}
-		dir = filepath.Join(base, "cachemachine")
+	dir, err := CacheDir()
+	if err != nil {
+		return "", err
 	}
 	return filepath.Join(dir, "containerd-"+rel, "bin", "containerd"), nil
 }
@@ -109,9 +118,38 @@ func RequireContainerd(t testing.TB, v ContainerdVersion) {
 	}
 }
 
-// binaryVersion runs `bin --version` and returns the version it reports ("1.6.20~ds1",
-// "v2.4.2") and its major number.
+// versionCache holds what binaryVersion found, by binary path, with the file's size and
+// modification time then: a test binary starts many containerds of a few binaries.
+var versionCache sync.Map // path → cachedVersion
+
+type cachedVersion struct {
+	size    int64
+	modTime time.Time
+	version string
+	major   int
+}
+
+// binaryVersion returns the version containerd binary bin reports ("1.6.20~ds1", "v2.4.2")
+// and its major number: it runs `bin --version` once per binary, again when the file
+// changed.
 func binaryVersion(ctx context.Context, bin string) (version string, major int, err error) {
+	fi, statErr := os.Stat(bin)
+	if statErr == nil {
+		if v, ok := versionCache.Load(bin); ok {
+			if c := v.(cachedVersion); c.size == fi.Size() && c.modTime.Equal(fi.ModTime()) {
+				return c.version, c.major, nil
+			}
+		}
+	}
+	version, major, err = runVersion(ctx, bin)
+	if err == nil && statErr == nil {
+		versionCache.Store(bin, cachedVersion{size: fi.Size(), modTime: fi.ModTime(), version: version, major: major})
+	}
+	return version, major, err
+}
+
+// runVersion runs `bin --version` and parses what it prints.
+func runVersion(ctx context.Context, bin string) (version string, major int, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "--version").Output()

@@ -89,3 +89,33 @@ func TestEveryContainerdPullsThroughMirrorWithAuth(t *testing.T) {
 		})
 	}
 }
+
+// TestBinaryVersionCached: a binary's version is asked once, and again only when the file
+// changes. Not parallel: a script written while other tests fork may fail to run with
+// ETXTBSY (golang/go#22315).
+func TestBinaryVersionCached(t *testing.T) {
+	dir := t.TempDir()
+	bin, calls := filepath.Join(dir, "containerd"), filepath.Join(dir, "calls")
+	write := func(version string) {
+		script := "#!/bin/sh\necho x >> " + calls + "\necho containerd github.com/containerd/containerd/v2 " + version + " abc\n"
+		require.NoError(t, os.WriteFile(bin, []byte(script), 0o755))
+	}
+	ran := func() int {
+		b, _ := os.ReadFile(calls)
+		return strings.Count(string(b), "x")
+	}
+	write("v2.4.2")
+	for range 3 {
+		v, major, err := binaryVersion(t.Context(), bin)
+		require.NoError(t, err)
+		require.Equal(t, "v2.4.2", v)
+		require.Equal(t, 2, major)
+	}
+	require.Equal(t, 1, ran())
+	write("v1.7.35~ds1")
+	v, major, err := binaryVersion(t.Context(), bin)
+	require.NoError(t, err)
+	require.Equal(t, "v1.7.35~ds1", v)
+	require.Equal(t, 1, major)
+	require.Equal(t, 2, ran())
+}

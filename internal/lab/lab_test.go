@@ -165,7 +165,7 @@ func TestStartContainerdFailsFastWithLogTail(t *testing.T) {
 	t.Parallel()
 	Require(t)
 	if os.Geteuid() != 0 {
-		t.Skip("containerd needs root")
+		SkipOrFail(t, "containerd needs root")
 	}
 	c, err := StartContainerd(t.Context(), ContainerdOptions{Snapshotter: "bogus"})
 	require.Nil(t, c)

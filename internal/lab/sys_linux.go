@@ -20,15 +20,7 @@ func sysProcAttr() *syscall.SysProcAttr {
 
 // unmountUnder lazily unmounts every mount point at or below dir, deepest first.
 func unmountUnder(dir string) error {
-	if real, err := filepath.EvalSymlinks(dir); err == nil {
-		dir = real
-	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	mounts, err := mountPointsUnder(bufio.NewScanner(f), dir)
+	mounts, err := mountsUnder(dir)
 	if err != nil {
 		return err
 	}
@@ -39,6 +31,20 @@ func unmountUnder(dir string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// mountsUnder returns this process's mount points at or below dir (its symlinks resolved),
+// deepest first.
+func mountsUnder(dir string) ([]string, error) {
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return mountPointsUnder(bufio.NewScanner(f), dir)
 }
 
 // mountPointsUnder returns the mount points in a mountinfo listing that are dir or below it,
@@ -83,9 +89,11 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
-// RaiseNoFile raises this process's soft open-file limit to the hard one, for programs that
-// hold many sockets (hundreds of in-process memberlists, floods of client connections);
-// children started afterwards inherit it. It returns the new limit.
+// RaiseNoFile sets the soft open-file limit to the hard one for the child processes started
+// afterwards (agents and daemons that hold many sockets: hundreds of memberlists, floods of
+// client connections). The Go runtime already raises its own soft limit at start, but
+// starts children with the limit the process was given; an explicit Setrlimit, as here, is
+// what they inherit. It returns the new limit.
 func RaiseNoFile() (uint64, error) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {

@@ -13,6 +13,9 @@ func sysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: t
 // unmountUnder does nothing: only Linux leaves snapshotter mounts behind.
 func unmountUnder(string) error { return nil }
 
+// mountsUnder finds nothing: only Linux leaves snapshotter mounts behind.
+func mountsUnder(string) ([]string, error) { return nil, nil }
+
 // RaiseNoFile is not supported here.
 func RaiseNoFile() (uint64, error) {
 	return 0, errors.New("raise the open-file limit: not supported on this system")

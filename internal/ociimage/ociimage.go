@@ -13,6 +13,7 @@ package ociimage
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
@@ -95,8 +96,8 @@ func Build(opts Options) (v1.Image, error) {
 	}
 	cf = cf.DeepCopy()
 	cf.Created = v1.Time{Time: created}
-	cf.OS = cmp(opts.OS, "linux")
-	cf.Architecture = cmp(opts.Architecture, "amd64")
+	cf.OS = cmp.Or(opts.OS, "linux")
+	cf.Architecture = cmp.Or(opts.Architecture, "amd64")
 	cf.Config = v1.Config{
 		Entrypoint: slices.Clone(opts.Entrypoint),
 		Cmd:        slices.Clone(opts.Cmd),
@@ -110,13 +111,6 @@ func Build(opts Options) (v1.Image, error) {
 		return nil, fmt.Errorf("build image: %w", err)
 	}
 	return img, nil
-}
-
-func cmp(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // layer is a gzipped tar held in memory. go-containerregistry's own layer constructors
