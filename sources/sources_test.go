@@ -111,7 +111,7 @@ func TestSimpleSourceResolvesDigestsWhenItCan(t *testing.T) {
 	t.Parallel()
 	b, c, d := image.MustParseRef("ghcr.io/a/b:1"), image.MustParseRef("ghcr.io/a/c:2"), image.MustParseRef("ghcr.io/a/d:3")
 	res := &resolver{known: map[string]image.Image{
-		b.String(): {Ref: b, Digest: digest(1), Size: 10},
+		b.String():                       {Ref: b, Digest: digest(1), Size: 10},
 		d.WithDigest(digest(9)).String(): {Ref: d, Digest: digest(9), Size: 30}, // pinned: asked by digest
 	}}
 	src := sources.NewSimple("simple", []image.Image{

@@ -48,7 +48,8 @@ func buildSources(ctx context.Context, cfg *config.Config, keychain authn.Keycha
 	}
 	subs := map[string][]int{} // subscription -> RubinRepoGar sources
 	var subOrder []string
-	resolver := registry.NewResolver(keychain) // shared by the SimpleRepoMan sources: one Lister per repository
+	// One resolver for every SimpleRepoMan source: one Lister (tokens, sizes) per repository.
+	resolver := registry.NewResolver(keychain)
 	var men []int // RubinRepoMan sources
 	for i, r := range cfg.Repomen {
 		policy := rubintag.Policy{
